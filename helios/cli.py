@@ -1,0 +1,212 @@
+"""The ``helios`` command: serve, ingest, query, version."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, BinaryIO, Iterator
+
+import orjson
+
+from helios import __version__
+from helios.errors import ConfigError
+
+__all__ = ["main"]
+
+DEFAULT_URL = "http://127.0.0.1:7300"
+
+
+def _build_commit() -> str:
+    try:
+        from helios import _build  # type: ignore[attr-defined]  # written by the binary build
+
+        return str(_build.COMMIT)
+    except ImportError:
+        pass
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parent, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import trio
+
+    from helios import config as config_mod
+    from helios import log
+    from helios.node import check_startup, serve
+
+    try:
+        cfg = config_mod.load(args)
+        log.configure(cfg.log_level)
+        check_startup(cfg)
+        trio.run(serve, cfg)
+    except ConfigError as exc:
+        print(f"helios: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    print(f"helios {__version__} (commit {_build_commit()})")
+    return 0
+
+
+# -- client commands ---------------------------------------------------------
+
+
+def _client_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", default=os.environ.get("HELIOS_URL", DEFAULT_URL),
+                        help=f"node URL [env HELIOS_URL, default {DEFAULT_URL}]")
+    parser.add_argument("--token", default=os.environ.get("HELIOS_TOKEN"),
+                        help="API token or JWT [env HELIOS_TOKEN]")
+    parser.add_argument("--username", default=os.environ.get("HELIOS_USERNAME", "admin"),
+                        help="log in as this user when no token is given [env HELIOS_USERNAME]")
+    parser.add_argument("--password", default=os.environ.get("HELIOS_PASSWORD"),
+                        help="password for --username [env HELIOS_PASSWORD]")
+
+
+def _client(args: argparse.Namespace) -> Any:
+    import httpx
+
+    client = httpx.Client(base_url=args.url, timeout=httpx.Timeout(60.0, connect=5.0))
+    token = args.token
+    if not token:
+        if not args.password:
+            raise SystemExit("helios: give --token (HELIOS_TOKEN) or --password (HELIOS_PASSWORD)")
+        reply = client.post("/api/v1/auth/login", json={"username": args.username, "password": args.password})
+        if reply.status_code != 200:
+            raise SystemExit(f"helios: login failed: {_error_text(reply)}")
+        token = reply.json()["token"]
+    client.headers["Authorization"] = f"Bearer {token}"
+    return client
+
+
+def _error_text(reply: Any) -> str:
+    try:
+        return f"{reply.status_code} {reply.json().get('error')}"
+    except ValueError:
+        return f"{reply.status_code} {reply.text[:200]}"
+
+
+def _batches(stream: BinaryIO, size: int) -> Iterator[list[bytes]]:
+    batch: list[bytes] = []
+    for line in stream:
+        if line.strip():
+            batch.append(line.rstrip(b"\r\n"))
+            if len(batch) >= size:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    client = _client(args)
+    total, began = 0, time.monotonic()
+    for name in args.files or ["-"]:
+        stream = sys.stdin.buffer if name == "-" else open(name, "rb")
+        size = None if name == "-" else os.path.getsize(name)
+        done_bytes = 0
+        with stream:
+            for batch in _batches(stream, args.batch):
+                fmt = args.format
+                if fmt == "auto":
+                    fmt = "ndjson" if batch[0].lstrip().startswith(b"{") else "text"
+                body = b"\n".join(batch) + b"\n"
+                kind = "application/x-ndjson" if fmt == "ndjson" else "text/plain"
+                reply = client.post("/api/v1/ingest", params={"dataset": args.dataset}, content=body,
+                                    headers={"Content-Type": kind})
+                if reply.status_code != 200:
+                    print(f"\nhelios: ingest failed: {_error_text(reply)}", file=sys.stderr)
+                    return 1
+                total += reply.json()["ingested"]
+                done_bytes += len(body)
+                rate = total / max(time.monotonic() - began, 1e-9)
+                share = f" {min(100.0, 100.0 * done_bytes / size):5.1f}%" if size else ""
+                print(f"\r{name}:{share} {total:,} rows, {rate:,.0f} rows/s", end="", file=sys.stderr)
+        print(file=sys.stderr)
+    print(orjson.dumps({"ingested": total}).decode())
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    client = _client(args)
+    doc: dict[str, Any] = {"q": args.q, "limit": args.limit}
+    if args.dataset:
+        doc["dataset"] = args.dataset.split(",") if "," in args.dataset else args.dataset
+    for key in ("from", "to"):
+        value = getattr(args, key + "_")
+        if value:
+            doc[key] = value
+    reply = client.post("/api/v1/query", json=doc)
+    if reply.status_code != 200:
+        print(f"helios: query failed: {_error_text(reply)}", file=sys.stderr)
+        return 1
+    result = reply.json()
+    if args.json:
+        print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    _print_table(result["rows"])
+    stats = result["stats"]
+    print(f"{len(result['rows'])} rows; scanned {stats['rows_scanned']:,} rows in "
+          f"{stats['blocks_scanned']} blocks ({stats['blocks_pruned']} pruned), "
+          f"{stats['elapsed_ms']} ms", file=sys.stderr)
+    return 0
+
+
+def _print_table(rows: list[dict[str, Any]]) -> None:
+    columns: dict[str, None] = {}
+    for row in rows[:1000]:
+        columns.update(dict.fromkeys(row))
+    names = list(columns)
+    cells = [[_cell(row.get(name)) for name in names] for row in rows]
+    widths = [max([len(name)] + [len(r[i]) for r in cells]) for i, name in enumerate(names)]
+    print("  ".join(name.ljust(width) for name, width in zip(names, widths)).rstrip())
+    for row in cells:
+        print("  ".join(value.ljust(width) for value, width in zip(row, widths)).rstrip())
+
+
+def _cell(value: Any) -> str:
+    text = "" if value is None else str(value)
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from helios.config import add_serve_arguments
+
+    parser = argparse.ArgumentParser(prog="helios", description="HeliosLogs log management server")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run a node")
+    add_serve_arguments(serve)
+    serve.set_defaults(func=cmd_serve)
+    version = sub.add_parser("version", help="print the version and build commit")
+    version.set_defaults(func=cmd_version)
+    ingest = sub.add_parser("ingest", help="ship files or stdin to a node")
+    _client_arguments(ingest)
+    ingest.add_argument("files", nargs="*", help="files to send ('-' or none: stdin)")
+    ingest.add_argument("--dataset", default="default")
+    ingest.add_argument("--format", choices=("auto", "ndjson", "text"), default="auto")
+    ingest.add_argument("--batch", type=int, default=5000, help="lines per request")
+    ingest.set_defaults(func=cmd_ingest)
+    query = sub.add_parser("query", help="run a query and print a table or JSON")
+    _client_arguments(query)
+    query.add_argument("q", help="the query, e.g. 'error | stats count() as n by (service)'")
+    query.add_argument("--dataset", help="a dataset or a comma-separated list (default: all)")
+    query.add_argument("--from", dest="from_", help="start (RFC 3339 or ns), inclusive")
+    query.add_argument("--to", dest="to_", help="end (RFC 3339 or ns), exclusive")
+    query.add_argument("--limit", type=int, default=100)
+    query.add_argument("--json", action="store_true", help="print the JSON response")
+    query.set_defaults(func=cmd_query)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))

@@ -1,0 +1,1 @@
+"""The control plane: users, roles, tokens and settings, sealed at rest."""

@@ -1,0 +1,1 @@
+"""Ingest: request bodies to normalised Arrow tables (one schema, checked once)."""

@@ -1,0 +1,157 @@
+"""One HeliosLogs node: a root nursery supervising the HTTP server and every background task.
+
+    serve(config)
+    └─ nursery
+       ├─ signal watcher (SIGTERM, SIGINT → graceful shutdown)
+       ├─ WAL committer (group commit)
+       ├─ memtable flusher
+       └─ hypercorn server (trio worker) ── quart-trio app ── Node
+
+Shutdown: stop accepting, drain requests (hypercorn), flush the memtable
+into blocks, close the WAL, exit 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import time
+from collections import Counter
+from functools import partial
+from typing import Any
+
+import hypercorn.config
+import hypercorn.trio
+import trio
+
+from helios import __version__, keys, log
+from helios.api.app import create_app
+from helios.config import Config
+from helios.control.auth import Auth
+from helios.control.store import ControlStore
+from helios.errors import ConfigError
+from helios.storage.engine import Engine
+
+__all__ = ["Node", "serve"]
+
+_log = log.get("helios.node")
+SHUTDOWN_FLUSH_TIMEOUT_S = 30.0
+
+
+def _node_id(config: Config) -> str:
+    if config.node_id:
+        return config.node_id
+    path = config.data_dir / "node_id"
+    if path.exists():
+        return path.read_text().strip()
+    node_id = "n" + secrets.token_hex(4)
+    keys.write_private(path, node_id.encode())
+    return path.read_text().strip()
+
+
+class Node:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.node_id = _node_id(config)
+        control_key = keys.load_or_create(config.control_key_path, "control key")
+        jwt_secret = keys.load_or_create(config.jwt_secret_path, "JWT secret")
+        self.control = ControlStore(config.data_dir / "control", control_key, config.control_encryption)
+        self.auth = Auth(self.control, jwt_secret, config.token_ttl_secs)
+        self.engine = Engine(config.data_dir, self.node_id, memtable_rows=config.memtable_rows,
+                             cache_bytes=config.cache_bytes)
+        self.ready = False
+        self.started_ns = time.time_ns()
+        self.counters: Counter[str] = Counter()
+
+    def open(self) -> None:
+        self.engine.open()
+        self.auth.bootstrap(self.config.admin_password, self.config.secrets_dir)
+
+    def retention_days(self, dataset: str) -> int | None:
+        doc = self.control.get("datasets", dataset)
+        return None if doc is None else doc.get("retention_days")
+
+    def metrics_text(self) -> str:
+        engine = self.engine
+        stats = engine.dataset_stats()
+        lines = [
+            "# TYPE helios_ingested_rows_total counter",
+            f"helios_ingested_rows_total {self.counters['ingested_rows']}",
+            "# TYPE helios_ingest_requests_total counter",
+            f"helios_ingest_requests_total {self.counters['ingest_requests']}",
+            "# TYPE helios_queries_total counter",
+            f"helios_queries_total {self.counters['queries']}",
+            "# TYPE helios_wal_commits_total counter",
+            f"helios_wal_commits_total {engine.wal.commits}",
+            "# TYPE helios_wal_bytes_total counter",
+            f"helios_wal_bytes_total {engine.wal.bytes_written}",
+            "# TYPE helios_flushes_total counter",
+            f"helios_flushes_total {engine.flushes}",
+            "# TYPE helios_memtable_rows gauge",
+            f"helios_memtable_rows {engine.memtable.rows + sum(m.rows for _, m in engine.frozen)}",
+            "# TYPE helios_block_cache_hits_total counter",
+            f"helios_block_cache_hits_total {engine.cache.hits}",
+            "# TYPE helios_block_cache_misses_total counter",
+            f"helios_block_cache_misses_total {engine.cache.misses}",
+            "# TYPE helios_dataset_rows gauge",
+        ]
+        lines += [f'helios_dataset_rows{{dataset="{s.name}"}} {s.rows}' for s in stats.values()]
+        lines.append("# TYPE helios_dataset_blocks gauge")
+        lines += [f'helios_dataset_blocks{{dataset="{s.name}"}} {s.blocks}' for s in stats.values()]
+        return "\n".join(lines) + "\n"
+
+
+def _hypercorn_config(config: Config) -> hypercorn.config.Config:
+    hc = hypercorn.config.Config()
+    host, port = config.listen
+    hc.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    hc.accesslog = None
+    hc.errorlog = logging.getLogger("hypercorn.error")
+    hc.graceful_timeout = 10.0
+    hc.keep_alive_timeout = 75.0
+    return hc
+
+
+async def _watch_signals(shutdown: trio.Event, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        task_status.started()
+        async for signum in signals:
+            log.log(_log, logging.INFO, "shutting down", signal=signal.Signals(signum).name)
+            shutdown.set()
+            return
+
+
+async def serve(config: Config, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """Run a node until SIGTERM/SIGINT (or the caller cancels), then drain and return."""
+    node = await trio.to_thread.run_sync(Node, config)
+    await trio.to_thread.run_sync(node.open)
+    shutdown = trio.Event()
+    app = create_app(node)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(_watch_signals, shutdown)
+            await nursery.start(node.engine.wal.run)
+            await nursery.start(node.engine.run_flusher, config.flush_secs)
+            async with trio.open_nursery() as server:
+                binds = await server.start(partial(hypercorn.trio.serve, app, _hypercorn_config(config),
+                                                   shutdown_trigger=shutdown.wait))
+                node.ready = True
+                log.log(_log, logging.INFO, "listening", urls=binds, node_id=node.node_id,
+                        data_dir=str(config.data_dir), version=__version__, pid=os.getpid())
+                task_status.started(binds)
+            node.ready = False
+            with trio.move_on_after(SHUTDOWN_FLUSH_TIMEOUT_S):
+                await node.engine.flush()
+            nursery.cancel_scope.cancel()
+    finally:
+        node.engine.close()
+    log.log(_log, logging.INFO, "stopped")
+
+
+def check_startup(config: Config) -> None:
+    """Fail fast, with a clear message, on what would stop the node later."""
+    if config.shared_store:
+        raise ConfigError("--shared-store is not supported by this build yet")

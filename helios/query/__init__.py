@@ -1,0 +1,1 @@
+"""The query language: parse (``parser``), prune and filter (``filters``), shape (``pipes``), run (``executor``)."""

@@ -1,0 +1,138 @@
+"""Run a parsed query over a snapshot of sources: prune, scan, filter, pipe.
+
+Runs in a worker thread (pyarrow releases the GIL); it touches no trio state.
+Sources are visited newest first. A plain search (only ``fields``/``limit``
+pipes) keeps just the newest ``limit`` rows seen so far and skips every
+source that ends before the oldest of them, so ``error | limit 10`` over a
+year of data reads the last blocks only.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from helios import timeutil
+from helios.query import ast
+from helios.query.filters import mask, may_match
+from helios.query.pipes import apply
+from helios.storage.cache import BlockCache
+from helios.storage.engine import Source
+
+__all__ = ["QueryResult", "execute", "to_rows"]
+
+_AGGREGATING = (ast.Stats, ast.Timechart, ast.Top)
+
+
+@dataclass
+class QueryResult:
+    table: pa.Table
+    aggregated: bool
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def _needed_columns(query: ast.Query) -> list[str] | None:
+    """Columns the pipes read after filtering (None: every column)."""
+    if not query.pipes:
+        return None
+    first = query.pipes[0]
+    if isinstance(first, ast.Fields):
+        return ["_time", *first.names]
+    if isinstance(first, (ast.Stats, ast.Timechart)):
+        cols = [*first.by, *(agg.field for agg in first.aggs if agg.field)]
+        return ["_time", *cols] if isinstance(first, ast.Timechart) else cols
+    if isinstance(first, ast.Top):
+        return [first.field]
+    return None
+
+
+def _newest(table: pa.Table, count: int) -> pa.Table:
+    order = pc.sort_indices(table, sort_keys=[("_time", "descending")])
+    return table.take(order[:count]) if count < table.num_rows else table.take(order)
+
+
+def execute(query: ast.Query, sources: list[Source], cache: BlockCache, *,
+            start_ns: int | None, end_ns: int | None, limit: int) -> QueryResult:
+    began = time.perf_counter()
+    aggregated = any(isinstance(p, _AGGREGATING) for p in query.pipes)
+    plain = all(isinstance(p, (ast.Fields, ast.Limit)) for p in query.pipes)
+    cap = limit
+    if plain:
+        for pipe in query.pipes:
+            if isinstance(pipe, ast.Limit):
+                cap = min(cap, pipe.count)
+    needed = _needed_columns(query)
+    low = -(1 << 63) if start_ns is None else start_ns
+    high = (1 << 63) - 1 if end_ns is None else end_ns
+    counters = {"rows_scanned": 0, "blocks_scanned": 0, "blocks_pruned": 0}
+    pieces: list[pa.Table] = []
+    kept = 0
+    boundary: int | None = None
+
+    for source in sorted(sources, key=lambda s: s.max_time, reverse=True):
+        is_block = source.block is not None
+        outside = source.max_time < low or source.min_time >= high
+        passed = plain and boundary is not None and kept >= cap and source.max_time < boundary
+        if outside or passed or (plain and cap == 0):
+            counters["blocks_pruned"] += is_block
+            continue
+        index = cache.index(source.path, source.block) if is_block else None  # type: ignore[arg-type]
+        if not may_match(query.filter, index, source.dataset):
+            counters["blocks_pruned"] += is_block
+            continue
+        table = source.table if source.table is not None else cache.table(source.path, source.block)  # type: ignore[arg-type]
+        counters["blocks_scanned"] += is_block
+        counters["rows_scanned"] += table.num_rows
+        rows = mask(query.filter, table, source.dataset)
+        if source.min_time < low or source.max_time >= high:
+            times = table.column("_time").cast(pa.int64())
+            rows = pc.and_(rows, pc.and_(pc.greater_equal(times, low), pc.less(times, high)))
+        part = table.filter(rows)
+        if part.num_rows == 0:
+            continue
+        if needed is not None:
+            part = part.select([name for name in dict.fromkeys(needed) if name in part.column_names])
+        part = part.append_column("dataset", pa.repeat(source.dataset, part.num_rows))
+        pieces.append(part)
+        kept += part.num_rows
+        if plain and kept >= cap and "_time" in part.column_names:
+            merged = _newest(pa.concat_tables(pieces, promote_options="default"), cap)
+            pieces, kept = [merged], merged.num_rows
+            boundary = merged.column("_time").cast(pa.int64())[-1].as_py() if kept else None
+
+    if pieces:
+        table = pa.concat_tables(pieces, promote_options="default")
+    else:
+        table = pa.table({"_time": pa.array([], timeutil.TIME_TYPE), "_msg": pa.array([], pa.string()),
+                          "dataset": pa.array([], pa.string())})
+        if needed is not None:
+            table = pa.table({name: pa.array([], timeutil.TIME_TYPE if name == "_time" else pa.string())
+                              for name in dict.fromkeys([*needed, "dataset"])})
+    if "_time" in table.column_names:
+        table = _newest(table, table.num_rows)
+    for pipe in query.pipes:
+        table = apply(pipe, table)
+    truncated = table.num_rows > limit
+    table = table.slice(0, limit)
+    counters["elapsed_ms"] = round((time.perf_counter() - began) * 1000, 3)
+    counters["truncated"] = truncated
+    return QueryResult(table, aggregated, counters)
+
+
+_FIRST = {"_time": 0, "_msg": 1, "dataset": 2}
+
+
+def to_rows(result: QueryResult) -> list[dict[str, Any]]:
+    table = result.table
+    for i, column in enumerate(table.columns):
+        if pa.types.is_timestamp(column.type):
+            table = table.set_column(i, table.column_names[i], timeutil.format_column(column))
+    if not result.aggregated:
+        order = sorted(table.column_names, key=lambda name: (_FIRST.get(name, 3), name))
+        table = table.select(order)
+        return [{k: v for k, v in row.items() if v is not None} for row in table.to_pylist()]
+    return table.to_pylist()

@@ -1,0 +1,191 @@
+"""Filters: vectorised row masks (pyarrow.compute) and block pruning.
+
+``mask(node, table, dataset)`` gives a null-free boolean array over the
+table's rows. ``may_match(node, index, dataset)`` answers False only when no
+row of a block can match: a false True costs a scan, a false False would
+lose rows, so every rule here is conservative.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from helios.query import ast
+from helios.storage.blocks import BlockIndex
+from helios.storage.bloom import field_term
+
+__all__ = ["mask", "may_match", "numeric", "referenced_fields"]
+
+_WORDCHAR = re.compile(r"[^\W]", re.UNICODE)  # letters, digits, underscore
+_TOKENS = re.compile(r"[^\W]+", re.UNICODE)
+_BOUNDARY_LEFT = r"(?:^|[^\p{L}\p{N}_])"
+_BOUNDARY_RIGHT = r"(?:$|[^\p{L}\p{N}_])"
+_NUMBER = r"^[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$"
+_INTEGER = r"^[+-]?[0-9]{1,18}$"
+_PUNCT = set(string.punctuation)
+_CMP = {">": pc.greater, ">=": pc.greater_equal, "<": pc.less, "<=": pc.less_equal}
+
+
+def _re2_escape(text: str) -> str:
+    return "".join("\\" + ch if ch in _PUNCT else ch for ch in text)
+
+
+def _is_wordchar(ch: str) -> bool:
+    return bool(_WORDCHAR.match(ch)) and ch != "\u00b7"
+
+
+def word_pattern(text: str, prefix: bool) -> str:
+    left = _BOUNDARY_LEFT if _is_wordchar(text[0]) else ""
+    right = _BOUNDARY_RIGHT if (not prefix and _is_wordchar(text[-1])) else ""
+    return left + _re2_escape(text) + right
+
+
+def _column(table: pa.Table, field: str, dataset: str | None) -> Any:
+    if field in table.column_names:
+        return table.column(field)
+    if field == "dataset" and dataset is not None:
+        return pa.repeat(dataset, table.num_rows)
+    return None
+
+
+def _as_text(column: Any) -> Any:
+    kind = column.type
+    if pa.types.is_string(kind):
+        return column
+    if pa.types.is_timestamp(kind):
+        from helios import timeutil
+
+        return timeutil.format_column(column)
+    return column.cast(pa.string())
+
+
+def numeric(column: Any) -> Any:
+    """A column as numbers: int64 when every number in it is whole, else float64; text that is not a number is null."""
+    kind = column.type
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind):
+        return column
+    if pa.types.is_boolean(kind) or pa.types.is_null(kind):
+        return column.cast(pa.int64())
+    if pa.types.is_timestamp(kind):
+        return column.cast(pa.int64())
+    text = pc.utf8_trim_whitespace(column.cast(pa.string()))
+    is_number = pc.match_substring_regex(text, _NUMBER)
+    valid = pc.if_else(is_number, text, None)
+    is_integer = pc.match_substring_regex(valid, _INTEGER)
+    if pc.all(pc.or_(pc.is_null(valid), is_integer)).as_py() is not False:
+        return valid.cast(pa.int64())
+    return valid.cast(pa.float64())
+
+
+def _false(n: int) -> pa.Array:
+    return pa.repeat(False, n)
+
+
+def mask(node: ast.Filter, table: pa.Table, dataset: str | None = None) -> Any:
+    """Rows of ``table`` that ``node`` matches, as a null-free boolean array."""
+    n = table.num_rows
+    if isinstance(node, ast.All):
+        return pa.repeat(True, n)
+    if isinstance(node, ast.And):
+        result = mask(node.children[0], table, dataset)
+        for child in node.children[1:]:
+            result = pc.and_(result, mask(child, table, dataset))
+        return result
+    if isinstance(node, ast.Or):
+        result = mask(node.children[0], table, dataset)
+        for child in node.children[1:]:
+            result = pc.or_(result, mask(child, table, dataset))
+        return result
+    if isinstance(node, ast.Not):
+        return pc.invert(mask(node.child, table, dataset))
+    if isinstance(node, ast.Word):
+        msg = _column(table, "_msg", dataset)
+        if msg is None:
+            return _false(n)
+        pattern = word_pattern(node.text, node.prefix)
+        return pc.fill_null(pc.match_substring_regex(msg, pattern, ignore_case=True), False)
+    if isinstance(node, ast.Phrase):
+        msg = _column(table, "_msg", dataset)
+        if msg is None:
+            return _false(n)
+        return pc.fill_null(pc.match_substring(msg, node.text, ignore_case=True), False)
+    column = _column(table, node.field, dataset)  # type: ignore[attr-defined]
+    if isinstance(node, ast.FieldEq):
+        if column is None:
+            return pa.repeat(node.value == "", n)
+        hit = pc.equal(_as_text(column), node.value)
+        if node.value == "":
+            return pc.fill_null(hit, True)
+        return pc.fill_null(hit, False)
+    if column is None:
+        return _false(n)
+    if isinstance(node, ast.FieldPhrase):
+        hit = pc.match_substring(_as_text(column), node.text, ignore_case=True)
+    elif isinstance(node, ast.FieldRegex):
+        hit = pc.match_substring_regex(_as_text(column), node.pattern)
+    elif isinstance(node, ast.FieldPrefix):
+        hit = pc.starts_with(_as_text(column), node.prefix)
+    elif isinstance(node, ast.FieldExists):
+        hit = pc.and_(pc.is_valid(column), pc.not_equal(_as_text(column), ""))
+    elif isinstance(node, ast.FieldCompare):
+        hit = _CMP[node.op](numeric(column), node.number)
+    else:
+        raise AssertionError(f"unknown filter node {node!r}")
+    return pc.fill_null(hit, False)
+
+
+def _ascii_tokens(text: str) -> list[str]:
+    return [t for t in _TOKENS.findall(text.lower()) if t.isascii()]
+
+
+def may_match(node: ast.Filter, index: BlockIndex | None, dataset: str) -> bool:
+    """False only if no row of the block (described by ``index``) can match ``node``."""
+    if isinstance(node, ast.And):
+        return all(may_match(child, index, dataset) for child in node.children)
+    if isinstance(node, ast.Or):
+        return any(may_match(child, index, dataset) for child in node.children)
+    if isinstance(node, ast.Not):
+        return not isinstance(node.child, ast.All)
+    if isinstance(node, ast.All):
+        return True
+    field = getattr(node, "field", None)
+    if field == "dataset":
+        if isinstance(node, ast.FieldEq):
+            return node.value == dataset
+        return True
+    if index is None:
+        return True
+    if isinstance(node, (ast.Word, ast.Phrase)):
+        if index.bloom is None:
+            return True
+        tokens = _TOKENS.findall(node.text.lower())
+        if isinstance(node, ast.Word):
+            whole = tokens[:-1] if node.prefix and _is_wordchar(node.text[-1]) else tokens
+        else:  # a phrase's first and last tokens may be parts of longer tokens
+            whole = tokens[1 if _is_wordchar(node.text[0]) else 0 :]
+            whole = whole[: -1 if whole and _is_wordchar(node.text[-1]) else None]
+        return all(index.bloom.may_contain(t) for t in whole if t.isascii())
+    if field not in index.columns:
+        return isinstance(node, ast.FieldEq) and node.value == ""
+    if isinstance(node, ast.FieldEq) and node.value != "" and index.bloom is not None:
+        return index.bloom.may_contain(field_term(field, node.value))
+    return True
+
+
+def referenced_fields(node: ast.Filter) -> set[str]:
+    if isinstance(node, (ast.And, ast.Or)):
+        out: set[str] = set()
+        for child in node.children:
+            out |= referenced_fields(child)
+        return out
+    if isinstance(node, ast.Not):
+        return referenced_fields(node.child)
+    if isinstance(node, (ast.Word, ast.Phrase)):
+        return {"_msg"}
+    field = getattr(node, "field", None)
+    return {field} if field else set()

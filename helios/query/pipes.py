@@ -1,0 +1,132 @@
+"""Pipes over Arrow tables: fields, sort, limit, stats, timechart, top, where."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from helios import timeutil
+from helios.query import ast
+from helios.query.filters import mask, numeric
+
+__all__ = ["apply", "stats"]
+
+
+def apply(pipe: ast.Pipe, table: pa.Table) -> pa.Table:
+    if isinstance(pipe, ast.Fields):
+        return table.select([name for name in dict.fromkeys(pipe.names) if name in table.column_names])
+    if isinstance(pipe, ast.Limit):
+        return table.slice(0, pipe.count)
+    if isinstance(pipe, ast.Sort):
+        return sort(table, pipe.keys)
+    if isinstance(pipe, ast.Where):
+        return table.filter(mask(pipe.filter, table))
+    if isinstance(pipe, ast.Stats):
+        return stats(table, pipe.aggs, pipe.by)
+    if isinstance(pipe, ast.Timechart):
+        return timechart(table, pipe)
+    if isinstance(pipe, ast.Top):
+        counted = stats(table, (ast.Agg("count", None, "count"),), (pipe.field,))
+        return sort(counted, (("count", True), (pipe.field, False))).slice(0, pipe.count)
+    raise AssertionError(f"unknown pipe {pipe!r}")
+
+
+def _sort_column(column: Any) -> Any:
+    """Text that is all numbers sorts as numbers."""
+    if not pa.types.is_string(column.type):
+        return column
+    numbers = numeric(column)
+    if numbers.null_count == column.null_count:
+        return numbers
+    return column
+
+
+def sort(table: pa.Table, keys: tuple[tuple[str, bool], ...]) -> pa.Table:
+    work: dict[str, Any] = {}
+    sort_keys = []
+    for i, (name, descending) in enumerate(keys):
+        if name not in table.column_names:
+            continue
+        work[f"k{i}"] = _sort_column(table.column(name))
+        sort_keys.append((f"k{i}", "descending" if descending else "ascending"))
+    if not sort_keys or table.num_rows == 0:
+        return table
+    order = pc.sort_indices(pa.table(work), sort_keys=sort_keys, null_placement="at_end")
+    return table.take(order)
+
+
+def _key_column(table: pa.Table, name: str) -> Any:
+    if name in table.column_names:
+        return table.column(name)
+    return pa.nulls(table.num_rows, pa.string())
+
+
+def stats(table: pa.Table, aggs: tuple[ast.Agg, ...], by: tuple[str, ...]) -> pa.Table:
+    n = table.num_rows
+    work: dict[str, Any] = {f"k{i}": _key_column(table, name) for i, name in enumerate(by)}
+    specs: list[tuple[Any, ...]] = []
+    results: list[tuple[ast.Agg, str]] = []
+    for j, agg in enumerate(aggs):
+        column = table.column(agg.field) if agg.field in table.column_names else None
+        if agg.func == "count":
+            work[f"v{j}"] = pa.nulls(n, pa.int8()) if agg.field is None else (
+                column if column is not None else pa.nulls(n, pa.string()))
+            mode = "all" if agg.field is None else "only_valid"
+            specs.append((f"v{j}", "count", pc.CountOptions(mode=mode)))
+            results.append((agg, f"v{j}_count"))
+        elif agg.func == "count_distinct":
+            work[f"v{j}"] = column if column is not None else pa.nulls(n, pa.string())
+            specs.append((f"v{j}", "count_distinct", pc.CountOptions(mode="only_valid")))
+            results.append((agg, f"v{j}_count_distinct"))
+        else:
+            values = numeric(column) if column is not None else pa.nulls(n, pa.float64())
+            if agg.func in ("min", "max") and column is not None and pa.types.is_timestamp(column.type):
+                values = column
+            work[f"v{j}"] = values
+            func = {"sum": "sum", "avg": "mean", "min": "min", "max": "max", "quantile": "list"}[agg.func]
+            specs.append((f"v{j}", func))
+            results.append((agg, f"v{j}_{func}"))
+    grouped = pa.table(work) if work else pa.table({"_": pa.nulls(n)})
+    keys = [f"k{i}" for i in range(len(by))]
+    out = grouped.group_by(keys, use_threads=False).aggregate(specs)
+    columns: dict[str, Any] = {name: out.column(f"k{i}") for i, name in enumerate(by)}
+    for agg, source in results:
+        column = out.column(source)
+        if agg.func == "quantile":
+            column = pa.array([_quantile(values, agg.q or 0.0) for values in column.to_pylist()],
+                              pa.float64())
+        elif agg.func == "avg":
+            column = pc.if_else(pc.is_nan(column), None, column) if len(column) else column
+        columns[agg.name] = column
+    result = pa.table(columns)
+    if keys:
+        result = sort(result, tuple((name, False) for name in by))
+    return result
+
+
+def _quantile(values: list[Any] | None, q: float) -> float | None:
+    """Linear interpolation between the closest ranks (numpy's default)."""
+    present = sorted(v for v in values or () if v is not None and not (isinstance(v, float) and math.isnan(v)))
+    if not present:
+        return None
+    position = q * (len(present) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(present) - 1)
+    return float(present[low] + (present[high] - present[low]) * (position - low))
+
+
+def timechart(table: pa.Table, pipe: ast.Timechart) -> pa.Table:
+    ns = table.column("_time").cast(pa.int64()) if "_time" in table.column_names else pa.nulls(
+        table.num_rows, pa.int64())
+    buckets = pc.multiply(pc.floor(pc.divide(ns.cast(pa.float64()), float(pipe.step_ns))).cast(pa.int64()),
+                          pipe.step_ns) if table.num_rows else pa.array([], pa.int64())
+    # exact integer flooring (the float division only chooses the bucket near its edges)
+    buckets = pc.if_else(pc.greater(buckets, ns), pc.subtract(buckets, pipe.step_ns), buckets)
+    buckets = pc.if_else(pc.less_equal(pc.add(buckets, pipe.step_ns), ns), pc.add(buckets, pipe.step_ns), buckets)
+    work = table.drop_columns([c for c in ("_time",) if c in table.column_names])
+    work = work.append_column("_time", buckets.cast(timeutil.TIME_TYPE))
+    result = stats(work, pipe.aggs, ("_time", *pipe.by))
+    return result

@@ -1,0 +1,1 @@
+"""Local storage: write-ahead log, memtable, immutable blocks and partition manifests."""

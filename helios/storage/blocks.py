@@ -1,0 +1,113 @@
+"""Immutable blocks: one Parquet (zstd) file of one partition's rows.
+
+A block is self-describing: its footer carries the format version, the
+partition, the row count, the time bounds and the Bloom filter of its terms.
+It is checksummed: the manifest entry holds the SHA-256 of the whole file,
+checked on every load. A block's name never changes and its bytes never do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from helios import timeutil
+from helios.storage.bloom import Bloom, block_terms
+from helios.storage.fsutil import write_atomic
+
+__all__ = ["BlockEntry", "BlockIndex", "CorruptBlock", "build_block", "load_block", "load_index"]
+
+FORMAT = 1
+_META_INFO = b"helios.block"
+_META_BLOOM = b"helios.bloom"
+
+
+class CorruptBlock(Exception):
+    """A block's bytes do not match its manifest entry."""
+
+
+@dataclass(frozen=True)
+class BlockEntry:
+    id: str
+    rows: int
+    bytes: int
+    min_time: int
+    max_time: int
+    sha256: str
+    node: str
+    created_ns: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> BlockEntry:
+        return cls(**{name: doc[name] for name in cls.__dataclass_fields__})
+
+    @property
+    def filename(self) -> str:
+        return f"{self.id}.parquet"
+
+
+@dataclass(frozen=True)
+class BlockIndex:
+    """What pruning needs without reading the rows: the columns and the term filter."""
+
+    columns: frozenset[str]
+    bloom: Bloom | None
+
+
+def _arrange(tables: list[pa.Table]) -> pa.Table:
+    table = pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
+    fields = sorted(name for name in table.column_names if name not in ("_time", "_msg"))
+    table = table.select(["_time", "_msg", *fields])
+    order = pc.sort_indices(table, sort_keys=[("_time", "ascending")])
+    return table.take(order).combine_chunks()
+
+
+def build_block(directory: Path, block_id: str, tables: list[pa.Table], *, dataset: str,
+                day: int, node: str, created_ns: int) -> BlockEntry:
+    """Write the rows of ``tables`` as block ``block_id`` under ``directory``, durably."""
+    table = _arrange(tables)
+    terms = block_terms(table)
+    bloom = Bloom.build(terms, len(terms))
+    times = table.column("_time").cast(pa.int64())
+    bounds = pc.min_max(times)
+    info = {"format": FORMAT, "dataset": dataset, "day": timeutil.day_name(day),
+            "rows": table.num_rows, "min_time": bounds["min"].as_py(), "max_time": bounds["max"].as_py()}
+    table = table.replace_schema_metadata({_META_INFO: orjson.dumps(info), _META_BLOOM: bloom.to_bytes()})
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd", compression_level=3, row_group_size=256 * 1024)
+    data = sink.getvalue()
+    directory.mkdir(parents=True, exist_ok=True)
+    entry = BlockEntry(id=block_id, rows=table.num_rows, bytes=len(data), min_time=info["min_time"],
+                       max_time=info["max_time"], sha256=hashlib.sha256(data).hexdigest(),
+                       node=node, created_ns=created_ns)
+    write_atomic(directory / entry.filename, data)
+    return entry
+
+
+def load_block(path: Path, entry: BlockEntry, columns: list[str] | None = None) -> pa.Table:
+    """Read a whole block, verifying its checksum; ``columns`` that it lacks are skipped."""
+    data = path.read_bytes()
+    if len(data) != entry.bytes or hashlib.sha256(data).hexdigest() != entry.sha256:
+        raise CorruptBlock(f"block {entry.id} at {path} does not match its checksum")
+    source = pq.ParquetFile(pa.BufferReader(data))
+    if columns is not None:
+        present = set(source.schema_arrow.names)
+        columns = [name for name in columns if name in present]
+    return source.read(columns=columns)
+
+
+def load_index(path: Path) -> BlockIndex:
+    schema = pq.read_schema(path)
+    raw = (schema.metadata or {}).get(_META_BLOOM)
+    return BlockIndex(columns=frozenset(schema.names), bloom=Bloom.from_bytes(raw) if raw else None)

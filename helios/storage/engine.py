@@ -1,0 +1,232 @@
+"""The local storage engine: ingest → WAL → memtable → blocks, and query sources.
+
+Data flow::
+
+    ingest(dataset, table)
+      └─ WAL append (group commit, fdatasync) ─► memtable.add ─► acknowledged
+    flush()                                         (every flush_secs, or on size)
+      ├─ under the WAL lock: freeze the memtable, rotate the segment (the cut)
+      ├─ per partition: write block (tmp → fsync → rename), save manifest
+      │   with wal_through = cut, then in one step make the block visible
+      │   and drop the frozen rows (never both visible, never neither)
+      └─ delete WAL segments ≤ cut
+
+Directory layout under the data dir::
+
+    wal/<seq>.wal
+    parts/<dataset>/<YYYY-MM-DD>/manifest.json
+    parts/<dataset>/<YYYY-MM-DD>/<block-id>.parquet
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pyarrow as pa
+import trio
+
+from helios import log, timeutil
+from helios.storage.blocks import BlockEntry, build_block
+from helios.storage.cache import BlockCache
+from helios.storage.manifest import MANIFEST_NAME, PartitionManifest
+from helios.storage.memtable import Memtable, PartKey, split_by_day
+from helios.storage.wal import Wal, decode_payload, encode_payload
+
+__all__ = ["DatasetStats", "Engine", "Source"]
+
+_log = log.get("helios.storage")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One unit of scanning: a block on disk or a partition's memtable rows."""
+
+    dataset: str
+    day: int
+    min_time: int
+    max_time: int
+    rows: int
+    block: BlockEntry | None = None
+    path: Path | None = None
+    table: pa.Table | None = None
+
+
+@dataclass
+class DatasetStats:
+    name: str
+    rows: int = 0
+    bytes: int = 0
+    partitions: int = 0
+    blocks: int = 0
+
+
+class Engine:
+    def __init__(self, root: Path, node_id: str, *, memtable_rows: int = 1_000_000,
+                 cache_bytes: int = 1 << 30, clock: Callable[[], int] = time.time_ns) -> None:
+        self.root = root
+        self.node_id = node_id
+        self.parts_dir = root / "parts"
+        self.wal = Wal(root / "wal")
+        self.memtable_rows = memtable_rows
+        self.clock = clock
+        self.cache = BlockCache(cache_bytes)
+        self.manifests: dict[PartKey, PartitionManifest] = {}
+        self.memtable = Memtable()
+        self.frozen: list[tuple[int, Memtable]] = []  # (WAL cut, rows), oldest first
+        self._flush_wanted = trio.Event()
+        self._flush_lock = trio.Lock()
+        self.flushes = 0
+        self.replayed_rows = 0
+
+    # -- start-up ---------------------------------------------------------
+
+    def part_dir(self, key: PartKey) -> Path:
+        return self.parts_dir / key[0] / timeutil.day_name(key[1])
+
+    def open(self) -> None:
+        """Load manifests, drop files no manifest names, replay the WAL."""
+        self.parts_dir.mkdir(parents=True, exist_ok=True)
+        for manifest_path in sorted(self.parts_dir.glob(f"*/*/{MANIFEST_NAME}")):
+            manifest = PartitionManifest.load(manifest_path.parent)
+            self.manifests[(manifest.dataset, manifest.day)] = manifest
+        self._remove_orphans()
+        for seq, payload in self.wal.replay():
+            dataset, table = decode_payload(payload)
+            for day, piece in split_by_day(table):
+                manifest = self.manifests.get((dataset, day))
+                if manifest is not None and manifest.wal_through >= seq:
+                    continue  # already in a recorded block
+                self.memtable.add_piece((dataset, day), piece)
+                self.replayed_rows += piece.num_rows
+        self.wal.start()
+        log.log(_log, logging.INFO, "storage opened", partitions=len(self.manifests),
+                replayed_rows=self.replayed_rows, wal_segment=self.wal.current_segment)
+
+    def _remove_orphans(self) -> None:
+        """A crash between writing a block and recording it leaves an orphan; its rows are in the WAL."""
+        live = {self.part_dir(key): {block.filename for block in manifest.blocks}
+                for key, manifest in self.manifests.items()}
+        for part_dir in self.parts_dir.glob("*/*"):
+            if not part_dir.is_dir():
+                continue
+            names = live.get(part_dir, set())
+            for path in part_dir.iterdir():
+                if path.name == MANIFEST_NAME:
+                    continue
+                if path.name.startswith(".") or (path.suffix == ".parquet" and path.name not in names):
+                    path.unlink()
+
+    # -- ingest -----------------------------------------------------------
+
+    async def ingest(self, dataset: str, table: pa.Table) -> int:
+        """Durably append ``table`` (normalised) to ``dataset``; returns its row count."""
+        if table.num_rows == 0:
+            return 0
+        payload = encode_payload(dataset, table)
+        await self.wal.append(payload, lambda: self._apply(dataset, table))
+        return table.num_rows
+
+    def _apply(self, dataset: str, table: pa.Table) -> None:
+        self.memtable.add(dataset, table)
+        if self.memtable.rows >= self.memtable_rows:
+            self._flush_wanted.set()
+
+    # -- flushing ---------------------------------------------------------
+
+    async def run_flusher(self, interval_s: float, *,
+                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            with trio.move_on_after(interval_s):
+                await self._flush_wanted.wait()
+            self._flush_wanted = trio.Event()
+            try:
+                await self.flush()
+            except OSError as exc:
+                log.log(_log, logging.ERROR, "flush failed; will retry", error=str(exc))
+                await trio.sleep(min(interval_s, 5.0))
+
+    async def flush(self) -> None:
+        """Turn every acknowledged memtable row into blocks, in order."""
+        async with self._flush_lock:
+            async with self.wal.lock:
+                if self.memtable:
+                    cut = await trio.to_thread.run_sync(self.wal.rotate)
+                    self.frozen.append((cut, self.memtable))
+                    self.memtable = Memtable()
+            while self.frozen:
+                cut, frozen = self.frozen[0]
+                for key in list(frozen.parts):
+                    await self._flush_part(key, frozen, cut)
+                self.frozen.pop(0)
+                await trio.to_thread.run_sync(self.wal.delete_through, cut)
+                self.flushes += 1
+
+    async def _flush_part(self, key: PartKey, frozen: Memtable, cut: int) -> None:
+        part = frozen.parts[key]
+        created = self.clock()
+        block_id = f"{created:x}-{self.node_id}-{secrets.token_hex(4)}"
+        directory = self.part_dir(key)
+        entry = await trio.to_thread.run_sync(
+            lambda: build_block(directory, block_id, part.tables, dataset=key[0], day=key[1],
+                                node=self.node_id, created_ns=created))
+        old = self.manifests.get(key) or PartitionManifest(dataset=key[0], day=key[1])
+        new = PartitionManifest(dataset=key[0], day=key[1], wal_through=max(old.wal_through, cut),
+                                blocks=[*old.blocks, entry])
+        await trio.to_thread.run_sync(new.save, directory)
+        # One step, no checkpoint: the rows move from the memtable to the block.
+        self.manifests[key] = new
+        del frozen.parts[key]
+
+    # -- reading ----------------------------------------------------------
+
+    def sources(self, datasets: set[str] | None, start_ns: int | None, end_ns: int | None) -> list[Source]:
+        """A consistent snapshot of everything a query over the range may need."""
+        first_day = None if start_ns is None else timeutil.day_of(start_ns)
+        last_day = None if end_ns is None else timeutil.day_of(end_ns - 1)
+
+        def wanted(key: PartKey) -> bool:
+            dataset, day = key
+            return ((datasets is None or dataset in datasets)
+                    and (first_day is None or day >= first_day)
+                    and (last_day is None or day <= last_day))
+
+        out: list[Source] = []
+        for key, manifest in self.manifests.items():
+            if wanted(key):
+                directory = self.part_dir(key)
+                out.extend(Source(key[0], key[1], b.min_time, b.max_time, b.rows, block=b,
+                                  path=directory / b.filename) for b in manifest.blocks)
+        for memtable in [*(m for _, m in self.frozen), self.memtable]:
+            for key, part in memtable.parts.items():
+                if wanted(key) and part.rows:
+                    table = pa.concat_tables(part.tables, promote_options="default")
+                    out.append(Source(key[0], key[1], part.min_time or 0, part.max_time or 0,
+                                      part.rows, table=table))
+        return out
+
+    def dataset_stats(self) -> dict[str, DatasetStats]:
+        stats: dict[str, DatasetStats] = {}
+        partitions: dict[str, set[int]] = {}
+        for (dataset, day), manifest in self.manifests.items():
+            entry = stats.setdefault(dataset, DatasetStats(dataset))
+            entry.rows += manifest.rows
+            entry.bytes += manifest.bytes
+            entry.blocks += len(manifest.blocks)
+            partitions.setdefault(dataset, set()).add(day)
+        for memtable in [*(m for _, m in self.frozen), self.memtable]:
+            for (dataset, day), part in memtable.parts.items():
+                entry = stats.setdefault(dataset, DatasetStats(dataset))
+                entry.rows += part.rows
+                partitions.setdefault(dataset, set()).add(day)
+        for dataset, days in partitions.items():
+            stats[dataset].partitions = len(days)
+        return stats
+
+    def close(self) -> None:
+        self.wal.close()

@@ -1,0 +1,62 @@
+"""The memtable: acknowledged rows not yet in a block, grouped by partition."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from helios import timeutil
+
+__all__ = ["Memtable", "PartKey", "split_by_day"]
+
+PartKey = tuple[str, int]  # (dataset, UTC day number)
+
+
+@dataclass
+class MemPart:
+    tables: list[pa.Table] = field(default_factory=list)
+    rows: int = 0
+    min_time: int | None = None
+    max_time: int | None = None
+
+
+def split_by_day(table: pa.Table) -> list[tuple[int, pa.Table]]:
+    """Split a normalised table into ``(day, rows)`` pieces."""
+    if table.num_rows == 0:
+        return []
+    ns = table.column("_time").cast(pa.int64())
+    days = pc.divide(ns, timeutil.DAY_NS)
+    # integer division truncates toward zero; floor it for times before 1970
+    behind = pc.and_(pc.less(ns, 0), pc.not_equal(pc.multiply(days, timeutil.DAY_NS), ns))
+    days = pc.subtract(days, behind.cast(pa.int64()))
+    distinct = pc.unique(days).to_pylist()
+    if len(distinct) == 1:
+        return [(distinct[0], table)]
+    return [(day, table.filter(pc.equal(days, day))) for day in sorted(distinct)]
+
+
+class Memtable:
+    def __init__(self) -> None:
+        self.parts: dict[PartKey, MemPart] = {}
+        self.rows = 0
+        self.nbytes = 0
+
+    def add(self, dataset: str, table: pa.Table) -> None:
+        for day, piece in split_by_day(table):
+            self.add_piece((dataset, day), piece)
+
+    def add_piece(self, key: PartKey, piece: pa.Table) -> None:
+        part = self.parts.setdefault(key, MemPart())
+        bounds = pc.min_max(piece.column("_time").cast(pa.int64()))
+        low, high = bounds["min"].as_py(), bounds["max"].as_py()
+        part.tables.append(piece)
+        part.rows += piece.num_rows
+        part.min_time = low if part.min_time is None else min(part.min_time, low)
+        part.max_time = high if part.max_time is None else max(part.max_time, high)
+        self.rows += piece.num_rows
+        self.nbytes += piece.nbytes
+
+    def __bool__(self) -> bool:
+        return self.rows > 0

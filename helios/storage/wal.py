@@ -1,0 +1,238 @@
+"""Write-ahead log with group commit.
+
+Records reach disk here before an ingest is acknowledged. The log is a
+sequence of numbered segment files ``<seq>.wal``; each holds frames::
+
+    u32 length | u32 crc32(length bytes + payload) | payload
+
+A payload is one ingest request: ``u16 len | dataset | Arrow IPC stream``.
+
+Group commit: requests queue their frames; one committer task writes every
+queued frame with one ``write`` and one ``fdatasync``, applies each (puts the
+rows in the memtable) and only then wakes the requests, so a request is
+answered after its rows are durable *and* visible. ``lock`` is held from the
+write until the rows are applied; the flusher takes it to swap the memtable
+and rotate the segment in one step, so every segment up to a cut holds
+exactly the rows of the memtable frozen at that cut.
+
+Recovery reads the segments in order and stops a segment at its first frame
+that is short or fails its checksum: that is a torn tail, and it is cut off
+(truncated) so that later appends never follow garbage.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pyarrow as pa
+import pyarrow.ipc as ipc
+import trio
+
+from helios import log
+from helios.errors import Unavailable
+from helios.storage.fsutil import fsync_dir
+
+__all__ = ["Wal", "decode_payload", "encode_payload"]
+
+_HEADER = struct.Struct("<II")
+_LEN = struct.Struct("<I")
+MAX_FRAME = 1 << 30
+MAX_QUEUED_BYTES = 256 << 20  # backpressure bound on frames waiting for the committer
+_log = log.get("helios.wal")
+
+
+def encode_payload(dataset: str, table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    name = dataset.encode()
+    return struct.pack("<H", len(name)) + name + sink.getvalue().to_pybytes()
+
+
+def decode_payload(payload: bytes) -> tuple[str, pa.Table]:
+    (size,) = struct.unpack_from("<H", payload)
+    dataset = payload[2 : 2 + size].decode()
+    table = ipc.open_stream(pa.py_buffer(payload)[2 + size :]).read_all()
+    return dataset, table
+
+
+def _frame(payload: bytes) -> bytes:
+    length = _LEN.pack(len(payload))
+    return _HEADER.pack(len(payload), zlib.crc32(payload, zlib.crc32(length))) + payload
+
+
+def _segment_name(seq: int) -> str:
+    return f"{seq:016d}.wal"
+
+
+@dataclass
+class _Pending:
+    payload: bytes
+    apply: Callable[[], None]
+    done: trio.Event = field(default_factory=trio.Event)
+    error: Exception | None = None
+
+
+class Wal:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.lock = trio.Lock()
+        self._queue: list[_Pending] = []
+        self._queued_bytes = 0
+        self._wakeup = trio.Event()
+        self._space = trio.Event()
+        self._fd: int | None = None
+        self._seq = 0
+        self._offset = 0
+        self._broken: str | None = None
+        self._closed = False
+        self.bytes_written = 0
+        self.commits = 0
+
+    # -- recovery ---------------------------------------------------------
+
+    def segments(self) -> list[int]:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        return sorted(int(p.stem) for p in self.directory.glob("*.wal") if p.stem.isdigit())
+
+    def replay(self) -> Iterator[tuple[int, bytes]]:
+        """Yield ``(segment, payload)`` for every intact frame; cut torn tails."""
+        for seq in self.segments():
+            path = self.directory / _segment_name(seq)
+            data = path.read_bytes()
+            offset = 0
+            while offset < len(data):
+                if len(data) - offset < _HEADER.size:
+                    break
+                length, crc = _HEADER.unpack_from(data, offset)
+                end = offset + _HEADER.size + length
+                if length > MAX_FRAME or end > len(data):
+                    break
+                payload = data[offset + _HEADER.size : end]
+                if zlib.crc32(payload, zlib.crc32(_LEN.pack(length))) != crc:
+                    break
+                yield seq, payload
+                offset = end
+            if offset < len(data):
+                log.log(_log, logging.WARNING, "cut a torn write-ahead log tail",
+                        segment=seq, kept_bytes=offset, cut_bytes=len(data) - offset)
+                with open(path, "r+b") as handle:
+                    handle.truncate(offset)
+                    os.fsync(handle.fileno())
+
+    def start(self) -> None:
+        """Open a fresh segment after every existing one; call after ``replay``."""
+        existing = self.segments()
+        self._open_segment((existing[-1] if existing else 0) + 1)
+
+    def _open_segment(self, seq: int) -> None:
+        path = self.directory / _segment_name(seq)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        fsync_dir(self.directory)
+        self._seq = seq
+        self._offset = 0
+
+    @property
+    def current_segment(self) -> int:
+        return self._seq
+
+    # -- appending --------------------------------------------------------
+
+    async def append(self, payload: bytes, apply: Callable[[], None]) -> None:
+        """Make ``payload`` durable, run ``apply``, then return (group commit)."""
+        if self._closed:
+            raise Unavailable("the node is shutting down")
+        if self._broken:
+            raise Unavailable(f"the write-ahead log is unavailable: {self._broken}")
+        while self._queued_bytes > MAX_QUEUED_BYTES:
+            await self._space.wait()
+        pending = _Pending(payload, apply)
+        self._queue.append(pending)
+        self._queued_bytes += len(payload)
+        self._wakeup.set()
+        await pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The committer: one write and one fdatasync for every queued frame."""
+        task_status.started()
+        try:
+            while True:
+                await self._wakeup.wait()
+                self._wakeup = trio.Event()
+                while self._queue:
+                    batch, self._queue = self._queue, []
+                    self._queued_bytes = 0
+                    self._space.set()
+                    self._space = trio.Event()
+                    await self._commit(batch)
+        finally:
+            self._closed = True
+            for pending in self._queue:
+                pending.error = Unavailable("the node is shutting down")
+                pending.done.set()
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        data = b"".join(_frame(p.payload) for p in batch)
+        async with self.lock:
+            try:
+                await trio.to_thread.run_sync(self._write, data)
+            except OSError as exc:
+                error = Unavailable(f"could not write the write-ahead log: {exc.strerror}")
+                for pending in batch:
+                    pending.error = error
+                    pending.done.set()
+                return
+            for pending in batch:
+                pending.apply()
+        self.commits += 1
+        for pending in batch:
+            pending.done.set()
+
+    def _write(self, data: bytes) -> None:
+        assert self._fd is not None, "start() before appending"
+        start = self._offset
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+            os.fdatasync(self._fd)
+        except OSError as exc:
+            try:  # never leave a partial frame for later frames to follow
+                os.ftruncate(self._fd, start)
+                os.fdatasync(self._fd)
+            except OSError:
+                self._broken = exc.strerror or str(exc)
+            raise
+        self._offset = start + len(data)
+        self.bytes_written += len(data)
+
+    # -- rotation and reclamation (call with ``lock`` held) ----------------
+
+    def rotate(self) -> int:
+        """Close the current segment and open the next; returns the closed one."""
+        closed = self._seq
+        if self._fd is not None:
+            os.close(self._fd)
+        self._open_segment(closed + 1)
+        return closed
+
+    def delete_through(self, seq: int) -> None:
+        """Remove every segment numbered ``seq`` or lower (their rows are in blocks)."""
+        for old in self.segments():
+            if old <= seq and old != self._seq:
+                (self.directory / _segment_name(old)).unlink(missing_ok=True)
+        fsync_dir(self.directory)
+
+    def close(self) -> None:
+        self._closed = True
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
