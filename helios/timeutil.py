@@ -20,6 +20,7 @@ __all__ = [
     "TIME_TYPE",
     "day_of",
     "day_name",
+    "floor_div",
     "format_column",
     "format_ns",
     "now_ns",
@@ -44,6 +45,13 @@ def now_ns() -> int:
 def day_of(ns: int) -> int:
     """The UTC day number (days since 1970-01-01) holding ``ns``."""
     return ns // DAY_NS
+
+
+def floor_div(ns: pa.Array | pa.ChunkedArray, step: int) -> pa.Array | pa.ChunkedArray:
+    """Integer ``floor(ns / step)`` for an int64 column (exact, unlike a float division)."""
+    quotient = pc.divide(ns, step)  # truncates toward zero
+    behind = pc.and_(pc.less(ns, 0), pc.not_equal(pc.multiply(quotient, step), ns))
+    return pc.subtract(quotient, behind.cast(pa.int64()))
 
 
 def day_name(day: int) -> str:

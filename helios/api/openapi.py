@@ -43,7 +43,7 @@ OPENAPI: dict[str, Any] = {
                 "text/plain": {"schema": {"type": "string"}}}},
             "responses": {"200": {"description": "durable", "content": {"application/json": {"schema": {
                 "type": "object", "properties": {"ingested": {"type": "integer"}}}}}},
-                **_errors(400, 401, 403, 413, 415)}}},
+                **_errors(400, 401, 403, 413)}}},
         "/api/v1/query": {"post": {
             "requestBody": {"required": True, "content": {"application/json": {"schema": {
                 "type": "object", "required": ["q"],

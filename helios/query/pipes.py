@@ -51,10 +51,10 @@ def sort(table: pa.Table, keys: tuple[tuple[str, bool], ...]) -> pa.Table:
         if name not in table.column_names:
             continue
         work[f"k{i}"] = _sort_column(table.column(name))
-        sort_keys.append((f"k{i}", "descending" if descending else "ascending"))
+        sort_keys.append((f"k{i}", "descending" if descending else "ascending", "at_end"))
     if not sort_keys or table.num_rows == 0:
         return table
-    order = pc.sort_indices(pa.table(work), sort_keys=sort_keys, null_placement="at_end")
+    order = pc.sort_indices(pa.table(work), sort_keys=sort_keys)
     return table.take(order)
 
 
@@ -121,11 +121,7 @@ def _quantile(values: list[Any] | None, q: float) -> float | None:
 def timechart(table: pa.Table, pipe: ast.Timechart) -> pa.Table:
     ns = table.column("_time").cast(pa.int64()) if "_time" in table.column_names else pa.nulls(
         table.num_rows, pa.int64())
-    buckets = pc.multiply(pc.floor(pc.divide(ns.cast(pa.float64()), float(pipe.step_ns))).cast(pa.int64()),
-                          pipe.step_ns) if table.num_rows else pa.array([], pa.int64())
-    # exact integer flooring (the float division only chooses the bucket near its edges)
-    buckets = pc.if_else(pc.greater(buckets, ns), pc.subtract(buckets, pipe.step_ns), buckets)
-    buckets = pc.if_else(pc.less_equal(pc.add(buckets, pipe.step_ns), ns), pc.add(buckets, pipe.step_ns), buckets)
+    buckets = pc.multiply(timeutil.floor_div(ns, pipe.step_ns), pipe.step_ns)
     work = table.drop_columns([c for c in ("_time",) if c in table.column_names])
     work = work.append_column("_time", buckets.cast(timeutil.TIME_TYPE))
     result = stats(work, pipe.aggs, ("_time", *pipe.by))

@@ -27,10 +27,7 @@ def split_by_day(table: pa.Table) -> list[tuple[int, pa.Table]]:
     if table.num_rows == 0:
         return []
     ns = table.column("_time").cast(pa.int64())
-    days = pc.divide(ns, timeutil.DAY_NS)
-    # integer division truncates toward zero; floor it for times before 1970
-    behind = pc.and_(pc.less(ns, 0), pc.not_equal(pc.multiply(days, timeutil.DAY_NS), ns))
-    days = pc.subtract(days, behind.cast(pa.int64()))
+    days = timeutil.floor_div(ns, timeutil.DAY_NS)
     distinct = pc.unique(days).to_pylist()
     if len(distinct) == 1:
         return [(distinct[0], table)]

@@ -1,0 +1,170 @@
+"""Test support: Loghub records, and real `helios serve` processes on loopback ports."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import httpx
+import orjson
+
+REPO = Path(__file__).resolve().parent.parent
+LOGHUB = REPO.parent / "shared" / "data" / "loghub"
+ADMIN_PASSWORD = "test-admin-password"
+BASE_NS = 1_700_000_000_000_000_000  # 2023-11-14T22:13:20Z
+_LEVEL = re.compile(r"\b(INFO|WARN|WARNING|ERROR|FATAL|DEBUG|TRACE|notice|error|warn)\b")
+
+
+@dataclass(frozen=True)
+class Record:
+    time_ns: int
+    msg: str
+    service: str
+    host: str
+    level: str | None
+    size: int  # an integer field
+    latency: float  # a float field
+
+    def doc(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"_time": self.time_ns, "_msg": self.msg, "service": self.service,
+                               "host": self.host, "size": self.size, "latency": self.latency}
+        if self.level is not None:
+            out["level"] = self.level
+        return out
+
+
+def loghub_records() -> list[Record]:
+    """The 20,000 Loghub lines as records, spread over three UTC days, in a fixed order."""
+    records = []
+    files = sorted(LOGHUB.glob("*_2k.log"))
+    assert len(files) == 10, f"Loghub data missing under {LOGHUB}"
+    index = 0
+    for path in files:
+        service = path.name.split("_")[0].lower()
+        for line in path.read_text(encoding="utf-8").splitlines():
+            line = line.rstrip("\r")
+            if not line.strip():
+                continue
+            match = _LEVEL.search(line)
+            records.append(Record(
+                time_ns=BASE_NS + index * 10_000_000_000 + (index % 7) * 1_000,  # 10 s apart: ~2.3 days
+                msg=line, service=service, host=f"web-{index % 5}",
+                level=match.group(1).upper() if match else None,
+                size=len(line), latency=round((index % 1000) / 8, 3)))
+            index += 1
+    return records
+
+
+def ndjson(records: list[Record]) -> bytes:
+    return b"\n".join(orjson.dumps(r.doc()) for r in records) + b"\n"
+
+
+def wait_until(predicate: Callable[[], Any], timeout_s: float = 20.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(0.05)
+
+
+@dataclass
+class Server:
+    """A real `helios serve` process on a free loopback port."""
+
+    data_dir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+    url: str = ""
+    logs: list[str] = field(default_factory=list)
+    _token: str | None = None
+
+    def start(self, timeout_s: float = 30.0) -> Server:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HELIOS_")}
+        env.update({"HELIOS_ADMIN_PASSWORD": ADMIN_PASSWORD, "HELIOS_LOG_LEVEL": "info"})
+        env.update(self.env)
+        self.logs = []
+        self._token = None
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "helios", "serve", "--data-dir", str(self.data_dir),
+             "--listen", "127.0.0.1:0"],
+            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, cwd=self.data_dir.parent)
+        lines: queue.Queue[str | None] = queue.Queue()
+
+        def pump(stream: Any) -> None:
+            for raw in stream:
+                text = raw.decode(errors="replace").rstrip()
+                self.logs.append(text)
+                lines.put(text)
+            lines.put(None)
+
+        threading.Thread(target=pump, args=(self.proc.stderr,), daemon=True).start()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError("the server did not start:\n" + "\n".join(self.logs)) from None
+            if line is None:
+                raise AssertionError("the server exited:\n" + "\n".join(self.logs))
+            if '"listening"' in line:
+                self.url = orjson.loads(line)["urls"][0]
+                return self
+
+    @property
+    def token(self) -> str:
+        if self._token is None:
+            reply = httpx.post(f"{self.url}/api/v1/auth/login",
+                               json={"username": "admin", "password": ADMIN_PASSWORD})
+            assert reply.status_code == 200, reply.text
+            self._token = reply.json()["token"]
+        return self._token
+
+    def request(self, method: str, path: str, *, token: str | None = "admin", **kwargs: Any) -> httpx.Response:
+        headers = dict(kwargs.pop("headers", {}) or {})
+        if token == "admin":
+            token = self.token
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        return httpx.request(method, f"{self.url}{path}", headers=headers, timeout=60.0, **kwargs)
+
+    def ingest(self, body: bytes, dataset: str = "default", content_type: str = "application/x-ndjson",
+               **kwargs: Any) -> httpx.Response:
+        headers = {"Content-Type": content_type, **kwargs.pop("headers", {})}
+        return self.request("POST", "/api/v1/ingest", params={"dataset": dataset}, content=body,
+                            headers=headers, **kwargs)
+
+    def query(self, q: str, **fields: Any) -> dict[str, Any]:
+        reply = self.request("POST", "/api/v1/query", json={"q": q, **fields})
+        assert reply.status_code == 200, reply.text
+        return reply.json()
+
+    def count(self, q: str = "*", **fields: Any) -> int:
+        rows = self.query(f"{q} | stats count() as n", **fields)["rows"]
+        return rows[0]["n"]
+
+    def datasets(self) -> dict[str, dict[str, Any]]:
+        reply = self.request("GET", "/api/v1/datasets")
+        assert reply.status_code == 200, reply.text
+        return {d["name"]: d for d in reply.json()}
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout=timeout_s)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=10)
