@@ -89,6 +89,7 @@ class Server:
     url: str = ""
     logs: list[str] = field(default_factory=list)
     _token: str | None = None
+    _pump: threading.Thread | None = None
 
     def start(self, timeout_s: float = 30.0) -> Server:
         env = {k: v for k, v in os.environ.items() if not k.startswith("HELIOS_")}
@@ -103,13 +104,15 @@ class Server:
         lines: queue.Queue[str | None] = queue.Queue()
 
         def pump(stream: Any) -> None:
-            for raw in stream:
-                text = raw.decode(errors="replace").rstrip()
-                self.logs.append(text)
-                lines.put(text)
+            with stream:
+                for raw in stream:
+                    text = raw.decode(errors="replace").rstrip()
+                    self.logs.append(text)
+                    lines.put(text)
             lines.put(None)
 
-        threading.Thread(target=pump, args=(self.proc.stderr,), daemon=True).start()
+        self._pump = threading.Thread(target=pump, args=(self.proc.stderr,), daemon=True)
+        self._pump.start()
         deadline = time.monotonic() + timeout_s
         while True:
             try:
@@ -162,9 +165,12 @@ class Server:
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> int:
         assert self.proc is not None
         self.proc.send_signal(sig)
-        return self.proc.wait(timeout=timeout_s)
+        code = self.proc.wait(timeout=timeout_s)
+        self._pump.join(timeout=10)
+        return code
 
     def kill(self) -> None:
         assert self.proc is not None
         self.proc.kill()
         self.proc.wait(timeout=10)
+        self._pump.join(timeout=10)
