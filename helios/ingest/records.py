@@ -40,20 +40,20 @@ def empty_table() -> pa.Table:
     return pa.table({"_time": pa.array([], timeutil.TIME_TYPE), "_msg": pa.array([], pa.string())})
 
 
+def _check_utf8(body: bytes) -> None:
+    """Reject a body that is not UTF-8, naming the line (pyarrow.json would accept it)."""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise IngestError("not valid UTF-8", body.count(b"\n", 0, exc.start) + 1) from None
+
+
 def parse_text(body: bytes, now_ns: int) -> pa.Table:
     """``text/plain``: every non-blank line is one record's ``_msg``."""
-    lines = body.split(b"\n")
-    raw = [line[:-1] if line.endswith(b"\r") else line for line in lines]
+    _check_utf8(body)
+    raw = [line[:-1] if line.endswith(b"\r") else line for line in body.split(b"\n")]
     raw = [line for line in raw if line.strip()]
-    try:
-        msgs = pa.array(raw, pa.binary()).cast(pa.string())
-    except pa.ArrowInvalid:
-        for number, line in enumerate(lines, 1):
-            try:
-                line.decode("utf-8")
-            except UnicodeDecodeError:
-                raise IngestError("not valid UTF-8", number) from None
-        raise
+    msgs = pa.array(raw, pa.binary()).cast(pa.string())
     times = pa.array([now_ns] * len(raw), pa.int64()).cast(timeutil.TIME_TYPE)
     return pa.table({"_time": times, "_msg": msgs})
 
@@ -62,6 +62,7 @@ def parse_ndjson(body: bytes, now_ns: int) -> pa.Table:
     """NDJSON: one JSON object per line; blank lines are skipped."""
     if not body.strip():
         return empty_table()
+    _check_utf8(body)
     try:
         table = pajson.read_json(
             io.BytesIO(body),
