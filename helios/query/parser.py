@@ -325,14 +325,15 @@ class _Parser:
             if required:
                 raise self.error("stats needs a function: count, count_distinct, sum, avg, min, max, quantile")
             return aggs
-        aggs.append(self.agg())
-        while self.tok.kind == "COMMA":
+        while True:
+            start = self.tok
+            agg = self.agg()
+            if any(agg.name == other.name for other in aggs):
+                raise self.error(f"two results are named {agg.name!r}; rename one with 'as'", start)
+            aggs.append(agg)
+            if self.tok.kind != "COMMA":
+                return aggs
             self.advance()
-            aggs.append(self.agg())
-        names = [agg.name for agg in aggs]
-        if len(set(names)) != len(names):
-            raise self.error("two results share a name; rename one with 'as'")
-        return aggs
 
     def agg(self) -> ast.Agg:
         func_token = self.expect("WORD", "a function")
