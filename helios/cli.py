@@ -127,7 +127,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                     print(f"\nhelios: ingest failed: {_error_text(reply)}", file=sys.stderr)
                     return 1
                 total += reply.json()["ingested"]
-                done_bytes += len(body)
+                done_bytes = stream.tell() if size else done_bytes + len(body)
                 rate = total / max(time.monotonic() - began, 1e-9)
                 share = f" {min(100.0, 100.0 * done_bytes / size):5.1f}%" if size else ""
                 print(f"\r{name}:{share} {total:,} rows, {rate:,.0f} rows/s", end="", file=sys.stderr)

@@ -54,8 +54,15 @@ def parse_text(body: bytes, now_ns: int) -> pa.Table:
     raw = [line[:-1] if line.endswith(b"\r") else line for line in body.split(b"\n")]
     raw = [line for line in raw if line.strip()]
     msgs = pa.array(raw, pa.binary()).cast(pa.string())
-    times = pa.array([now_ns] * len(raw), pa.int64()).cast(timeutil.TIME_TYPE)
-    return pa.table({"_time": times, "_msg": msgs})
+    return pa.table({"_time": _ingest_times(now_ns, len(raw)), "_msg": msgs})
+
+
+def _ingest_times(now_ns: int, count: int) -> pa.Array:
+    """Ingest time for rows without ``_time``: ``now``, ``now+1ns``, … so line order survives."""
+    if count == 0:
+        return pa.array([], timeutil.TIME_TYPE)
+    steps = pc.cumulative_sum(pa.repeat(pa.scalar(1, pa.int64()), count))
+    return pc.add(steps, now_ns - 1).cast(timeutil.TIME_TYPE)
 
 
 def parse_ndjson(body: bytes, now_ns: int) -> pa.Table:
@@ -133,12 +140,13 @@ def from_columns(columns: dict[str, Any], num_rows: int, now_ns: int, line_of: A
     if len(columns) > MAX_FIELDS:
         raise InvalidInput(f"a request may carry at most {MAX_FIELDS} distinct fields")
     raw_time = columns.pop("_time", None)
-    now = pa.scalar(now_ns, pa.int64()).cast(timeutil.TIME_TYPE)
+    defaults = _ingest_times(now_ns, num_rows)
     if raw_time is None:
-        times = pa.array([now_ns] * num_rows, pa.int64()).cast(timeutil.TIME_TYPE)
+        times = defaults
     else:
         try:
-            times = pc.fill_null(timeutil.parse_column(raw_time), now)
+            parsed = timeutil.parse_column(raw_time)
+            times = pc.if_else(pc.is_null(parsed), defaults, parsed) if parsed.null_count else parsed
         except ValueError:
             row = _first_bad_time(raw_time)
             raise IngestError("_time must be RFC 3339 text or integer nanoseconds", line_of(row)) from None
