@@ -1,0 +1,162 @@
+"""The filesystem / NFS backend.
+
+Create-if-absent, the compare-and-swap primitive, is ``link(2)``::
+
+    write tmp → fsync → close → link(tmp, final) → fsync(dir) → unlink(tmp)
+
+``link`` fails with EEXIST when the name exists, atomically, on local
+filesystems and on NFS (the server serialises it). On NFS a retransmitted
+``link`` whose first attempt succeeded also answers EEXIST; then the temporary
+file has two links (``st_nlink == 2``), which tells us we won. No lock files
+(a crash would strand them), no ``O_EXCL`` on the final name (readers would
+see a partial file), no ``rename`` (it replaces: no CAS).
+
+Plain ``put`` (blocks, hints) is tmp → fsync → rename → fsync(dir).
+
+NFS mounts: use ``hard`` (never ``soft``: a soft timeout can report failure
+for a write that landed) and ``lookupcache=positive`` (a cached negative
+lookup could hide a peer's new manifest version), e.g.
+``mount -t nfs4 -o hard,lookupcache=positive server:/export /mnt/helios-shared``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+from pathlib import Path
+
+import trio
+
+from backends.base import (Conflict, Invalid, NotFound, ObjectInfo, RequestCounters, Unavailable,
+                           check_key, check_prefix)
+
+__all__ = ["FsBackend"]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_tmp(directory: Path, data: bytes) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".tmp-{secrets.token_hex(8)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    return tmp
+
+
+class FsBackend:
+    name = "fs"
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self.counters = RequestCounters()
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    async def _run(self, fn, *args):  # type: ignore[no-untyped-def]
+        try:
+            return await trio.to_thread.run_sync(fn, *args)
+        except (NotFound, Conflict, Invalid):
+            raise
+        except FileNotFoundError as exc:
+            raise NotFound(str(exc.filename)) from None
+        except OSError as exc:
+            self.counters.add("errors")
+            raise Unavailable(f"shared store at {self.root}: {exc.strerror or exc}") from None
+
+    async def get(self, key: str) -> bytes:
+        path = self._path(key)
+        self.counters.add("GET")
+        return await self._run(path.read_bytes)
+
+    def _put(self, path: Path, data: bytes) -> None:
+        tmp = _write_tmp(path.parent, data)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(path.parent)
+
+    async def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        self.counters.add("PUT")
+        await self._run(self._put, path, data)
+
+    def _create(self, path: Path, data: bytes) -> None:
+        tmp = _write_tmp(path.parent, data)
+        try:
+            try:
+                os.link(tmp, path)
+            except OSError as exc:
+                if exc.errno != errno.EEXIST:
+                    raise
+                if os.stat(tmp).st_nlink != 2:  # 2: a retransmitted link that had succeeded
+                    self.counters.add("conflicts")
+                    raise Conflict(str(path)) from None
+            _fsync_dir(path.parent)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    async def create(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        self.counters.add("PUT")
+        await self._run(self._create, path, data)
+
+    def _list(self, prefix: str, start_after: str, limit: int) -> list[ObjectInfo]:
+        base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        top = self.root / base if base else self.root
+        if not top.is_dir():
+            return []
+        keys: list[ObjectInfo] = []
+        for dirpath, dirnames, filenames in os.walk(top):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            rel = os.path.relpath(dirpath, self.root)
+            for filename in filenames:
+                if filename.startswith("."):
+                    continue
+                key = filename if rel == "." else f"{rel}/{filename}"
+                if key.startswith(prefix) and key > start_after:
+                    try:
+                        size = os.stat(os.path.join(dirpath, filename)).st_size
+                    except FileNotFoundError:
+                        continue
+                    keys.append(ObjectInfo(key, size))
+        keys.sort(key=lambda info: info.key)
+        return keys[:limit]
+
+    async def list(self, prefix: str, *, start_after: str = "", limit: int = 1000) -> list[ObjectInfo]:
+        check_prefix(prefix)
+        self.counters.add("LIST")
+        return await self._run(self._list, prefix, start_after, limit)
+
+    def _delete(self, path: Path) -> None:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return
+        _fsync_dir(path.parent)
+
+    async def delete(self, key: str) -> None:
+        path = self._path(key)
+        self.counters.add("DELETE")
+        await self._run(self._delete, path)
+
+    async def aclose(self) -> None:
+        return None
