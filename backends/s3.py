@@ -68,7 +68,8 @@ class S3Backend:
     def __init__(self, bucket: str, prefix: str, *, region: str, endpoint: str | None,
                  credentials: Any, timeout_s: float = 10.0, max_attempts: int = 6,
                  max_elapsed_s: float = 30.0, seed: int | None = None,
-                 sleep: Callable[[float], Awaitable[None]] = trio.sleep) -> None:
+                 sleep: Callable[[float], Awaitable[None]] = trio.sleep,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.bucket = bucket
         self.prefix = prefix
         self.region = region
@@ -77,7 +78,7 @@ class S3Backend:
             self._base = f"{endpoint.rstrip('/')}/{bucket}"
         else:
             self._base = f"https://{bucket}.s3.{region}.amazonaws.com"
-        self._client = httpx.AsyncClient(timeout=httpx.Timeout(timeout_s))
+        self._client = httpx.AsyncClient(timeout=httpx.Timeout(timeout_s), transport=transport)
         self._max_attempts = max_attempts
         self._max_elapsed_s = max_elapsed_s
         self._rng = random.Random(seed)

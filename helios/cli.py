@@ -40,12 +40,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from helios import config as config_mod
     from helios import log
-    from helios.node import check_startup, serve
+    from helios.node import serve
 
     try:
         cfg = config_mod.load(args)
         log.configure(cfg.log_level)
-        check_startup(cfg)
         trio.run(serve, cfg)
     except ConfigError as exc:
         print(f"helios: {exc}", file=sys.stderr)

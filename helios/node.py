@@ -26,6 +26,7 @@ import hypercorn.config
 import hypercorn.trio
 import trio
 
+from backends import Backend, Invalid, Unavailable, open_backend
 from helios import __version__, keys, log
 from helios.api.app import create_app
 from helios.config import Config
@@ -34,10 +35,11 @@ from helios.control.store import ControlStore
 from helios.errors import ConfigError
 from helios.storage.engine import Engine
 
-__all__ = ["Node", "serve"]
+__all__ = ["Node", "open_store", "serve"]
 
 _log = log.get("helios.node")
 SHUTDOWN_FLUSH_TIMEOUT_S = 30.0
+STORE_PROBE_TIMEOUT_S = 5.0
 
 
 def _node_id(config: Config) -> str:
@@ -63,6 +65,7 @@ class Node:
         self.engine = Engine(config.data_dir, self.node_id, memtable_rows=config.memtable_rows,
                              cache_bytes=config.cache_bytes)
         self.ready = False
+        self.store: Backend | None = None  # the shared store; replication arrives with its issue
         self.started_ns = time.time_ns()
         self.counters: Counter[str] = Counter()
 
@@ -126,7 +129,9 @@ async def _watch_signals(shutdown: trio.Event, *, task_status: Any = trio.TASK_S
 
 async def serve(config: Config, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     """Run a node until SIGTERM/SIGINT (or the caller cancels), then drain and return."""
+    store = await open_store(config)
     node = await trio.to_thread.run_sync(Node, config)
+    node.store = store
     await trio.to_thread.run_sync(node.open)
     shutdown = trio.Event()
     app = create_app(node)
@@ -148,10 +153,33 @@ async def serve(config: Config, *, task_status: Any = trio.TASK_STATUS_IGNORED) 
             nursery.cancel_scope.cancel()
     finally:
         node.engine.close()
+        if store is not None:
+            with trio.CancelScope(shield=True):
+                await store.aclose()
     log.log(_log, logging.INFO, "stopped")
 
 
-def check_startup(config: Config) -> None:
-    """Fail fast, with a clear message, on what would stop the node later."""
-    if config.shared_store:
-        raise ConfigError("--shared-store is not supported by this build yet")
+async def open_store(config: Config) -> Backend | None:
+    """Open the shared store, failing fast on configuration errors.
+
+    A store that is merely unreachable does not stop the node (local-primary):
+    replication waits for it.
+    """
+    if not config.shared_store:
+        return None
+    try:
+        store = await open_backend(config.shared_store)
+    except Invalid as exc:
+        raise ConfigError(f"shared store {config.shared_store!r}: {exc}") from None
+    try:
+        with trio.fail_after(STORE_PROBE_TIMEOUT_S):
+            await store.list("", limit=1)
+    except Invalid as exc:
+        await store.aclose()
+        raise ConfigError(f"shared store {config.shared_store!r}: {exc}") from None
+    except (Unavailable, trio.TooSlowError) as exc:
+        log.log(_log, logging.WARNING, "shared store unreachable; the node runs locally and "
+                "replication waits for the store", store=config.shared_store, error=str(exc))
+    else:
+        log.log(_log, logging.INFO, "shared store ready", store=config.shared_store, backend=store.name)
+    return store

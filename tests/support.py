@@ -174,3 +174,79 @@ class Server:
         self.proc.kill()
         self.proc.wait(timeout=10)
         self._pump.join(timeout=10)
+
+
+@dataclass
+class MotoServer:
+    """A moto S3 server process (tests/moto_server.py), atomic unless ``patched=False``."""
+
+    patched: bool = True
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    endpoint: str = ""
+
+    def start(self) -> MotoServer:
+        args = [sys.executable, str(REPO / "tests" / "moto_server.py"), "--port", str(self.port)]
+        if not self.patched:
+            args.append("--unpatched")
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        self.proc.stdout.close()
+        if not line:
+            raise AssertionError("the moto server did not start")
+        self.endpoint = orjson.loads(line)["endpoint"]
+        self.port = int(self.endpoint.rsplit(":", 1)[1])
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def client(self) -> Any:
+        import botocore.session
+
+        session = botocore.session.get_session()
+        return session.create_client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                                     aws_access_key_id="testing", aws_secret_access_key="testing")
+
+
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_REGION": "us-east-1",
+    "AWS_CONFIG_FILE": "/nonexistent/helios-test-aws-config",
+    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/helios-test-aws-credentials",
+}
+
+
+def conditional_put_race(client_factory: Callable[[], Any], bucket: str, rounds: int, threads: int) -> list[int]:
+    """Threads race `PUT If-None-Match: *` of one key per round; returns the winners per round."""
+    barrier = threading.Barrier(threads)
+    wins = [0] * rounds
+    lock = threading.Lock()
+
+    def racer(index: int) -> None:
+        client = client_factory()
+        for round_ in range(rounds):
+            barrier.wait()
+            try:
+                client.put_object(Bucket=bucket, Key=f"selfcheck/{round_}", Body=str(index).encode(),
+                                  IfNoneMatch="*")
+            except client.exceptions.ClientError as exc:
+                assert exc.response["Error"]["Code"] in ("PreconditionFailed", "ConditionalRequestConflict"), exc
+                continue
+            with lock:
+                wins[round_] += 1
+
+    workers = [threading.Thread(target=racer, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return wins
