@@ -104,6 +104,10 @@ class Node:
         lines += [f'helios_dataset_rows{{dataset="{s.name}"}} {s.rows}' for s in stats.values()]
         lines.append("# TYPE helios_dataset_blocks gauge")
         lines += [f'helios_dataset_blocks{{dataset="{s.name}"}} {s.blocks}' for s in stats.values()]
+        if self.store is not None:
+            lines.append("# TYPE helios_store_requests_total counter")
+            for name, count in sorted(self.store.counters.snapshot().items()):
+                lines.append(f'helios_store_requests_total{{backend="{self.store.name}",op="{name}"}} {count}')
         return "\n".join(lines) + "\n"
 
 

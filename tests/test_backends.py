@@ -253,4 +253,16 @@ def test_serve_with_s3_region_and_endpoint_starts(server_factory: Callable[..., 
 def test_serve_with_fs_store_starts(server_factory: Callable[..., Server], tmp_path: Path) -> None:
     server = server_factory(HELIOS_SHARED_STORE=str(tmp_path / "shared"))
     assert server.request("GET", "/healthz", token=None).status_code == 200
+    metrics = server.request("GET", "/metrics").text
+    assert 'helios_store_requests_total{backend="fs",op="LIST"} 1' in metrics
+    assert server.stop() == 0
+
+
+def test_serve_with_unreachable_s3_still_starts(server_factory: Callable[..., Server], s3_env: dict[str, str]) -> None:
+    """Local-primary: a store that is down delays replication, not the node."""
+    server = server_factory(HELIOS_SHARED_STORE="s3://helios-test/p", AWS_ENDPOINT_URL_S3="http://127.0.0.1:9",
+                            **s3_env)
+    assert any("unreachable" in line for line in server.logs)
+    assert server.ingest(b'{"_msg": "still works"}\n').json() == {"ingested": 1}
+    assert server.count("works") == 1
     assert server.stop() == 0
