@@ -81,7 +81,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("block_sync_secs", "HELIOS_BLOCK_SYNC_SECS", 10.0, _positive_float,
            "bound on cross-node visibility; drives flush, upload and pull cadence"),
     Option("flush_secs", "HELIOS_FLUSH_SECS", None, _positive_float,
-           "memtable flush interval (default: half of the block sync interval)"),
+           "memtable flush interval (default: a quarter of the block sync interval)"),
     Option("memtable_rows", "HELIOS_MEMTABLE_ROWS", 1_000_000, _positive_int,
            "flush early once the memtable holds this many rows"),
     Option("control_key_path", "HELIOS_CONTROL_KEY_PATH", "", _optional_path,
@@ -154,7 +154,7 @@ def load(args: argparse.Namespace | None = None, environ: dict[str, str] | None 
             raise ConfigError(f"invalid {source}={raw!r}: {exc}") from None
     data_dir: Path = values["data_dir"]
     if values["flush_secs"] is None:
-        values["flush_secs"] = max(0.05, values["block_sync_secs"] / 2)
+        values["flush_secs"] = max(0.05, values["block_sync_secs"] / 4)
     if values["control_key_path"] is None:
         values["control_key_path"] = data_dir / "secrets" / "control.key"
     if values["jwt_secret_path"] is None:

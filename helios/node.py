@@ -5,6 +5,7 @@
        ├─ signal watcher (SIGTERM, SIGINT → graceful shutdown)
        ├─ WAL committer (group commit)
        ├─ memtable flusher
+       ├─ replicator: uploader + puller (with --shared-store)
        └─ hypercorn server (trio worker) ── quart-trio app ── Node
 
 Shutdown: stop accepting, drain requests (hypercorn), flush the memtable
@@ -26,13 +27,14 @@ import hypercorn.config
 import hypercorn.trio
 import trio
 
-from backends import Backend, Invalid, Unavailable, open_backend
+from backends import Backend, Invalid, StoreError, Unavailable, open_backend
 from helios import __version__, keys, log
 from helios.api.app import create_app
 from helios.config import Config
 from helios.control.auth import Auth
 from helios.control.store import ControlStore
 from helios.errors import ConfigError
+from helios.replication.replicator import Replicator
 from helios.storage.engine import Engine
 
 __all__ = ["Node", "open_store", "serve"]
@@ -65,13 +67,23 @@ class Node:
         self.engine = Engine(config.data_dir, self.node_id, memtable_rows=config.memtable_rows,
                              cache_bytes=config.cache_bytes)
         self.ready = False
-        self.store: Backend | None = None  # the shared store; replication arrives with its issue
+        self.store: Backend | None = None
+        self.replicator: Replicator | None = None
         self.started_ns = time.time_ns()
         self.counters: Counter[str] = Counter()
 
     def open(self) -> None:
         self.engine.open()
         self.auth.bootstrap(self.config.admin_password, self.config.secrets_dir)
+
+    def cluster(self) -> dict[str, object]:
+        return {
+            "node_id": self.node_id,
+            "shared_store": self.config.shared_store or None,
+            # Leases (compaction, retention, monitors) are not built yet: no job has a leader.
+            "leaders": {"compaction": None, "retention": None, "monitors": None},
+            "sync": self.replicator.snapshot() if self.replicator else None,
+        }
 
     def retention_days(self, dataset: str) -> int | None:
         doc = self.control.get("datasets", dataset)
@@ -137,6 +149,9 @@ async def serve(config: Config, *, task_status: Any = trio.TASK_STATUS_IGNORED) 
     node = await trio.to_thread.run_sync(Node, config)
     node.store = store
     await trio.to_thread.run_sync(node.open)
+    if store is not None:
+        node.replicator = Replicator(node.engine, store, node.node_id,
+                                     interval_s=max(0.05, config.block_sync_secs / 8))
     shutdown = trio.Event()
     app = create_app(node)
     try:
@@ -144,6 +159,8 @@ async def serve(config: Config, *, task_status: Any = trio.TASK_STATUS_IGNORED) 
             await nursery.start(_watch_signals, shutdown)
             await nursery.start(node.engine.wal.run)
             await nursery.start(node.engine.run_flusher, config.flush_secs)
+            if node.replicator is not None:
+                await nursery.start(node.replicator.run)
             async with trio.open_nursery() as server:
                 binds = await server.start(partial(hypercorn.trio.serve, app, _hypercorn_config(config),
                                                    shutdown_trigger=shutdown.wait))
@@ -154,6 +171,12 @@ async def serve(config: Config, *, task_status: Any = trio.TASK_STATUS_IGNORED) 
             node.ready = False
             with trio.move_on_after(SHUTDOWN_FLUSH_TIMEOUT_S):
                 await node.engine.flush()
+                if node.replicator is not None:
+                    with trio.move_on_after(5.0):  # best effort: what is left waits for the next start
+                        try:
+                            await node.replicator.upload_once()
+                        except StoreError:
+                            pass
             nursery.cancel_scope.cancel()
     finally:
         node.engine.close()

@@ -177,6 +177,11 @@ def create_app(node: Any) -> QuartTrio:
                        "bytes": s.bytes, "partitions": s.partitions, "blocks": s.blocks}
                       for s in sorted(stats.values(), key=lambda s: s.name)])
 
+    @app.get("/api/v1/cluster")
+    async def cluster() -> Response:
+        await principal("cluster.read")
+        return _json(node.cluster())
+
     @app.get("/api/v1/version")
     async def version() -> Response:
         await principal("query")

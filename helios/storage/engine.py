@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -80,6 +80,7 @@ class Engine:
         self.frozen: list[tuple[int, Memtable]] = []  # (WAL cut, rows), oldest first
         self._flush_wanted = trio.Event()
         self._flush_lock = trio.Lock()
+        self._part_locks: dict[PartKey, trio.Lock] = {}
         self.flushes = 0
         self.replayed_rows = 0
 
@@ -167,6 +168,10 @@ class Engine:
                 await trio.to_thread.run_sync(self.wal.delete_through, cut)
                 self.flushes += 1
 
+    def part_lock(self, key: PartKey) -> trio.Lock:
+        """Held for every read-modify-write of a partition's manifest (flusher, replicator)."""
+        return self._part_locks.setdefault(key, trio.Lock())
+
     async def _flush_part(self, key: PartKey, frozen: Memtable, cut: int) -> None:
         part = frozen.parts[key]
         created = self.clock()
@@ -175,13 +180,13 @@ class Engine:
         entry = await trio.to_thread.run_sync(
             lambda: build_block(directory, block_id, part.tables, dataset=key[0], day=key[1],
                                 node=self.node_id, created_ns=created))
-        old = self.manifests.get(key) or PartitionManifest(dataset=key[0], day=key[1])
-        new = PartitionManifest(dataset=key[0], day=key[1], wal_through=max(old.wal_through, cut),
-                                blocks=[*old.blocks, entry])
-        await trio.to_thread.run_sync(new.save, directory)
-        # One step, no checkpoint: the rows move from the memtable to the block.
-        self.manifests[key] = new
-        del frozen.parts[key]
+        async with self.part_lock(key):
+            old = self.manifests.get(key) or PartitionManifest(dataset=key[0], day=key[1])
+            new = replace(old, wal_through=max(old.wal_through, cut), blocks=[*old.blocks, entry])
+            await trio.to_thread.run_sync(new.save, directory)
+            # One step, no checkpoint: the rows move from the memtable to the block.
+            self.manifests[key] = new
+            del frozen.parts[key]
 
     # -- reading ----------------------------------------------------------
 

@@ -28,6 +28,15 @@ class PartitionManifest:
     day: int
     wal_through: int = 0
     blocks: list[BlockEntry] = field(default_factory=list)
+    # Replication state (unused without a shared store): the shared manifest
+    # version this list was last merged with, and which of this node's own
+    # blocks are already in the shared manifest. Own blocks not in `uploaded`
+    # are pending upload; that set *is* the persistent upload queue.
+    shared_version: int = 0
+    uploaded: set[str] = field(default_factory=set)
+
+    def pending(self, node_id: str) -> list[BlockEntry]:
+        return [b for b in self.blocks if b.node == node_id and b.id not in self.uploaded]
 
     @property
     def rows(self) -> int:
@@ -39,7 +48,8 @@ class PartitionManifest:
 
     def save(self, directory: Path) -> None:
         doc = {"format": FORMAT, "dataset": self.dataset, "day": self.day,
-               "wal_through": self.wal_through, "blocks": [b.to_json() for b in self.blocks]}
+               "wal_through": self.wal_through, "blocks": [b.to_json() for b in self.blocks],
+               "shared_version": self.shared_version, "uploaded": sorted(self.uploaded)}
         write_atomic(directory / MANIFEST_NAME, orjson.dumps(doc, option=orjson.OPT_INDENT_2))
 
     @classmethod
@@ -48,4 +58,5 @@ class PartitionManifest:
         if doc.get("format") != FORMAT:
             raise ValueError(f"{directory / MANIFEST_NAME}: unknown manifest format {doc.get('format')!r}")
         return cls(dataset=doc["dataset"], day=doc["day"], wal_through=doc["wal_through"],
-                   blocks=[BlockEntry.from_json(b) for b in doc["blocks"]])
+                   blocks=[BlockEntry.from_json(b) for b in doc["blocks"]],
+                   shared_version=doc.get("shared_version", 0), uploaded=set(doc.get("uploaded", ())))

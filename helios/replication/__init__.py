@@ -1,0 +1,1 @@
+"""Replication through the shared store: the shared manifest protocol, uploader and puller."""
