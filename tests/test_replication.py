@@ -95,3 +95,42 @@ def test_kill9_writer_mid_stream_converges_without_loss_or_duplicates(
         wait_until(lambda node=node: node.count(dataset="k") == acked, timeout_s=8 * SYNC_SECS, what="convergence")
     time.sleep(SYNC_SECS)  # nothing more arrives later: still exact
     assert a.count(dataset="k") == acked and b.count(dataset="k") == acked
+
+
+def test_store_outage_keeps_local_work_going_then_converges(
+        server_factory: Callable[..., Server], store_env: dict[str, str], records: list[Record],
+        request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    import signal
+
+    a = server_factory("a", **store_env)
+    b = server_factory("b", **store_env)
+    assert a.ingest(ndjson(records[:500]), dataset="o").status_code == 200
+    wait_until(lambda: b.count(dataset="o") == 500, timeout_s=4 * SYNC_SECS, what="initial sync")
+    spec = store_env["HELIOS_SHARED_STORE"]
+    if spec.startswith("s3://"):
+        moto: MotoServer = request.getfixturevalue("moto_s3")
+        assert moto.proc is not None
+        moto.proc.send_signal(signal.SIGSTOP)  # requests hang and time out: the store is down
+        restore = lambda: moto.proc.send_signal(signal.SIGCONT)  # noqa: E731
+    else:
+        store = Path(spec)
+        hidden = store.with_name("shared-hidden")
+        store.rename(hidden)
+        store.write_bytes(b"not a directory")  # every store operation now fails
+
+        def restore() -> None:
+            store.unlink()
+            hidden.rename(store)
+    try:
+        began = time.monotonic()
+        assert a.ingest(ndjson(records[500:1500]), dataset="o").json() == {"ingested": 1000}
+        assert a.count(dataset="o") == 1500
+        assert b.count(dataset="o") == 500
+        assert time.monotonic() - began < 5, "ingest and local queries must not wait on the store"
+        wait_until(lambda: a.request("GET", "/api/v1/cluster").json()["sync"]["pending_uploads"] > 0,
+                   timeout_s=4 * SYNC_SECS, what="a pending upload")
+    finally:
+        restore()
+    for node in (a, b):
+        wait_until(lambda node=node: node.count(dataset="o") == 1500, timeout_s=40, what="catch-up after the outage")
+    assert a.request("GET", "/api/v1/cluster").json()["sync"]["pending_uploads"] == 0
