@@ -134,3 +134,16 @@ def test_store_outage_keeps_local_work_going_then_converges(
     for node in (a, b):
         wait_until(lambda node=node: node.count(dataset="o") == 1500, timeout_s=40, what="catch-up after the outage")
     assert a.request("GET", "/api/v1/cluster").json()["sync"]["pending_uploads"] == 0
+
+
+def test_a_node_with_data_seeds_an_empty_store(server_factory: Callable[..., Server], store_env: dict[str, str],
+                                               records: list[Record]) -> None:
+    local_only = {k: v for k, v in store_env.items() if k != "HELIOS_SHARED_STORE"}
+    a = server_factory("a", **local_only)
+    assert a.ingest(ndjson(records[:2000]), dataset="seed").status_code == 200
+    assert a.stop() == 0  # its data is in blocks now, never uploaded anywhere
+    a.env.update(store_env)
+    a.start()
+    b = server_factory("b", **store_env)
+    wait_until(lambda: b.count(dataset="seed") == 2000, timeout_s=6 * SYNC_SECS, what="the store to be seeded")
+    assert a.count(dataset="seed") == 2000
