@@ -52,8 +52,7 @@ class MemoryBackend:
         check_prefix(prefix)
         await trio.lowlevel.checkpoint()
         self.counters.add("LIST")
-        start = bisect.bisect_right(self._keys, max(start_after, prefix)) if start_after >= prefix else \
-            bisect.bisect_left(self._keys, prefix)
+        start = max(bisect.bisect_left(self._keys, prefix), bisect.bisect_right(self._keys, start_after))
         out = []
         for key in self._keys[start:]:
             if not key.startswith(prefix) or len(out) >= limit:

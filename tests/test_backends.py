@@ -196,23 +196,20 @@ async def test_faulty_wrapper_and_create_resolved(tmp_path: Path) -> None:
     await inner.create("c", b"theirs")
     with pytest.raises(Conflict):
         await create_resolved(faulty, "c", b"mine-c")
-    flaky = FaultyBackend(inner, seed=3, error_rate=0.5)
-    outcomes = []
-    for i in range(40):
-        try:
-            await flaky.get("a")
-            outcomes.append(True)
-        except Unavailable:
-            outcomes.append(False)
+    async def outcomes_for(seed: int) -> list[bool]:
+        flaky = FaultyBackend(inner, seed=seed, error_rate=0.5)
+        outcomes = []
+        for _ in range(40):
+            try:
+                await flaky.get("a")
+                outcomes.append(True)
+            except Unavailable:
+                outcomes.append(False)
+        return outcomes
+
+    outcomes = await outcomes_for(3)
     assert 5 < outcomes.count(False) < 35
-    replay = FaultyBackend(inner, seed=3, error_rate=0.5)
-    again = []
-    for i in range(40):
-        try:
-            await replay.get("a")
-            again.append(True)
-        except Unavailable:
-            again.append(False)
+    again = await outcomes_for(3)
     assert again == outcomes, "a seed replays the same faults"
 
 

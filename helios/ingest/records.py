@@ -228,10 +228,8 @@ def _render(values: Iterable[Any]) -> pa.Array:
 
 
 def _json_kind(doc: object) -> str:
-    if isinstance(doc, list):
-        return "an array"
-    if isinstance(doc, str):
-        return "a string"
-    if doc is None:
-        return "null"
-    return "a " + type(doc).__name__.replace("int", "number").replace("float", "number").replace("bool", "boolean")
+    if isinstance(doc, bool):
+        return "a boolean"
+    if isinstance(doc, (int, float)):
+        return "a number"
+    return {list: "an array", str: "a string"}.get(type(doc), "null")

@@ -15,6 +15,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from helios import timeutil
 from helios.query import ast
 from helios.storage.blocks import BlockIndex
 from helios.storage.bloom import field_term
@@ -58,8 +59,6 @@ def _as_text(column: Any) -> Any:
     if pa.types.is_string(kind):
         return column
     if pa.types.is_timestamp(kind):
-        from helios import timeutil
-
         return timeutil.format_column(column)
     return column.cast(pa.string())
 

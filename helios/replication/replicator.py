@@ -21,11 +21,12 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 from typing import Any
 
 import trio
 
-from backends import Backend, StoreError
+from backends import Backend, StoreError, Unavailable, list_all
 from helios import log, timeutil
 from helios.replication import shared
 from helios.storage.blocks import BlockEntry
@@ -143,7 +144,7 @@ class Replicator:
         if now - self._last_full >= FULL_PASS_EVERY_S:
             changed = set()
             feed_start = time.time_ns() - CHANGE_WINDOW_NS
-            async for info in _list_all(self.store, "_partitions/"):
+            async for info in list_all(self.store, "_partitions/"):
                 _, dataset, day_name = info.key.split("/")
                 changed.add((dataset, _day_number(day_name)))
             self._last_full = now
@@ -152,7 +153,7 @@ class Replicator:
         changed = set()
         start_after = f"_changes/{max(0, self._cursor_ns - CHANGE_WINDOW_NS):020d}"
         newest = self._cursor_ns
-        async for info in _list_all(self.store, "_changes/", start_after=start_after):
+        async for info in list_all(self.store, "_changes/", start_after=start_after):
             if info.key in self._seen:
                 continue
             self._seen.add(info.key)
@@ -203,19 +204,8 @@ def _write_block(directory: Any, block: BlockEntry, data: bytes) -> None:
 
 
 def _corrupt(block: BlockEntry) -> StoreError:
-    from backends import Unavailable
-
     return Unavailable(f"block {block.id} fetched from the store does not match its checksum")
 
 
 def _day_number(name: str) -> int:
-    from datetime import datetime, timezone
-
     return int(datetime.strptime(name, "%Y-%m-%d").replace(tzinfo=timezone.utc).timestamp()) // 86_400
-
-
-async def _list_all(store: Backend, prefix: str, start_after: str = "") -> Any:
-    from backends import list_all
-
-    async for info in list_all(store, prefix, start_after=start_after):
-        yield info
