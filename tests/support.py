@@ -18,7 +18,9 @@ import httpx
 import orjson
 
 REPO = Path(__file__).resolve().parent.parent
-LOGHUB = REPO.parent / "shared" / "data" / "loghub"
+# The Loghub samples live in ../shared beside the checkout (as CI lays them out);
+# HELIOS_LOGHUB_DIR points elsewhere, e.g. for a clone in /tmp.
+LOGHUB = Path(os.environ.get("HELIOS_LOGHUB_DIR") or REPO.parent / "shared" / "data" / "loghub")
 ADMIN_PASSWORD = "test-admin-password"
 BASE_NS = 1_700_000_000_000_000_000  # 2023-11-14T22:13:20Z
 _LEVEL = re.compile(r"\b(INFO|WARN|WARNING|ERROR|FATAL|DEBUG|TRACE|notice|error|warn)\b")
@@ -46,7 +48,7 @@ def loghub_records() -> list[Record]:
     """The 20,000 Loghub lines as records, spread over three UTC days, in a fixed order."""
     records = []
     files = sorted(LOGHUB.glob("*_2k.log"))
-    assert len(files) == 10, f"Loghub data missing under {LOGHUB}"
+    assert len(files) == 10, f"Loghub data missing under {LOGHUB}: set HELIOS_LOGHUB_DIR"
     index = 0
     for path in files:
         service = path.name.split("_")[0].lower()
