@@ -150,3 +150,46 @@ def test_replay_skips_rows_already_in_blocks(tmp_path: Path) -> None:
     assert reopened.replayed_rows == 0
     assert sum(s.rows for s in reopened.sources(None, None, None)) == 2
     reopened.close()
+
+
+def test_uploader_appends_once_and_expires_its_change_keys(tmp_path: Path) -> None:
+    """In-process: upload twice (idempotent), a peer pulls exactly once, old feed keys are deleted."""
+    from backends.memory import MemoryBackend
+    from helios.replication import replicator as repl
+    from helios.replication.shared import read_latest
+
+    now = [1_700_000_000_000_000_000]
+    store = MemoryBackend()
+    table = parse_ndjson(b'{"_msg": "one", "_time": 5}\n{"_msg": "two", "_time": 6}\n', 0)
+
+    async def main() -> None:
+        a = Engine(tmp_path / "a", "a")
+        b = Engine(tmp_path / "b", "b")
+        a.open()
+        b.open()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a.wal.run)
+            await a.ingest("d", table)
+            await a.flush()
+            ra = repl.Replicator(a, store, "a", 0.1, clock=lambda: now[0])
+            rb = repl.Replicator(b, store, "b", 0.1, clock=lambda: now[0])
+            assert ra.pending_uploads() == 1
+            await ra.upload_once()
+            assert ra.pending_uploads() == 0
+            manifest = a.manifests[("d", 0)]
+            manifest.uploaded.clear()  # as if the node crashed before recording the upload
+            await ra.upload_once()
+            latest = await read_latest(store, "d", 0)
+            assert latest.version == 1 and len(latest.blocks) == 1, "the second append found the block there"
+            await rb.pull_once()
+            await rb.pull_once()
+            assert sum(s.rows for s in b.sources(None, None, None)) == 2
+            assert len([k for k in store.objects if k.startswith("_changes/")]) == 1
+            now[0] += repl.CHANGE_TTL_NS + 1
+            await ra.upload_once()
+            assert not [k for k in store.objects if k.startswith("_changes/")]
+            nursery.cancel_scope.cancel()
+        a.close()
+        b.close()
+
+    trio.run(main)

@@ -22,7 +22,8 @@ import logging
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from typing import Any
+from collections import deque
+from typing import Any, Callable
 
 import trio
 
@@ -39,6 +40,10 @@ __all__ = ["Replicator"]
 _log = log.get("helios.replication")
 FULL_PASS_EVERY_S = 300.0
 CHANGE_WINDOW_NS = 120 * 1_000_000_000  # re-read feed keys this far back: late writers, skewed clocks
+# A node deletes its own feed keys after this long. It is longer than the window
+# and than the full-pass interval, so a puller misses no change: one that was
+# away longer does a full pass when it comes back.
+CHANGE_TTL_NS = 600 * 1_000_000_000
 
 
 @dataclass
@@ -51,8 +56,10 @@ class SyncStatus:
 
 
 class Replicator:
-    def __init__(self, engine: Engine, store: Backend, node_id: str, interval_s: float) -> None:
+    def __init__(self, engine: Engine, store: Backend, node_id: str, interval_s: float,
+                 clock: Callable[[], int] = time.time_ns) -> None:
         self.engine = engine
+        self.clock = clock
         self.store = store
         self.node_id = node_id
         self.interval_s = interval_s
@@ -60,12 +67,13 @@ class Replicator:
         self._cursor_ns = 0
         self._seen: set[str] = set()
         self._last_full = -1e18
+        self._own_changes: deque[tuple[int, str]] = deque()  # (written at ns, key), oldest first
 
     def pending_uploads(self) -> int:
         return sum(len(m.pending(self.node_id)) for m in self.engine.manifests.values())
 
     def snapshot(self) -> dict[str, Any]:
-        now = time.time_ns()
+        now = self.clock()
         pull = self.status.last_pull_ns
         return {
             "last_upload": timeutil.format_ns(self.status.last_upload_ns) if self.status.last_upload_ns else None,
@@ -103,6 +111,14 @@ class Replicator:
             pending = manifest.pending(self.node_id)
             if pending:
                 await self._upload_partition(key, pending)
+        await self._expire_changes()
+
+    async def _expire_changes(self) -> None:
+        """Delete this node's change-feed keys older than CHANGE_TTL_NS (keys left by a crash wait for GC)."""
+        horizon = self.clock() - CHANGE_TTL_NS
+        while self._own_changes and self._own_changes[0][0] < horizon:
+            await self.store.delete(self._own_changes[0][1])
+            self._own_changes.popleft()
 
     async def _upload_partition(self, key: tuple[str, int], pending: list[BlockEntry]) -> None:
         dataset, day = key
@@ -119,12 +135,14 @@ class Replicator:
 
         known = self.engine.manifests[key].shared_version
         result = await shared.commit(self.store, dataset, day, self.node_id, append, known)
-        await self.store.put(f"_changes/{time.time_ns():020d}.{dataset}.{timeutil.day_name(day)}."
-                             f"{result.version}.{self.node_id}", b"")
+        now = self.clock()
+        change = f"_changes/{now:020d}.{dataset}.{timeutil.day_name(day)}.{result.version}.{self.node_id}"
+        await self.store.put(change, b"")
+        self._own_changes.append((now, change))
         async with self.engine.part_lock(key):
             current = self.engine.manifests[key]
             self.engine.manifests[key] = await self._save(current, uploaded=current.uploaded | ids)
-        self.status.last_upload_ns = time.time_ns()
+        self.status.last_upload_ns = self.clock()
         self.status.uploaded_blocks += len(ids)
 
     async def _save(self, manifest: PartitionManifest, **changes: Any) -> PartitionManifest:
@@ -137,13 +155,13 @@ class Replicator:
     async def pull_once(self) -> None:
         for dataset, day in sorted(await self._changed_partitions()):
             await self.sync_partition(dataset, day)
-        self.status.last_pull_ns = time.time_ns()
+        self.status.last_pull_ns = self.clock()
 
     async def _changed_partitions(self) -> set[tuple[str, int]]:
         now = trio.current_time()
         if now - self._last_full >= FULL_PASS_EVERY_S:
             changed = set()
-            feed_start = time.time_ns() - CHANGE_WINDOW_NS
+            feed_start = self.clock() - CHANGE_WINDOW_NS
             async for info in list_all(self.store, "_partitions/"):
                 _, dataset, day_name = info.key.split("/")
                 changed.add((dataset, _day_number(day_name)))
