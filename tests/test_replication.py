@@ -48,6 +48,7 @@ def test_write_on_a_is_visible_on_b_within_the_bound(server_factory: Callable[..
         assert a.count(dataset="logs") == start + 1000  # read-your-writes on the writer
         wait_until(lambda: b.count(dataset="logs") == start + 1000, timeout_s=4 * SYNC_SECS, what="B to see A's rows")
         lags.append(time.monotonic() - acked)
+    print(f"visibility lags (s): {[round(x, 2) for x in lags]}")
     assert max(lags) <= SYNC_SECS + 1.0, f"visibility lags {lags}"  # + query round-trip slack
     cluster = b.request("GET", "/api/v1/cluster").json()
     assert cluster["node_id"] and cluster["shared_store"] == store_env["HELIOS_SHARED_STORE"]
