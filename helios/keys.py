@@ -7,8 +7,6 @@ secret). A secret readable by group or others gets a warning at start-up.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import os
 import secrets
@@ -18,7 +16,7 @@ from pathlib import Path
 from helios import log
 from helios.errors import ConfigError
 
-__all__ = ["SECRET_BYTES", "fingerprint", "load_or_create", "write_private"]
+__all__ = ["SECRET_BYTES", "load_or_create", "write_private"]
 
 SECRET_BYTES = 32
 _log = log.get("helios.keys")
@@ -68,8 +66,3 @@ def load_or_create(path: Path, what: str) -> bytes:
         log.log(_log, logging.WARNING, f"the {what} is readable by others; run chmod 600",
                 path=str(path), mode=oct(mode))
     return data[:SECRET_BYTES] if len(data) == SECRET_BYTES else data
-
-
-def fingerprint(secret: bytes, label: str) -> str:
-    """A value that identifies a secret without revealing it (HMAC of a fixed label)."""
-    return hmac.new(secret, b"helios fingerprint: " + label.encode(), hashlib.sha256).hexdigest()[:32]

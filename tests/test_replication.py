@@ -5,11 +5,11 @@ from __future__ import annotations
 import secrets
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import pytest
 
-from support import ADMIN_PASSWORD, MotoServer, Record, Server, ndjson, wait_until
+from support import MotoServer, Record, Server, ndjson, wait_until
 
 SYNC_SECS = 2.0
 

@@ -7,7 +7,6 @@ body; anything else is a bug, logged with its traceback and answered 500.
 
 from __future__ import annotations
 
-import logging
 import re
 from typing import Any, AsyncIterator
 

@@ -20,7 +20,7 @@ from helios.query import ast
 from helios.storage.blocks import BlockIndex
 from helios.storage.bloom import field_term
 
-__all__ = ["mask", "may_match", "numeric", "referenced_fields"]
+__all__ = ["mask", "may_match", "numeric"]
 
 _WORDCHAR = re.compile(r"[^\W]", re.UNICODE)  # letters, digits, underscore
 _TOKENS = re.compile(r"[^\W]+", re.UNICODE)
@@ -37,7 +37,7 @@ def _re2_escape(text: str) -> str:
 
 
 def _is_wordchar(ch: str) -> bool:
-    return bool(_WORDCHAR.match(ch)) and ch != "\u00b7"
+    return bool(_WORDCHAR.match(ch))
 
 
 def word_pattern(text: str, prefix: bool) -> str:
@@ -174,17 +174,3 @@ def may_match(node: ast.Filter, index: BlockIndex | None, dataset: str) -> bool:
     if isinstance(node, ast.FieldEq) and node.value != "" and index.bloom is not None:
         return index.bloom.may_contain(field_term(field, node.value))
     return True
-
-
-def referenced_fields(node: ast.Filter) -> set[str]:
-    if isinstance(node, (ast.And, ast.Or)):
-        out: set[str] = set()
-        for child in node.children:
-            out |= referenced_fields(child)
-        return out
-    if isinstance(node, ast.Not):
-        return referenced_fields(node.child)
-    if isinstance(node, (ast.Word, ast.Phrase)):
-        return {"_msg"}
-    field = getattr(node, "field", None)
-    return {field} if field else set()

@@ -95,16 +95,12 @@ def build_block(directory: Path, block_id: str, tables: list[pa.Table], *, datas
     return entry
 
 
-def load_block(path: Path, entry: BlockEntry, columns: list[str] | None = None) -> pa.Table:
-    """Read a whole block, verifying its checksum; ``columns`` that it lacks are skipped."""
+def load_block(path: Path, entry: BlockEntry) -> pa.Table:
+    """Read a whole block, verifying its checksum."""
     data = path.read_bytes()
     if len(data) != entry.bytes or hashlib.sha256(data).hexdigest() != entry.sha256:
         raise CorruptBlock(f"block {entry.id} at {path} does not match its checksum")
-    source = pq.ParquetFile(pa.BufferReader(data))
-    if columns is not None:
-        present = set(source.schema_arrow.names)
-        columns = [name for name in columns if name in present]
-    return source.read(columns=columns)
+    return pq.read_table(pa.BufferReader(data))
 
 
 def load_index(path: Path) -> BlockIndex:
