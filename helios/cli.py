@@ -49,6 +49,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"helios: {exc}", file=sys.stderr)
         return 2
+    except BaseExceptionGroup as group:  # a background task (e.g. the control-plane sync) refused to go on
+        found = group.subgroup(ConfigError)
+        if found is None:
+            raise
+        while isinstance(found, BaseExceptionGroup):
+            found = found.exceptions[0]
+        print(f"helios: {found}", file=sys.stderr)
+        return 2
     return 0
 
 

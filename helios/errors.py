@@ -8,6 +8,8 @@
     ├── Unauthorized        no or bad credentials: 401
     ├── Forbidden           valid credentials, wrong role: 403
     ├── NotFound            404
+    ├── Conflict            the change breaks a rule of the current state: 409
+    │   └── StaleVersion        optimistic concurrency: carries the current version
     ├── Unavailable         an operating error (disk, shutdown); retry later: 503
     └── ConfigError         the node cannot start; the message says what to fix
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "Conflict",
     "Forbidden",
     "HeliosError",
     "IngestError",
@@ -25,6 +28,7 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "QuerySyntaxError",
+    "StaleVersion",
     "Unauthorized",
     "Unavailable",
 ]
@@ -73,6 +77,19 @@ class Forbidden(HeliosError):
 
 class NotFound(HeliosError):
     status = 404
+
+
+class Conflict(HeliosError):
+    status = 409
+
+
+class StaleVersion(Conflict):
+    def __init__(self, message: str, version: int) -> None:
+        super().__init__(message)
+        self.version = version
+
+    def payload(self) -> dict[str, object]:
+        return {"error": str(self), "version": self.version}
 
 
 class Unavailable(HeliosError):

@@ -28,11 +28,12 @@ import hypercorn.trio
 import trio
 
 from backends import Backend, Invalid, StoreError, Unavailable, open_backend
-from helios import __version__, keys, log
+from helios import __version__, keys, log, timeutil
 from helios.api.app import create_app
 from helios.config import Config
 from helios.control.auth import Auth
-from helios.control.store import ControlStore
+from helios.control.objects import dataset_retention
+from helios.control.plane import ControlPlane, Sealer
 from helios.errors import ConfigError
 from helios.replication.replicator import Replicator
 from helios.storage.engine import Engine
@@ -62,7 +63,8 @@ class Node:
         self.node_id = _node_id(config)
         control_key = keys.load_or_create(config.control_key_path, "control key")
         jwt_secret = keys.load_or_create(config.jwt_secret_path, "JWT secret")
-        self.control = ControlStore(config.data_dir / "control", control_key, config.control_encryption)
+        sealer = Sealer(control_key, jwt_secret, config.control_encryption)
+        self.control = ControlPlane(config.data_dir / "control", sealer, self.node_id)
         self.auth = Auth(self.control, jwt_secret, config.token_ttl_secs)
         self.engine = Engine(config.data_dir, self.node_id, memtable_rows=config.memtable_rows,
                              cache_bytes=config.cache_bytes)
@@ -72,9 +74,19 @@ class Node:
         self.started_ns = time.time_ns()
         self.counters: Counter[str] = Counter()
 
-    def open(self) -> None:
-        self.engine.open()
-        self.auth.bootstrap(self.config.admin_password, self.config.secrets_dir)
+    async def open(self, store: Backend | None) -> None:
+        """Replay the WAL, load the control plane, join the shared one, create the first admin."""
+        await trio.to_thread.run_sync(self.engine.open)
+        await self.control.open()
+        self.store = store
+        if store is not None:
+            self.control.store, self.control.store_label = store, self.config.shared_store
+            await self.control.try_attach(STORE_PROBE_TIMEOUT_S)
+        if self.control.writable:
+            await self.bootstrap()
+
+    async def bootstrap(self) -> None:
+        await self.auth.bootstrap(self.config.admin_password, self.config.secrets_dir)
 
     def cluster(self) -> dict[str, object]:
         return {
@@ -83,11 +95,13 @@ class Node:
             # Leases (compaction, retention, monitors) are not built yet: no job has a leader.
             "leaders": {"compaction": None, "retention": None, "monitors": None},
             "sync": self.replicator.snapshot() if self.replicator else None,
+            "control": {"entries": self.control.applied, "joined": self.control.writable,
+                        "last_pull": (timeutil.format_ns(self.control.last_pull_ns)
+                                      if self.control.last_pull_ns else None)},
         }
 
     def retention_days(self, dataset: str) -> int | None:
-        doc = self.control.get("datasets", dataset)
-        return None if doc is None else doc.get("retention_days")
+        return dataset_retention(self.control, dataset)
 
     def metrics_text(self) -> str:
         engine = self.engine
@@ -105,6 +119,8 @@ class Node:
             f"helios_wal_bytes_total {engine.wal.bytes_written}",
             "# TYPE helios_flushes_total counter",
             f"helios_flushes_total {engine.flushes}",
+            "# TYPE helios_control_log_entries gauge",
+            f"helios_control_log_entries {self.control.applied}",
             "# TYPE helios_memtable_rows gauge",
             f"helios_memtable_rows {engine.memtable.rows + sum(m.rows for _, m in engine.frozen)}",
             "# TYPE helios_block_cache_hits_total counter",
@@ -147,8 +163,7 @@ async def serve(config: Config, *, task_status: Any = trio.TASK_STATUS_IGNORED) 
     """Run a node until SIGTERM/SIGINT (or the caller cancels), then drain and return."""
     store = await open_store(config)
     node = await trio.to_thread.run_sync(Node, config)
-    node.store = store
-    await trio.to_thread.run_sync(node.open)
+    await node.open(store)
     if store is not None:
         node.replicator = Replicator(node.engine, store, node.node_id,
                                      interval_s=max(0.05, config.block_sync_secs / 8))
@@ -161,6 +176,7 @@ async def serve(config: Config, *, task_status: Any = trio.TASK_STATUS_IGNORED) 
             await nursery.start(node.engine.run_flusher, config.flush_secs)
             if node.replicator is not None:
                 await nursery.start(node.replicator.run)
+                await nursery.start(node.control.run, max(0.05, config.block_sync_secs / 8), node.bootstrap)
             async with trio.open_nursery() as server:
                 binds = await server.start(partial(hypercorn.trio.serve, app, _hypercorn_config(config),
                                                    shutdown_trigger=shutdown.wait))

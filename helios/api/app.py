@@ -17,6 +17,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from helios import __version__, log, timeutil
+from helios.api import control_api
 from helios.api.openapi import OPENAPI
 from helios.control.auth import Principal
 from helios.errors import HeliosError, InvalidInput, NotFound
@@ -110,7 +111,7 @@ def create_app(node: Any) -> QuartTrio:
         username, password = doc.get("username"), doc.get("password")
         if not isinstance(username, str) or not isinstance(password, str):
             raise InvalidInput("send {\"username\": ..., \"password\": ...} as strings")
-        token, expires = await trio.to_thread.run_sync(node.auth.login, username, password)
+        token, expires = await node.auth.login(username, password)
         return _json({"token": token, "expires_at": timeutil.format_ns(expires * 1_000_000_000)})
 
     # -- ingest ------------------------------------------------------------
@@ -185,6 +186,8 @@ def create_app(node: Any) -> QuartTrio:
     async def version() -> Response:
         await principal("query")
         return _json({"version": __version__, "node_id": node.node_id})
+
+    control_api.register(app, node, principal, json_body, validate_dataset)
 
     @app.route("/<path:rest>", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
     async def unknown(rest: str) -> Response:

@@ -1,0 +1,423 @@
+"""The control plane: one totally ordered, sealed, replicated log of changes.
+
+Every change to a control-plane object (a user, an API token, a dashboard, a
+monitor, the settings, a dataset's settings) is one entry of a log::
+
+    _control/log/000000000001      sealed {kind, id, version, doc|null, by, at, node, commit}
+    _control/log/000000000002
+    ...
+    _control/fingerprints.json     HMAC fingerprints of the control key and JWT secret,
+                                   the encryption mode, and the cluster id
+
+Entry ``n + 1`` is written with the store's create-if-absent — the same
+compare-and-swap as partition manifests — by a writer that has applied entry
+``n``. Of racing writers exactly one wins; a loser pulls the entries it
+missed, re-checks its change against the new state (a stale version is then a
+409 for its caller) and tries the next number. So the log has no gaps, every
+node applies the same entries in the same order, and per-object versions are
+a cluster-wide optimistic-concurrency check, never a silent overwrite.
+
+Each entry is sealed with AES-256-GCM under the control key, with a fresh
+nonce and the entry's position (``helios/control/log/<seq>``) as associated
+data: entries cannot be read, altered, reordered or replayed at another
+position without the key. Log keys carry only a number, so no name, title or
+hash appears anywhere in plaintext. With encryption ``none`` entries are
+plain JSON.
+
+The node keeps a local mirror of the log in ``<data-dir>/control/log/`` and
+the applied state in memory, so reads never touch the store and a node starts
+(read-only) while the store is down. Without a shared store the local mirror
+is the log itself. Changes need the log's authority: with a shared store that
+is the store, so they answer 503 while it is unreachable.
+
+The log doubles as the audit trail: every entry names who changed what, when,
+from which node.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import orjson
+import trio
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from backends import Backend, Conflict, NotFound, StoreError, create_resolved, list_all
+from backends.fs import FsBackend
+from helios import log, timeutil
+from helios.errors import ConfigError, Unavailable
+
+__all__ = ["KINDS", "UNCHANGED", "AuditEntry", "ControlPlane", "Obj", "Sealer"]
+
+KINDS = ("users", "tokens", "dashboards", "monitors", "settings", "datasets")
+STORE_LOG = "_control/log/"
+STORE_FINGERPRINTS = "_control/fingerprints.json"
+LOCAL_LOG = "log/"
+LOCAL_FINGERPRINTS = "fingerprints.json"
+MAX_COMMIT_ATTEMPTS = 50
+_SEALED = b"HLC1"
+_PLAIN = b"HLC0"
+_FINGERPRINT_LABEL = b"helios fingerprint v1"
+
+UNCHANGED: Any = object()  # a mutation's answer when nothing needs writing
+
+_log = log.get("helios.control")
+
+
+def _seq_name(seq: int) -> str:
+    return f"{seq:012d}"
+
+
+class Sealer:
+    """Seals and opens log entries; computes the fingerprints nodes compare."""
+
+    def __init__(self, control_key: bytes, jwt_secret: bytes, encryption: str) -> None:
+        self.encryption = encryption
+        self._aead = AESGCM(control_key[:32]) if encryption == "aes-256-gcm" else None
+        self._fingerprints = {
+            "encryption mode": encryption,
+            "control key": hmac.new(control_key, _FINGERPRINT_LABEL, hashlib.sha256).hexdigest()[:32],
+            "JWT secret": hmac.new(jwt_secret, _FINGERPRINT_LABEL, hashlib.sha256).hexdigest()[:32],
+        }
+
+    def fingerprints(self) -> dict[str, str]:
+        return dict(self._fingerprints)
+
+    def seal(self, aad: str, doc: dict[str, Any]) -> bytes:
+        body = orjson.dumps(doc)
+        if self._aead is None:
+            return _PLAIN + body
+        nonce = os.urandom(12)
+        return _SEALED + nonce + self._aead.encrypt(nonce, body, aad.encode())
+
+    def open(self, aad: str, data: bytes, where: str) -> dict[str, Any]:
+        magic = data[:4]
+        if magic == _PLAIN and self._aead is None:
+            return orjson.loads(data[4:])
+        if magic == _SEALED and self._aead is not None:
+            try:
+                return orjson.loads(self._aead.decrypt(data[4:16], data[16:], aad.encode()))
+            except InvalidTag:
+                raise ConfigError(f"{where} cannot be opened with this node's control key: "
+                                  "it was written with another key, altered or moved") from None
+        if magic in (_PLAIN, _SEALED):
+            stored = "encrypted" if magic == _SEALED else "unencrypted"
+            raise ConfigError(f"{where} is stored {stored} but this node's encryption mode is {self.encryption}")
+        raise ConfigError(f"{where} is not a control-plane log entry")
+
+
+_ADVICE = {
+    "control key": "give every node the same control key file (HELIOS_CONTROL_KEY_PATH)",
+    "JWT secret": "give every node the same JWT secret file (HELIOS_JWT_SECRET_PATH)",
+    "encryption mode": "set HELIOS_CONTROL_ENCRYPTION={theirs}",
+}
+
+
+def check_fingerprints(mine: dict[str, str], theirs: dict[str, Any], where: str, remedy: str) -> None:
+    """Raise ConfigError naming every secret or mode of this node that differs from ``theirs``."""
+    differ = [name for name in ("control key", "JWT secret", "encryption mode") if theirs.get(name) != mine[name]]
+    if not differ:
+        return
+    advice = "; ".join(_ADVICE[name].format(theirs=theirs.get(name)) for name in differ)
+    details = ", ".join(f"{name} {mine[name] if name == 'encryption mode' else 'fingerprint ' + mine[name]}"
+                        f" vs {theirs.get(name)}" for name in differ)
+    raise ConfigError(f"this node's {' and '.join(differ)} {'differs' if len(differ) == 1 else 'differ'} "
+                      f"from the {where} ({details}): {advice}; {remedy}")
+
+
+@dataclass(frozen=True)
+class Obj:
+    """The current state of one control-plane object; ``doc`` None once deleted."""
+
+    kind: str
+    id: str
+    version: int
+    doc: dict[str, Any] | None
+    created_ns: int
+    updated_ns: int
+    updated_by: str
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    seq: int
+    at_ns: int
+    by: str
+    node: str
+    action: str  # create, update, delete
+    kind: str
+    id: str
+    version: int
+    changed: tuple[str, ...]  # names of the fields that changed, never their values
+
+    def to_json(self) -> dict[str, Any]:
+        return {"seq": self.seq, "at": timeutil.format_ns(self.at_ns), "by": self.by, "node": self.node,
+                "action": self.action, "kind": self.kind, "id": self.id, "version": self.version,
+                "changed": list(self.changed)}
+
+
+Mutation = Callable[["Obj | None"], Any]
+
+
+class ControlPlane:
+    def __init__(self, directory: Path, sealer: Sealer, node_id: str) -> None:
+        self.directory = directory
+        self.sealer = sealer
+        self.node_id = node_id
+        self.local = FsBackend(directory)
+        self.store: Backend | None = None
+        self.store_label = ""
+        self.attached = False  # fingerprints checked and the store's log pulled at least once
+        self.cluster = ""
+        self.applied = 0
+        self.last_pull_ns: int | None = None
+        self.audit: list[AuditEntry] = []
+        self._objects: dict[tuple[str, str], Obj] = {}
+        self._lock = trio.Lock()
+
+    # -- reads (in memory, never blocking) -----------------------------------
+
+    def get(self, kind: str, object_id: str) -> Obj | None:
+        """The live object, or None if it never existed or was deleted."""
+        obj = self._objects.get((kind, object_id))
+        return obj if obj is not None and obj.doc is not None else None
+
+    def state(self, kind: str, object_id: str) -> Obj | None:
+        """Like ``get`` but also returns a deleted object's tombstone."""
+        return self._objects.get((kind, object_id))
+
+    def list(self, kind: str) -> list[Obj]:
+        return sorted((o for (k, _), o in self._objects.items() if k == kind and o.doc is not None),
+                      key=lambda o: (o.created_ns, o.id))
+
+    @property
+    def writable(self) -> bool:
+        return self.store is None or self.attached
+
+    # -- start-up ------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Check the local fingerprints and replay the local mirror of the log."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        mine = self.sealer.fingerprints()
+        recorded = await self._read_json(self.local, LOCAL_FINGERPRINTS)
+        if recorded is None:
+            recorded = {**mine, "cluster": secrets.token_hex(8)}
+            await self.local.put(LOCAL_FINGERPRINTS, orjson.dumps(recorded))
+        check_fingerprints(mine, recorded, f"control plane in {self.directory}",
+                           f"or move {self.directory} away to start this node with an empty control plane")
+        self.cluster = recorded["cluster"]
+        async for info in list_all(self.local, LOCAL_LOG):
+            seq = int(info.key.rsplit("/", 1)[1])
+            if seq != self.applied + 1:
+                break
+            blob = await self.local.get(info.key)
+            self._apply(seq, self.sealer.open(self._aad(seq), blob, f"control-plane entry {seq} in {self.directory}"))
+
+    async def attach(self, store: Backend, label: str) -> None:
+        """Join the store's control plane: compare fingerprints, adopt or seed its log, pull."""
+        self.store, self.store_label = store, label
+        async with self._lock:
+            await self._attach()
+
+    async def try_attach(self, timeout_s: float) -> bool:
+        """``attach`` at start-up; an unreachable store only defers it to the sync loop."""
+        assert self.store is not None
+        try:
+            with trio.fail_after(timeout_s):
+                async with self._lock:
+                    await self._attach()
+            return True
+        except (StoreError, trio.TooSlowError) as exc:
+            log.log(_log, logging.WARNING, "shared control plane unreachable; serving the local copy "
+                    "read-only until it answers", error=str(exc) or type(exc).__name__)
+            return False
+
+    async def _attach(self) -> None:
+        assert self.store is not None
+        mine = self.sealer.fingerprints()
+        theirs = await self._read_json(self.store, STORE_FINGERPRINTS)
+        if theirs is None:
+            proposal = {**mine, "cluster": self.cluster, "created_at": timeutil.format_ns(timeutil.now_ns()),
+                        "commit": secrets.token_hex(8)}
+            try:
+                await create_resolved(self.store, STORE_FINGERPRINTS, orjson.dumps(proposal))
+                theirs = proposal
+            except Conflict:
+                theirs = await self._read_json(self.store, STORE_FINGERPRINTS)
+                assert theirs is not None
+        check_fingerprints(mine, theirs, f"shared control plane at {self.store_label}",
+                           "then start the node again")
+        if theirs["cluster"] != self.cluster:
+            await self._adopt(theirs["cluster"])
+        await self._pull()
+        if self.applied and not await self._store_has(self.applied):
+            await self._seed()
+        self.attached = True
+
+    async def _adopt(self, cluster: str) -> None:
+        """This node's local log belongs to another control plane: replace it with the store's."""
+        if self.applied:
+            log.log(_log, logging.WARNING, "the shared store holds another control plane; this node's "
+                    "local users, tokens and settings are replaced by the shared ones",
+                    local_entries=self.applied)
+        async for info in list_all(self.local, LOCAL_LOG):
+            await self.local.delete(info.key)
+        recorded = {**self.sealer.fingerprints(), "cluster": cluster}
+        await self.local.put(LOCAL_FINGERPRINTS, orjson.dumps(recorded))
+        self.cluster = cluster
+        self.applied = 0
+        self.audit.clear()
+        self._objects.clear()
+
+    async def _store_has(self, seq: int) -> bool:
+        assert self.store is not None
+        try:
+            await self.store.get(STORE_LOG + _seq_name(seq))
+            return True
+        except NotFound:
+            return False
+
+    async def _seed(self) -> None:
+        """The store's log is behind this node's (a new or restored store): copy the missing entries up."""
+        assert self.store is not None
+        head = 0
+        async for info in list_all(self.store, STORE_LOG):
+            head = max(head, int(info.key.rsplit("/", 1)[1]))
+        for seq in range(head + 1, self.applied + 1):
+            blob = await self.local.get(LOCAL_LOG + _seq_name(seq))
+            await create_resolved(self.store, STORE_LOG + _seq_name(seq), blob)
+        log.log(_log, logging.INFO, "seeded the shared control plane", entries=self.applied - head)
+
+    # -- sync ----------------------------------------------------------------
+
+    async def pull(self) -> int:
+        """Apply the store's entries this node has not seen; return how many."""
+        async with self._lock:
+            return await self._pull()
+
+    async def _pull(self) -> int:
+        assert self.store is not None
+        before = self.applied
+        async for info in list_all(self.store, STORE_LOG, start_after=STORE_LOG + _seq_name(self.applied)):
+            seq = int(info.key.rsplit("/", 1)[1])
+            if seq != self.applied + 1:
+                break  # cannot happen (entry n+1 is only written after n); stop rather than skip
+            blob = await self.store.get(info.key)
+            entry = self.sealer.open(self._aad(seq), blob, f"control-plane entry {seq} in {self.store_label}")
+            await self.local.put(LOCAL_LOG + _seq_name(seq), blob)
+            self._apply(seq, entry)
+        self.last_pull_ns = timeutil.now_ns()
+        return self.applied - before
+
+    async def run(self, interval_s: float, on_attach: Callable[[], Awaitable[None]],
+                  *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Pull the shared log every ``interval_s``; attach first if start-up could not."""
+        task_status.started()
+        failing = False
+        while True:
+            await trio.sleep(interval_s)
+            try:
+                if not self.attached:
+                    assert self.store is not None
+                    await self.attach(self.store, self.store_label)
+                    log.log(_log, logging.INFO, "joined the shared control plane", entries=self.applied)
+                    await on_attach()
+                else:
+                    await self.pull()
+                if failing:
+                    log.log(_log, logging.INFO, "control-plane sync recovered")
+                failing = False
+            except StoreError as exc:
+                if not failing:
+                    log.log(_log, logging.WARNING, "control-plane sync failed; retrying", error=str(exc))
+                failing = True
+
+    # -- changes -------------------------------------------------------------
+
+    async def commit(self, kind: str, object_id: str, mutate: Mutation, by: str) -> Obj | None:
+        """Change one object: ``mutate(current)`` returns its new doc, None to delete it, or UNCHANGED.
+
+        ``mutate`` sees the live object (None if absent) and may raise a
+        HeliosError (a stale version, a missing object, a rule broken); after
+        losing a race it is called again on the newer state.
+        """
+        assert kind in KINDS, kind
+        if not self.writable:
+            raise Unavailable("the shared store is unreachable, so control-plane changes cannot be made "
+                              "now (reads keep working); try again when it answers")
+        async with self._lock:
+            for _ in range(MAX_COMMIT_ATTEMPTS):
+                previous = self._objects.get((kind, object_id))
+                doc = mutate(previous if previous is not None and previous.doc is not None else None)
+                if doc is UNCHANGED:
+                    return self.get(kind, object_id)
+                seq = self.applied + 1
+                entry = {"kind": kind, "id": object_id, "version": (previous.version if previous else 0) + 1,
+                         "doc": doc, "by": by, "at": timeutil.now_ns(), "node": self.node_id,
+                         "commit": secrets.token_hex(8)}
+                blob = self.sealer.seal(self._aad(seq), entry)
+                try:
+                    await self._append(seq, blob)
+                except Conflict:
+                    if self.store is None:
+                        raise ConfigError(f"another process is writing the control plane in {self.directory}")
+                    await self._pull()
+                    continue
+                except StoreError as exc:
+                    raise Unavailable("the shared store did not confirm the change, which may or may not have "
+                                      f"been applied; read it back before retrying ({exc})") from None
+                self._apply(seq, entry)
+                return self._objects[(kind, object_id)]
+        raise Unavailable("the control plane is changing too fast to commit this change; try again")
+
+    async def _append(self, seq: int, blob: bytes) -> None:
+        if self.store is None:
+            await self.local.create(LOCAL_LOG + _seq_name(seq), blob)
+            return
+        await create_resolved(self.store, STORE_LOG + _seq_name(seq), blob)
+        try:
+            await self.local.put(LOCAL_LOG + _seq_name(seq), blob)
+        except StoreError as exc:  # the store holds it; the next start pulls it again
+            log.log(_log, logging.WARNING, "could not mirror a control-plane entry locally",
+                    seq=seq, error=str(exc))
+
+    # -- internals -----------------------------------------------------------
+
+    @staticmethod
+    def _aad(seq: int) -> str:
+        return f"helios/control/log/{_seq_name(seq)}"
+
+    @staticmethod
+    async def _read_json(backend: Backend, key: str) -> dict[str, Any] | None:
+        try:
+            return orjson.loads(await backend.get(key))
+        except NotFound:
+            return None
+        except orjson.JSONDecodeError:
+            raise ConfigError(f"{key} in the control plane is not valid JSON") from None
+
+    def _apply(self, seq: int, entry: dict[str, Any]) -> None:
+        kind, object_id, doc = entry["kind"], entry["id"], entry["doc"]
+        previous = self._objects.get((kind, object_id))
+        before = previous.doc if previous is not None and previous.doc is not None else None
+        if doc is None:
+            action = "delete"
+        else:
+            action = "update" if before is not None else "create"
+        created = previous.created_ns if before is not None and previous is not None else entry["at"]
+        self._objects[(kind, object_id)] = Obj(kind, object_id, entry["version"], doc, created,
+                                               entry["at"], entry["by"])
+        changed = sorted(k for k in set(before or {}) | set(doc or {})
+                         if (before or {}).get(k) != (doc or {}).get(k))
+        self.audit.append(AuditEntry(seq, entry["at"], entry["by"], entry["node"], action, kind, object_id,
+                                     entry["version"], tuple(changed)))
+        self.applied = seq
