@@ -84,6 +84,8 @@ class Node:
             await self.control.try_attach(STORE_PROBE_TIMEOUT_S)
         if self.control.writable:
             await self.bootstrap()
+        elif self.control.applied == 0:  # a new node, its store down: usable now, reconciled on joining
+            await self.control.bootstrap_alone(self.bootstrap)
 
     async def bootstrap(self) -> None:
         await self.auth.bootstrap(self.config.admin_password, self.config.secrets_dir)

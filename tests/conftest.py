@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from support import MotoServer, Record, Server, loghub_records
+from support import SYNC_SECS, MotoServer, Record, Server, loghub_records
 
 
 @pytest.fixture(scope="session")
@@ -60,3 +61,27 @@ def moto_s3(s3_env: dict[str, str]) -> Iterator["MotoServer"]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(params=["fs", "s3"])
+def store_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
+    """Environment for nodes sharing one store, one secret set, and a 2 s sync bound."""
+    env = {"HELIOS_BLOCK_SYNC_SECS": str(SYNC_SECS)}
+    secrets_dir = tmp_path / "shared-secrets"
+    secrets_dir.mkdir()
+    (secrets_dir / "control.key").write_bytes(secrets.token_bytes(32))
+    (secrets_dir / "jwt.secret").write_bytes(secrets.token_bytes(32))
+    for path in secrets_dir.iterdir():
+        path.chmod(0o600)
+    env["HELIOS_CONTROL_KEY_PATH"] = str(secrets_dir / "control.key")
+    env["HELIOS_JWT_SECRET_PATH"] = str(secrets_dir / "jwt.secret")
+    if request.param == "fs":
+        env["HELIOS_SHARED_STORE"] = str(tmp_path / "shared")
+    else:
+        moto: MotoServer = request.getfixturevalue("moto_s3")
+        env.update(request.getfixturevalue("s3_env"))
+        env["AWS_ENDPOINT_URL_S3"] = moto.endpoint
+        env["HELIOS_SHARED_STORE"] = f"s3://helios-test/repl-{secrets.token_hex(4)}"
+    return env
+
+

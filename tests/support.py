@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 # HELIOS_LOGHUB_DIR points elsewhere, e.g. for a clone in /tmp.
 LOGHUB = Path(os.environ.get("HELIOS_LOGHUB_DIR") or REPO.parent / "shared" / "data" / "loghub")
 ADMIN_PASSWORD = "test-admin-password"
+SYNC_SECS = 2.0  # HELIOS_BLOCK_SYNC_SECS of the multi-node tests (store_env)
 BASE_NS = 1_700_000_000_000_000_000  # 2023-11-14T22:13:20Z
 _LEVEL = re.compile(r"\b(INFO|WARN|WARNING|ERROR|FATAL|DEBUG|TRACE|notice|error|warn)\b")
 
@@ -93,16 +94,26 @@ class Server:
     _token: str | None = None
     _pump: threading.Thread | None = None
 
-    def start(self, timeout_s: float = 30.0) -> Server:
+    def _command(self) -> tuple[list[str], dict[str, str]]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("HELIOS_")}
         env.update({"HELIOS_ADMIN_PASSWORD": ADMIN_PASSWORD, "HELIOS_LOG_LEVEL": "info"})
         env.update(self.env)
+        return ([sys.executable, "-m", "helios", "serve", "--data-dir", str(self.data_dir),
+                 "--listen", "127.0.0.1:0"], env)
+
+    def refused(self, timeout_s: float = 60.0) -> tuple[int, str]:
+        """Start a node that is expected to refuse: its exit code and everything it wrote to stderr."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        argv, env = self._command()
+        done = subprocess.run(argv, env=env, cwd=self.data_dir.parent, capture_output=True, timeout=timeout_s)
+        return done.returncode, done.stderr.decode(errors="replace")
+
+    def start(self, timeout_s: float = 30.0) -> Server:
+        argv, env = self._command()
         self.logs = []
         self._token = None
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "helios", "serve", "--data-dir", str(self.data_dir),
-             "--listen", "127.0.0.1:0"],
-            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, cwd=self.data_dir.parent)
+        self.proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env,
+                                     cwd=self.data_dir.parent)
         lines: queue.Queue[str | None] = queue.Queue()
 
         def pump(stream: Any) -> None:

@@ -2,38 +2,13 @@
 
 from __future__ import annotations
 
-import secrets
 import time
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
-from support import MotoServer, Record, Server, ndjson, wait_until
-
-SYNC_SECS = 2.0
-
-
-@pytest.fixture(params=["fs", "s3"])
-def store_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
-    """Environment for nodes sharing one store, one secret set, and a 2 s sync bound."""
-    env = {"HELIOS_BLOCK_SYNC_SECS": str(SYNC_SECS)}
-    secrets_dir = tmp_path / "shared-secrets"
-    secrets_dir.mkdir()
-    (secrets_dir / "control.key").write_bytes(secrets.token_bytes(32))
-    (secrets_dir / "jwt.secret").write_bytes(secrets.token_bytes(32))
-    for path in secrets_dir.iterdir():
-        path.chmod(0o600)
-    env["HELIOS_CONTROL_KEY_PATH"] = str(secrets_dir / "control.key")
-    env["HELIOS_JWT_SECRET_PATH"] = str(secrets_dir / "jwt.secret")
-    if request.param == "fs":
-        env["HELIOS_SHARED_STORE"] = str(tmp_path / "shared")
-    else:
-        moto: MotoServer = request.getfixturevalue("moto_s3")
-        env.update(request.getfixturevalue("s3_env"))
-        env["AWS_ENDPOINT_URL_S3"] = moto.endpoint
-        env["HELIOS_SHARED_STORE"] = f"s3://helios-test/repl-{secrets.token_hex(4)}"
-    return env
+from support import SYNC_SECS, MotoServer, Record, Server, ndjson, wait_until
 
 
 def test_write_on_a_is_visible_on_b_within_the_bound(server_factory: Callable[..., Server],

@@ -76,6 +76,12 @@ def _seq_name(seq: int) -> str:
     return f"{seq:012d}"
 
 
+async def _entries(backend: Backend, prefix: str, start_after: str = "") -> list[tuple[int, str]]:
+    """``(seq, key)`` of the log entries under ``prefix``, in order."""
+    return [(int(info.key.rsplit("/", 1)[1]), info.key)
+            async for info in list_all(backend, prefix, start_after=start_after)]
+
+
 class Sealer:
     """Seals and opens log entries; computes the fingerprints nodes compare."""
 
@@ -182,6 +188,7 @@ class ControlPlane:
         self.audit: list[AuditEntry] = []
         self._objects: dict[tuple[str, str], Obj] = {}
         self._lock = trio.Lock()
+        self._alone = False  # bootstrap_alone: the local log is the authority for a moment
 
     # -- reads (in memory, never blocking) -----------------------------------
 
@@ -202,6 +209,22 @@ class ControlPlane:
     def writable(self) -> bool:
         return self.store is None or self.attached
 
+    async def bootstrap_alone(self, commit: Callable[[], Awaitable[None]]) -> None:
+        """Make a brand-new node usable while its store is unreachable: commit locally, under a fresh cluster id.
+
+        Only for an empty local log (the first admin). The fresh id marks
+        these entries as not the store's: on joining, a store with its own
+        control plane replaces them; an empty store is seeded with them.
+        """
+        assert self.store is not None and not self.attached and self.applied == 0
+        self.cluster = secrets.token_hex(8)
+        await self.local.put(LOCAL_FINGERPRINTS, orjson.dumps({**self.sealer.fingerprints(), "cluster": self.cluster}))
+        self._alone = True
+        try:
+            await commit()
+        finally:
+            self._alone = False
+
     # -- start-up ------------------------------------------------------------
 
     async def open(self) -> None:
@@ -215,11 +238,10 @@ class ControlPlane:
         check_fingerprints(mine, recorded, f"control plane in {self.directory}",
                            f"or move {self.directory} away to start this node with an empty control plane")
         self.cluster = recorded["cluster"]
-        async for info in list_all(self.local, LOCAL_LOG):
-            seq = int(info.key.rsplit("/", 1)[1])
+        for seq, key in await _entries(self.local, LOCAL_LOG):
             if seq != self.applied + 1:
                 break
-            blob = await self.local.get(info.key)
+            blob = await self.local.get(key)
             self._apply(seq, self.sealer.open(self._aad(seq), blob, f"control-plane entry {seq} in {self.directory}"))
 
     async def attach(self, store: Backend, label: str) -> None:
@@ -269,8 +291,8 @@ class ControlPlane:
             log.log(_log, logging.WARNING, "the shared store holds another control plane; this node's "
                     "local users, tokens and settings are replaced by the shared ones",
                     local_entries=self.applied)
-        async for info in list_all(self.local, LOCAL_LOG):
-            await self.local.delete(info.key)
+        for _, key in await _entries(self.local, LOCAL_LOG):
+            await self.local.delete(key)
         recorded = {**self.sealer.fingerprints(), "cluster": cluster}
         await self.local.put(LOCAL_FINGERPRINTS, orjson.dumps(recorded))
         self.cluster = cluster
@@ -289,9 +311,7 @@ class ControlPlane:
     async def _seed(self) -> None:
         """The store's log is behind this node's (a new or restored store): copy the missing entries up."""
         assert self.store is not None
-        head = 0
-        async for info in list_all(self.store, STORE_LOG):
-            head = max(head, int(info.key.rsplit("/", 1)[1]))
+        head = max((seq for seq, _ in await _entries(self.store, STORE_LOG)), default=0)
         for seq in range(head + 1, self.applied + 1):
             blob = await self.local.get(LOCAL_LOG + _seq_name(seq))
             await create_resolved(self.store, STORE_LOG + _seq_name(seq), blob)
@@ -307,11 +327,10 @@ class ControlPlane:
     async def _pull(self) -> int:
         assert self.store is not None
         before = self.applied
-        async for info in list_all(self.store, STORE_LOG, start_after=STORE_LOG + _seq_name(self.applied)):
-            seq = int(info.key.rsplit("/", 1)[1])
+        for seq, key in await _entries(self.store, STORE_LOG, start_after=STORE_LOG + _seq_name(self.applied)):
             if seq != self.applied + 1:
                 break  # cannot happen (entry n+1 is only written after n); stop rather than skip
-            blob = await self.store.get(info.key)
+            blob = await self.store.get(key)
             entry = self.sealer.open(self._aad(seq), blob, f"control-plane entry {seq} in {self.store_label}")
             await self.local.put(LOCAL_LOG + _seq_name(seq), blob)
             self._apply(seq, entry)
@@ -351,7 +370,7 @@ class ControlPlane:
         losing a race it is called again on the newer state.
         """
         assert kind in KINDS, kind
-        if not self.writable:
+        if not self.writable and not self._alone:
             raise Unavailable("the shared store is unreachable, so control-plane changes cannot be made "
                               "now (reads keep working); try again when it answers")
         async with self._lock:
@@ -368,9 +387,13 @@ class ControlPlane:
                 try:
                     await self._append(seq, blob)
                 except Conflict:
-                    if self.store is None:
+                    if self.store is None or self._alone:
                         raise ConfigError(f"another process is writing the control plane in {self.directory}")
-                    await self._pull()
+                    try:
+                        await self._pull()
+                    except StoreError as exc:
+                        raise Unavailable(f"the shared store failed while retrying the change ({exc}); "
+                                          "it was not applied") from None
                     continue
                 except StoreError as exc:
                     raise Unavailable("the shared store did not confirm the change, which may or may not have "
@@ -380,7 +403,7 @@ class ControlPlane:
         raise Unavailable("the control plane is changing too fast to commit this change; try again")
 
     async def _append(self, seq: int, blob: bytes) -> None:
-        if self.store is None:
+        if self.store is None or self._alone:
             await self.local.create(LOCAL_LOG + _seq_name(seq), blob)
             return
         await create_resolved(self.store, STORE_LOG + _seq_name(seq), blob)
