@@ -1,8 +1,9 @@
-"""The ``helios`` command: serve, ingest, query, version."""
+"""The ``helios`` command: serve, ingest, query, user, token, version."""
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import os
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from helios.errors import ConfigError
 __all__ = ["main"]
 
 DEFAULT_URL = "http://127.0.0.1:7300"
+ROLE_CHOICES = ("admin", "editor", "viewer", "ingest")
 
 
 def _build_commit() -> str:
@@ -168,6 +170,54 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def _admin_call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
+    client = _client(args)
+    reply = client.request(method, path, json=body)
+    if reply.status_code >= 400:
+        raise SystemExit(f"helios: {method} {path} failed: {_error_text(reply)}")
+    return reply.json()
+
+
+def cmd_user(args: argparse.Namespace) -> int:
+    """``helios user list|add|set|delete``: the /api/v1/users endpoints."""
+    if args.action == "list":
+        _print_table(_admin_call(args, "GET", "/api/v1/users"))
+        return 0
+    if args.action == "delete":
+        print(orjson.dumps(_admin_call(args, "DELETE", f"/api/v1/users/{args.name}")).decode())
+        return 0
+    new_password = args.new_password or (getpass.getpass(f"password for {args.name}: ")
+                                         if args.action == "add" or args.ask_password else None)
+    if args.action == "add":
+        body: dict[str, Any] = {"username": args.name, "password": new_password, "role": args.role or "viewer"}
+        print(orjson.dumps(_admin_call(args, "POST", "/api/v1/users", body)).decode())
+        return 0
+    current = _admin_call(args, "GET", f"/api/v1/users/{args.name}")
+    body = {"version": current["version"]}
+    if args.role:
+        body["role"] = args.role
+    if new_password:
+        body["password"] = new_password
+    print(orjson.dumps(_admin_call(args, "PUT", f"/api/v1/users/{args.name}", body)).decode())
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    """``helios token list|create|revoke``: the /api/v1/tokens endpoints."""
+    if args.action == "list":
+        _print_table(_admin_call(args, "GET", "/api/v1/tokens"))
+    elif args.action == "create":
+        body: dict[str, Any] = {"name": args.name, "role": args.role or "ingest"}
+        if args.expires_days:
+            body["expires_days"] = args.expires_days
+        made = _admin_call(args, "POST", "/api/v1/tokens", body)
+        print(f"token {made['id']} ({made['role']}); shown once, keep it now:", file=sys.stderr)
+        print(made["token"])
+    else:
+        print(orjson.dumps(_admin_call(args, "DELETE", f"/api/v1/tokens/{args.name}")).decode())
+    return 0
+
+
 def _print_table(rows: list[dict[str, Any]]) -> None:
     columns: dict[str, None] = {}
     for row in rows[:1000]:
@@ -211,9 +261,28 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--limit", type=int, default=100)
     query.add_argument("--json", action="store_true", help="print the JSON response")
     query.set_defaults(func=cmd_query)
+    user = sub.add_parser("user", help="manage users (admin)")
+    _client_arguments(user)
+    user.add_argument("action", choices=("list", "add", "set", "delete"))
+    user.add_argument("name", nargs="?", default="", help="the username (add, set, delete)")
+    user.add_argument("--role", choices=ROLE_CHOICES)
+    user.add_argument("--new-password", default=os.environ.get("HELIOS_NEW_PASSWORD"),
+                      help="the user's password (default: asked) [env HELIOS_NEW_PASSWORD]")
+    user.add_argument("--ask-password", action="store_true", help="set: ask for a new password")
+    user.set_defaults(func=cmd_user)
+    token = sub.add_parser("token", help="manage API tokens (admin)")
+    _client_arguments(token)
+    token.add_argument("action", choices=("list", "create", "revoke"))
+    token.add_argument("name", nargs="?", default="", help="create: the token's name; revoke: its id")
+    token.add_argument("--role", choices=ROLE_CHOICES, help="create: the token's role (default ingest)")
+    token.add_argument("--expires-days", type=int, help="create: expire after this many days")
+    token.set_defaults(func=cmd_token)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command in ("user", "token") and args.action not in ("list",) and not args.name:
+        parser.error(f"{args.command} {args.action} needs a name")
     return int(args.func(args))
