@@ -100,6 +100,14 @@ OPTIONS: tuple[Option, ...] = (
            "memory for decoded blocks kept between queries"),
     Option("token_ttl_secs", "HELIOS_TOKEN_TTL_SECS", 12 * 3600, _positive_int,
            "lifetime of a login JWT"),
+    Option("lease_secs", "HELIOS_LEASE_SECS", 30.0, _positive_float,
+           "leader lease TTL: renewed every third of it, taken over after 1.5 times it unchanged"),
+    Option("compaction_interval_secs", "HELIOS_COMPACTION_INTERVAL_SECS", 300.0, _positive_float,
+           "how often the compaction leader merges small blocks"),
+    Option("retention_interval_secs", "HELIOS_RETENTION_INTERVAL_SECS", 3600.0, _positive_float,
+           "how often partitions past their dataset's retention are dropped"),
+    Option("gc_grace_secs", "HELIOS_GC_GRACE_SECS", 600.0, _positive_float,
+           "how long replaced blocks are kept before they are deleted"),
 )
 
 
@@ -121,6 +129,10 @@ class Config:
     max_decoded_bytes: int
     cache_bytes: int
     token_ttl_secs: int
+    lease_secs: float
+    compaction_interval_secs: float
+    retention_interval_secs: float
+    gc_grace_secs: float
 
     @property
     def secrets_dir(self) -> Path:

@@ -6,6 +6,9 @@
        ├─ WAL committer (group commit)
        ├─ memtable flusher
        ├─ replicator: uploader + puller (with --shared-store)
+       ├─ control-plane sync (with --shared-store)
+       ├─ leases: compaction, retention, monitors (a node without a store holds them all)
+       ├─ maintenance: compaction + store GC (leader), retention (leader + local), local GC
        └─ hypercorn server (trio worker) ── quart-trio app ── Node
 
 Shutdown: stop accepting, drain requests (hypercorn), flush the memtable
@@ -35,6 +38,8 @@ from helios.control.auth import Auth
 from helios.control.objects import dataset_retention
 from helios.control.plane import ControlPlane, Sealer
 from helios.errors import ConfigError
+from helios.replication.jobs import Maintenance
+from helios.replication.lease import JOBS, Lease
 from helios.replication.replicator import Replicator
 from helios.storage.engine import Engine
 
@@ -71,6 +76,8 @@ class Node:
         self.ready = False
         self.store: Backend | None = None
         self.replicator: Replicator | None = None
+        self.leases: dict[str, Lease] = {}
+        self.jobs: Maintenance | None = None
         self.started_ns = time.time_ns()
         self.counters: Counter[str] = Counter()
 
@@ -94,9 +101,9 @@ class Node:
         return {
             "node_id": self.node_id,
             "shared_store": self.config.shared_store or None,
-            # Leases (compaction, retention, monitors) are not built yet: no job has a leader.
-            "leaders": {"compaction": None, "retention": None, "monitors": None},
+            "leaders": {job: lease.leader() for job, lease in self.leases.items()},
             "sync": self.replicator.snapshot() if self.replicator else None,
+            "jobs": self.jobs.snapshot() if self.jobs else None,
             "control": {"entries": self.control.applied, "joined": self.control.writable,
                         "last_pull": (timeutil.format_ns(self.control.last_pull_ns)
                                       if self.control.last_pull_ns else None)},
@@ -169,6 +176,12 @@ async def serve(config: Config, *, task_status: Any = trio.TASK_STATUS_IGNORED) 
     if store is not None:
         node.replicator = Replicator(node.engine, store, node.node_id,
                                      interval_s=max(0.05, config.block_sync_secs / 8))
+    node.leases = {job: Lease(job, store, node.node_id, config.lease_secs) for job in JOBS}
+    node.jobs = Maintenance(node.engine, store, node.replicator, node.leases, node.node_id,
+                            retention_days=node.retention_days,
+                            compaction_interval_s=config.compaction_interval_secs,
+                            retention_interval_s=config.retention_interval_secs,
+                            gc_grace_s=config.gc_grace_secs)
     shutdown = trio.Event()
     app = create_app(node)
     try:
@@ -179,6 +192,9 @@ async def serve(config: Config, *, task_status: Any = trio.TASK_STATUS_IGNORED) 
             if node.replicator is not None:
                 await nursery.start(node.replicator.run)
                 await nursery.start(node.control.run, max(0.05, config.block_sync_secs / 8), node.bootstrap)
+            for lease in node.leases.values():
+                await nursery.start(lease.run)
+            await nursery.start(node.jobs.run)
             async with trio.open_nursery() as server:
                 binds = await server.start(partial(hypercorn.trio.serve, app, _hypercorn_config(config),
                                                    shutdown_trigger=shutdown.wait))

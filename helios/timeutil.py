@@ -58,6 +58,11 @@ def day_name(day: int) -> str:
     return datetime.fromtimestamp(day * 86_400, tz=timezone.utc).strftime("%Y-%m-%d")
 
 
+def day_number(name: str) -> int:
+    """The inverse of ``day_name``."""
+    return int(datetime.strptime(name, "%Y-%m-%d").replace(tzinfo=timezone.utc).timestamp()) // 86_400
+
+
 def format_ns(ns: int) -> str:
     """RFC 3339 with nanoseconds: ``2024-05-01T12:00:00.123456789Z``."""
     seconds, frac = divmod(ns, 1_000_000_000)

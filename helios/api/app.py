@@ -163,7 +163,11 @@ def create_app(node: Any) -> QuartTrio:
             result = execute(parsed, sources, cache, start_ns=start, end_ns=end, limit=limit)
             return to_rows(result), result.stats
 
-        rows, stats = await trio.to_thread.run_sync(run)
+        node.engine.acquire(sources)  # garbage collection keeps these files until the query is done
+        try:
+            rows, stats = await trio.to_thread.run_sync(run)
+        finally:
+            node.engine.release(sources)
         node.counters["queries"] += 1
         return Response(_stream(rows, stats), mimetype="application/json")
 

@@ -21,7 +21,6 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
 from collections import deque
 from typing import Any, Callable
 
@@ -123,27 +122,52 @@ class Replicator:
     async def _upload_partition(self, key: tuple[str, int], pending: list[BlockEntry]) -> None:
         dataset, day = key
         directory = self.engine.part_dir(key)
-        for block in pending:
+        known = self.engine.manifests[key].shared_version
+        latest = await shared.read_latest(self.store, dataset, day, known)
+        if latest.dropped:  # retention dropped the partition: a late upload must not bring it back
+            await self.engine.drop_partition(key, latest.version)
+            return
+        present = {b.id for b in latest.blocks}
+        # A retired block was appended before (its answer or its record was lost) and since replaced.
+        todo = [b for b in pending if b.id not in present and b.id not in latest.retired]
+        for block in todo:
             data = await trio.to_thread.run_sync((directory / block.filename).read_bytes)
             await self.store.put(shared.block_key(dataset, day, block.id), data)
         ids = {b.id for b in pending}
 
-        def append(blocks: list[BlockEntry]) -> list[BlockEntry] | None:
-            present = {b.id for b in blocks}
-            missing = [b for b in pending if b.id not in present]
-            return blocks + missing if missing else None
+        def append(current: shared.SharedManifest) -> shared.SharedManifest | None:
+            if current.dropped:
+                return None
+            here = {b.id for b in current.blocks}
+            missing = [b for b in todo if b.id not in here and b.id not in current.retired]
+            if not missing:
+                return None
+            current.blocks = current.blocks + missing
+            current.job = ""
+            return current
 
-        known = self.engine.manifests[key].shared_version
-        result = await shared.commit(self.store, dataset, day, self.node_id, append, known)
-        now = self.clock()
-        change = f"_changes/{now:020d}.{dataset}.{timeutil.day_name(day)}.{result.version}.{self.node_id}"
-        await self.store.put(change, b"")
-        self._own_changes.append((now, change))
+        result = await shared.commit(self.store, dataset, day, self.node_id, append, latest.version)
+        if result.dropped:
+            for block in todo:  # put a moment ago and never referenced by any manifest: nobody reads them
+                await self.store.delete(shared.block_key(dataset, day, block.id))
+            await self.engine.drop_partition(key, result.version)
+            return
+        if result.version != latest.version:
+            await self.announce(dataset, day, result.version)
         async with self.engine.part_lock(key):
-            current = self.engine.manifests[key]
+            current = self.engine.manifests.get(key)
+            if current is None:  # dropped locally meanwhile
+                return
             self.engine.manifests[key] = await self._save(current, uploaded=current.uploaded | ids)
         self.status.last_upload_ns = self.clock()
         self.status.uploaded_blocks += len(ids)
+
+    async def announce(self, dataset: str, day: int, version: int) -> None:
+        """Tell pullers that a partition changed: a change-feed key (uploads, compaction, retention)."""
+        now = self.clock()
+        change = f"_changes/{now:020d}.{dataset}.{timeutil.day_name(day)}.{version}.{self.node_id}"
+        await self.store.put(change, b"")
+        self._own_changes.append((now, change))
 
     async def _save(self, manifest: PartitionManifest, **changes: Any) -> PartitionManifest:
         new = replace(manifest, **changes)
@@ -164,7 +188,7 @@ class Replicator:
             feed_start = self.clock() - CHANGE_WINDOW_NS
             async for info in list_all(self.store, "_partitions/"):
                 _, dataset, day_name = info.key.split("/")
-                changed.add((dataset, _day_number(day_name)))
+                changed.add((dataset, timeutil.day_number(day_name)))
             self._last_full = now
             self._cursor_ns = max(self._cursor_ns, feed_start)
             return changed
@@ -177,7 +201,7 @@ class Replicator:
             self._seen.add(info.key)
             stamp, dataset, day_name, _version, _node = info.key[len("_changes/"):].split(".", 4)
             newest = max(newest, int(stamp))
-            changed.add((dataset, _day_number(day_name)))
+            changed.add((dataset, timeutil.day_number(day_name)))
         self._cursor_ns = newest
         horizon = f"_changes/{max(0, newest - 2 * CHANGE_WINDOW_NS):020d}"
         self._seen = {k for k in self._seen if k >= horizon}
@@ -188,6 +212,9 @@ class Replicator:
         local = self.engine.manifests.get(key)
         latest = await shared.read_latest(self.store, dataset, day, local.shared_version if local else 0)
         if latest.version == 0 or (local is not None and latest.version <= local.shared_version):
+            return
+        if latest.dropped:
+            await self.engine.drop_partition(key, latest.version)
             return
         directory = self.engine.part_dir(key)
         have = {b.id for b in local.blocks} if local else set()
@@ -203,7 +230,8 @@ class Replicator:
             if latest.version <= current.shared_version:
                 return
             shared_ids = {b.id for b in latest.blocks}
-            own_pending = [b for b in current.pending(self.node_id) if b.id not in shared_ids]
+            own_pending = [b for b in current.pending(self.node_id)
+                           if b.id not in shared_ids and b.id not in latest.retired]
             blocks = [*latest.blocks, *own_pending]
             live = {b.id for b in blocks}
             uploaded = {i for i in current.uploaded | {b.id for b in latest.blocks if b.node == self.node_id}
@@ -211,9 +239,7 @@ class Replicator:
             # One step: the partition's block list becomes the shared one (plus own pending blocks).
             self.engine.manifests[key] = await self._save(current, blocks=blocks, shared_version=latest.version,
                                                           uploaded=uploaded)
-        for block in current.blocks:
-            if block.id not in live:
-                self.engine.cache.forget(block.id)  # files go with garbage collection (leader jobs)
+        self.engine.retire([(key, b) for b in current.blocks if b.id not in live])
 
 
 def _write_block(directory: Any, block: BlockEntry, data: bytes) -> None:
@@ -223,7 +249,3 @@ def _write_block(directory: Any, block: BlockEntry, data: bytes) -> None:
 
 def _corrupt(block: BlockEntry) -> StoreError:
     return Unavailable(f"block {block.id} fetched from the store does not match its checksum")
-
-
-def _day_number(name: str) -> int:
-    return int(datetime.strptime(name, "%Y-%m-%d").replace(tzinfo=timezone.utc).timestamp()) // 86_400

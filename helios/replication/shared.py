@@ -6,7 +6,8 @@ Layout under the store root::
     parts/<dataset>/<YYYY-MM-DD>/manifest/<version>.json     immutable manifest versions
     _partitions/<dataset>/<YYYY-MM-DD>                       partition index (for discovery)
     _changes/<ns>-<node>-<rand>                              change feed (cheap polling)
-    _control/                                                control plane (reserved)
+    _control/log/<seq>                                       control-plane log (helios.control.plane)
+    _control/leases/<job>/<epoch>[.beat]                     leader leases (helios.replication.lease)
 
 A partition's manifest is a chain of numbered versions, each the whole list
 of live blocks, each created with create-if-absent (the store's CAS), each
@@ -21,16 +22,18 @@ which reads the version back and compares it, commit id included.
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass, field
+import copy
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import orjson
 
-from backends import Backend, Conflict, NotFound, create_resolved
+from backends import Backend, Conflict, create_resolved, list_all
 from helios import timeutil
 from helios.storage.blocks import BlockEntry
 
-__all__ = ["SharedManifest", "block_key", "change_key", "commit", "partition_prefix", "read_latest"]
+__all__ = ["Fenced", "SharedManifest", "block_key", "change_key", "commit", "list_versions", "partition_prefix",
+           "read_latest", "version_key"]
 
 MAX_COMMIT_ATTEMPTS = 50
 VERSION_DIGITS = 12
@@ -58,69 +61,107 @@ def change_key(now_ns: int, node_id: str) -> str:
 
 @dataclass
 class SharedManifest:
+    """One version of a partition's shared manifest.
+
+    ``retired`` maps the ids of blocks replaced by compaction or dropped by
+    retention to when that happened (ns): they are unreferenced, deleted from
+    the store after the grace period, and never appended again (a late upload
+    of a retired block is skipped). ``dropped`` marks a partition removed by
+    retention: nothing is appended to it. ``epoch`` is the highest leader
+    epoch that committed here; a leader commit from an older epoch is refused.
+    """
+
     dataset: str
     day: int
     version: int = 0  # 0: no version exists yet
     parent: int = 0
     commit_id: str = ""
+    parent_commit: str = ""
     node: str = ""
     blocks: list[BlockEntry] = field(default_factory=list)
+    retired: dict[str, int] = field(default_factory=dict)
+    dropped: bool = False
+    epoch: int = 0
+    job: str = ""  # the leader job of this commit ("compaction", "retention", "gc"), "" for uploads
 
     def encode(self) -> bytes:
         return orjson.dumps({"format": 1, "dataset": self.dataset, "day": self.day, "version": self.version,
                              "parent": self.parent, "commit_id": self.commit_id, "node": self.node,
-                             "blocks": [b.to_json() for b in self.blocks]})
+                             "parent_commit": self.parent_commit, "blocks": [b.to_json() for b in self.blocks], "retired": self.retired,
+                             "dropped": self.dropped, "epoch": self.epoch, "job": self.job})
 
     @classmethod
     def decode(cls, data: bytes) -> SharedManifest:
         doc = orjson.loads(data)
         return cls(dataset=doc["dataset"], day=doc["day"], version=doc["version"], parent=doc["parent"],
-                   commit_id=doc["commit_id"], node=doc["node"],
-                   blocks=[BlockEntry.from_json(b) for b in doc["blocks"]])
+                   commit_id=doc["commit_id"], node=doc["node"], parent_commit=doc.get("parent_commit", ""),
+                   blocks=[BlockEntry.from_json(b) for b in doc["blocks"]], retired=doc.get("retired", {}),
+                   dropped=doc.get("dropped", False), epoch=doc.get("epoch", 0), job=doc.get("job", ""))
 
 
 async def read_latest(store: Backend, dataset: str, day: int, known: int = 0) -> SharedManifest:
     """The newest manifest version (an empty one, version 0, if none exists)."""
-    prefix = f"{partition_prefix(dataset, day)}/manifest/"
-    start_after = version_key(dataset, day, known) if known else ""
-    newest = known
-    while True:
-        page = await store.list(prefix, start_after=start_after)
-        for info in page:
-            name = info.key.rsplit("/", 1)[1].split(".")[0]
-            if name.isdigit():
-                newest = max(newest, int(name))
-        if len(page) < 1000:
-            break
-        start_after = page[-1].key
+    versions = await list_versions(store, dataset, day, known)
+    newest = max(versions, default=known)
     if newest == 0:
         return SharedManifest(dataset, day)
-    try:
-        return SharedManifest.decode(await store.get(version_key(dataset, day, newest)))
-    except NotFound:  # listed then gone: only a retention drop does that
-        return SharedManifest(dataset, day)
+    return SharedManifest.decode(await store.get(version_key(dataset, day, newest)))
+
+
+async def list_versions(store: Backend, dataset: str, day: int, after: int = 0) -> list[int]:
+    prefix = f"{partition_prefix(dataset, day)}/manifest/"
+    start_after = version_key(dataset, day, after) if after else ""
+    versions = []
+    async for info in list_all(store, prefix, start_after=start_after):
+        name = info.key.rsplit("/", 1)[1].split(".")[0]
+        if name.isdigit():
+            versions.append(int(name))
+    return versions
+
+
+class Fenced(Exception):
+    """A leader commit from an epoch older than one already recorded in the manifest."""
 
 
 async def commit(store: Backend, dataset: str, day: int, node_id: str,
-                 change: Callable[[list[BlockEntry]], list[BlockEntry] | None],
+                 change: Callable[[SharedManifest], SharedManifest | None],
                  known: int = 0) -> SharedManifest:
-    """Apply ``change`` to the newest block list with compare-and-swap; returns the version now current.
+    """Apply ``change`` to the newest version with compare-and-swap; returns the version now current.
 
-    ``change`` gets the current blocks and returns the new list, or None when
-    there is nothing to do (then nothing is written).
+    ``change`` gets the current version and returns the next one (version,
+    parent, commit id and node are filled in here), or None when there is
+    nothing to do (then nothing is written). It is called again, on the newer
+    version, after every lost race; it may raise (e.g. ``Fenced``) to give up.
     """
     current = await read_latest(store, dataset, day, known)
     for _ in range(MAX_COMMIT_ATTEMPTS):
-        blocks = change(list(current.blocks))
-        if blocks is None:
+        proposed = change(copy.deepcopy(current))
+        if proposed is None:
             return current
-        proposed = SharedManifest(dataset, day, version=current.version + 1, parent=current.version,
-                                  commit_id=secrets.token_hex(12), node=node_id, blocks=blocks)
+        proposed = replace(proposed, version=current.version + 1, parent=current.version,
+                           commit_id=secrets.token_hex(12), parent_commit=current.commit_id, node=node_id)
         if current.version == 0:
             await store.put(index_key(dataset, day), b"")
         try:
             await create_resolved(store, version_key(dataset, day, proposed.version), proposed.encode())
-            return proposed
+            if not await _filled_a_hole(store, proposed):
+                return proposed
         except Conflict:
-            current = await read_latest(store, dataset, day, current.version)
+            pass
+        current = await read_latest(store, dataset, day, current.version)
     raise Conflict(f"{partition_prefix(dataset, day)}: gave up after {MAX_COMMIT_ATTEMPTS} lost races")
+
+
+async def _filled_a_hole(store: Backend, proposed: SharedManifest) -> bool:
+    """Did our create land on a number garbage collection had freed, below the newest version?
+
+    Only a writer paused between reading the newest version and creating the
+    next one for longer than the GC grace period can do that. Versions above
+    ours then exist and the first of them does not name our commit as its
+    parent: our commit is not in the chain, so it must be retried.
+    """
+    later = await list_versions(store, proposed.dataset, proposed.day, proposed.version)
+    if not later:
+        return False
+    successor = SharedManifest.decode(await store.get(version_key(proposed.dataset, proposed.day, min(later))))
+    return successor.parent_commit != proposed.commit_id

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -83,6 +84,11 @@ class Engine:
         self._part_locks: dict[PartKey, trio.Lock] = {}
         self.flushes = 0
         self.replayed_rows = 0
+        # Garbage collection of local block files: blocks no manifest references any more,
+        # deleted after a grace period and only once no running query reads them.
+        self._readers: Counter[str] = Counter()
+        self._retired: dict[str, tuple[Path, float]] = {}  # block id -> (file, retired at, trio time)
+        self.deleted_files = 0
 
     # -- start-up ---------------------------------------------------------
 
@@ -219,6 +225,51 @@ class Engine:
                     out.append(Source(key[0], key[1], part.min_time or 0, part.max_time or 0,
                                       part.rows, table=table))
         return out
+
+    # -- readers and local garbage ----------------------------------------
+
+    def acquire(self, sources: list[Source]) -> None:
+        """A query reads these sources: their files stay until ``release``."""
+        self._readers.update(s.block.id for s in sources if s.block is not None)
+
+    def release(self, sources: list[Source]) -> None:
+        self._readers.subtract(s.block.id for s in sources if s.block is not None)
+        self._readers += Counter()  # drop zero counts
+
+    def retire(self, blocks: list[tuple[PartKey, BlockEntry]]) -> None:
+        """These blocks left their partition's manifest: delete their files after the grace period."""
+        now = trio.current_time()
+        for key, block in blocks:
+            self.cache.forget(block.id)
+            self._retired.setdefault(block.id, (self.part_dir(key) / block.filename, now))
+
+    async def collect_garbage(self, grace_s: float) -> int:
+        """Delete retired block files past the grace period that no running query reads."""
+        now = trio.current_time()
+        due = [(bid, path) for bid, (path, at) in self._retired.items()
+               if now - at >= grace_s and self._readers[bid] <= 0]
+        for block_id, path in due:
+            live = any(block_id == b.id for m in self.manifests.values() for b in m.blocks)
+            if not live:
+                await trio.to_thread.run_sync(lambda: path.unlink(missing_ok=True))
+                self.deleted_files += 1
+            del self._retired[block_id]
+        for directory in {path.parent for _, path in due}:
+            if directory.is_dir() and not any(directory.iterdir()):
+                directory.rmdir()
+        return len(due)
+
+    async def drop_partition(self, key: PartKey, shared_version: int = 0) -> bool:
+        """Remove a partition (retention): its manifest now, its files after the grace period."""
+        async with self.part_lock(key):
+            manifest = self.manifests.pop(key, None)
+            if manifest is None:
+                return False
+            await trio.to_thread.run_sync(lambda: (self.part_dir(key) / MANIFEST_NAME).unlink(missing_ok=True))
+        self.retire([(key, b) for b in manifest.blocks])
+        log.log(_log, logging.INFO, "dropped a partition", dataset=key[0], day=timeutil.day_name(key[1]),
+                blocks=len(manifest.blocks), rows=manifest.rows, shared_version=shared_version)
+        return True
 
     def dataset_stats(self) -> dict[str, DatasetStats]:
         stats: dict[str, DatasetStats] = {}

@@ -1,0 +1,383 @@
+"""Leader-elected background work: compaction, garbage collection, retention.
+
+Every node runs the loops; only the holder of a job's lease does the
+cluster-wide part, with its lease epoch on every commit:
+
+- **Compaction** (every ``HELIOS_COMPACTION_INTERVAL_SECS``): in each
+  partition with at least ``MIN_INPUTS`` small blocks, merge runs of small
+  blocks (adjacent in time) into blocks of up to ``TARGET_ROWS`` rows sorted
+  by ``_time``; upload the output; swap inputs for output in one
+  compare-and-swap of the shared manifest. If an input is gone by then
+  (another commit replaced it), nothing is written and the partition is
+  planned again next pass. The inputs become *retired* (unreferenced).
+- **Garbage collection** (after each compaction pass, same leader): retired
+  blocks older than ``HELIOS_GC_GRACE_SECS`` are deleted from the store;
+  manifest versions more than ``KEEP_VERSIONS`` behind the newest, change
+  feed keys older than ``2 × CHANGE_TTL`` and index entries of dropped
+  partitions go too. Locally, every node deletes the files of blocks that
+  left its manifests after the same grace period, and only once no running
+  query reads them.
+- **Retention** (every ``HELIOS_RETENTION_INTERVAL_SECS``): a partition
+  whose whole day is older than its dataset's ``retention_days`` is dropped:
+  the leader commits a *dropped* manifest version first (every block
+  retired, nothing appended afterwards), objects are deleted by GC after.
+  Every node also drops such partitions locally, which clears their pending
+  uploads; an upload that still races finds the partition dropped and is
+  refused, so a dropped partition is never resurrected.
+
+Without a shared store the node leads every job and works on its local
+manifests alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass, replace
+from typing import Any, Callable
+
+import pyarrow as pa
+import trio
+
+from backends import Backend, NotFound, StoreError, list_all
+from helios import log, timeutil
+from helios.replication import shared
+from helios.replication.lease import Lease
+from helios.replication.replicator import CHANGE_TTL_NS, Replicator
+from helios.storage.blocks import BlockEntry, build_block, load_block
+from helios.storage.engine import Engine
+from helios.storage.memtable import PartKey
+
+__all__ = ["JobStats", "Maintenance", "plan_compaction"]
+
+MIN_INPUTS = 4          # compact a partition once it has this many small blocks
+TARGET_ROWS = 1_000_000  # a block with fewer rows is small; outputs hold up to this many
+KEEP_VERSIONS = 100     # manifest versions kept behind the newest
+# Retired block ids stay in the manifest this long, so that a node that appended a block and
+# crashed before recording it never appends it again after compaction replaced it (as Delta
+# Lake keeps its tombstones). A node down for longer than this could duplicate such a block.
+RETIRED_KEEP_NS = 7 * 86_400 * 10**9
+_log = log.get("helios.jobs")
+
+
+def plan_compaction(blocks: list[BlockEntry], *, min_inputs: int = MIN_INPUTS,
+                    target_rows: int = TARGET_ROWS) -> list[list[BlockEntry]]:
+    """Groups of small blocks to merge, each ≥ 2 blocks and ≤ ``target_rows`` rows, in time order."""
+    small = sorted((b for b in blocks if b.rows < target_rows), key=lambda b: (b.min_time, b.id))
+    if len(small) < min_inputs:
+        return []
+    groups: list[list[BlockEntry]] = []
+    group: list[BlockEntry] = []
+    rows = 0
+    for block in small:
+        if group and rows + block.rows > target_rows:
+            groups.append(group)
+            group, rows = [], 0
+        group.append(block)
+        rows += block.rows
+    groups.append(group)
+    return [g for g in groups if len(g) >= 2]
+
+
+@dataclass
+class JobStats:
+    compactions: int = 0
+    compacted_blocks: int = 0
+    replans: int = 0
+    fenced: int = 0
+    dropped_partitions: int = 0
+    deleted_objects: int = 0
+    last_compaction_ns: int | None = None
+    last_retention_ns: int | None = None
+
+
+class Maintenance:
+    def __init__(self, engine: Engine, store: Backend | None, replicator: Replicator | None,
+                 leases: dict[str, Lease], node_id: str, *, retention_days: Callable[[str], int | None],
+                 compaction_interval_s: float, retention_interval_s: float, gc_grace_s: float,
+                 clock: Callable[[], int] = timeutil.now_ns) -> None:
+        self.engine = engine
+        self.store = store
+        self.replicator = replicator
+        self.leases = leases
+        self.node_id = node_id
+        self.retention_days = retention_days
+        self.compaction_interval_s = compaction_interval_s
+        self.retention_interval_s = retention_interval_s
+        self.gc_grace_s = gc_grace_s
+        self.clock = clock
+        self.stats = JobStats()
+        self._deleted: set[str] = set()  # store keys this node already deleted (as GC leader)
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._every, self.compaction_interval_s, self.compaction_pass, "compaction")
+            nursery.start_soon(self._every, self.retention_interval_s, self.retention_pass, "retention")
+            nursery.start_soon(self._every, max(0.05, min(self.gc_grace_s / 4, 30.0)), self.local_gc, "local gc")
+
+    async def _every(self, interval_s: float, step: Callable[[], Any], what: str) -> None:
+        while True:
+            await trio.sleep(interval_s)
+            try:
+                await step()
+            except StoreError as exc:
+                log.log(_log, logging.WARNING, f"{what} pass failed; will retry", error=str(exc))
+            except OSError as exc:
+                log.log(_log, logging.ERROR, f"{what} pass failed; will retry", error=str(exc))
+
+    # -- compaction -----------------------------------------------------------
+
+    async def compaction_pass(self) -> int:
+        """If this node leads compaction: compact every partition that needs it, then collect garbage."""
+        lease = self.leases["compaction"]
+        if not lease.is_leader:
+            return 0
+        epoch = lease.epoch
+        done = 0
+        for key in sorted(self.engine.manifests):
+            manifest = self.engine.manifests.get(key)
+            if manifest is None or not plan_compaction(manifest.blocks):
+                continue
+            if self.store is None:
+                done += await self._compact_local(key)
+            else:
+                done += await self._compact_shared(key, lease, epoch)
+        self.stats.last_compaction_ns = self.clock()
+        if self.store is not None and lease.is_leader:
+            await self.store_gc(lease, epoch)
+        return done
+
+    async def _merge(self, key: PartKey, group: list[BlockEntry]) -> BlockEntry:
+        directory = self.engine.part_dir(key)
+
+        async def table_of(block: BlockEntry) -> pa.Table:
+            path = directory / block.filename
+            if not path.exists():  # not pulled yet: fetch (the checksum is verified on load)
+                assert self.store is not None
+                data = await self.store.get(shared.block_key(key[0], key[1], block.id))
+                tmp = directory / f".fetch-{block.id}"
+                await trio.to_thread.run_sync(tmp.write_bytes, data)
+                try:
+                    return await trio.to_thread.run_sync(load_block, tmp, block)
+                finally:
+                    tmp.unlink(missing_ok=True)
+            return await trio.to_thread.run_sync(load_block, path, block)
+
+        tables = [await table_of(b) for b in group]
+        created = self.clock()
+        block_id = f"{created:x}-{self.node_id}-c{secrets.token_hex(4)}"
+        return await trio.to_thread.run_sync(
+            lambda: build_block(directory, block_id, tables, dataset=key[0], day=key[1], node=self.node_id,
+                                created_ns=created))
+
+    async def _compact_local(self, key: PartKey) -> int:
+        done = 0
+        for group in plan_compaction(self.engine.manifests[key].blocks):
+            output = await self._merge(key, group)
+            inputs = {b.id for b in group}
+            async with self.engine.part_lock(key):
+                current = self.engine.manifests.get(key)
+                if current is None or not inputs <= {b.id for b in current.blocks}:
+                    (self.engine.part_dir(key) / output.filename).unlink(missing_ok=True)
+                    self.stats.replans += 1
+                    continue
+                new = replace(current, blocks=_swap(current.blocks, inputs, output))
+                await trio.to_thread.run_sync(new.save, self.engine.part_dir(key))
+                self.engine.manifests[key] = new  # one step: inputs out, output in
+            self.engine.retire([(key, b) for b in group])
+            self._count(group)
+            done += 1
+        return done
+
+    async def _compact_shared(self, key: PartKey, lease: Lease, epoch: int) -> int:
+        assert self.store is not None and self.replicator is not None
+        dataset, day = key
+        latest = await shared.read_latest(self.store, dataset, day)
+        if latest.dropped:
+            return 0
+        done = 0
+        for group in plan_compaction(latest.blocks):
+            output = await self._merge(key, group)
+            data = await trio.to_thread.run_sync((self.engine.part_dir(key) / output.filename).read_bytes)
+            await self.store.put(shared.block_key(dataset, day, output.id), data)
+            inputs = {b.id for b in group}
+            now = self.clock()
+
+            def swap(current: shared.SharedManifest) -> shared.SharedManifest | None:
+                if current.epoch > epoch:
+                    raise shared.Fenced(f"epoch {current.epoch} committed after ours ({epoch})")
+                if current.dropped or not inputs <= {b.id for b in current.blocks}:
+                    return None  # an input is gone: plan again next pass
+                current.blocks = _swap(current.blocks, inputs, output)
+                current.retired = {**current.retired, **dict.fromkeys(inputs, now)}
+                current.epoch, current.job = epoch, "compaction"
+                return current
+
+            committed = None
+            if await lease.still_leader(epoch):
+                try:
+                    result = await shared.commit(self.store, dataset, day, self.node_id, swap)
+                    committed = result if result.commit_id and output.id in {b.id for b in result.blocks} \
+                        and result.node == self.node_id and result.job == "compaction" else None
+                except shared.Fenced:
+                    self.stats.fenced += 1
+            if committed is None:
+                # Never referenced by any manifest: nobody can have fetched it; remove it now.
+                await self.store.delete(shared.block_key(dataset, day, output.id))
+                (self.engine.part_dir(key) / output.filename).unlink(missing_ok=True)
+                self.stats.replans += 1
+                if not lease.is_leader:
+                    break
+                continue
+            await self.replicator.announce(dataset, day, committed.version)
+            await self.replicator.sync_partition(dataset, day)  # apply here now; peers pull it
+            self._count(group)
+            done += 1
+        return done
+
+    def _count(self, group: list[BlockEntry]) -> None:
+        self.stats.compactions += 1
+        self.stats.compacted_blocks += len(group)
+        log.log(_log, logging.INFO, "compacted", inputs=len(group), rows=sum(b.rows for b in group))
+
+    # -- garbage collection ---------------------------------------------------
+
+    async def store_gc(self, lease: Lease, epoch: int) -> int:
+        """Delete from the store what no manifest references any more, after the grace period."""
+        assert self.store is not None
+        horizon = self.clock() - int(self.gc_grace_s * 1e9)
+        deleted = 0
+        partitions = [info.key async for info in list_all(self.store, "_partitions/")]
+        for index in partitions:
+            _, dataset, day_name = index.split("/")
+            day = timeutil.day_number(day_name)
+            latest = await shared.read_latest(self.store, dataset, day)
+            for block_id, retired_ns in latest.retired.items():
+                key = shared.block_key(dataset, day, block_id)
+                if retired_ns <= horizon and key not in self._deleted:
+                    await self.store.delete(key)
+                    self._deleted.add(key)
+                    deleted += 1
+            versions = await shared.list_versions(self.store, dataset, day)
+            for version in versions:
+                if version < latest.version - KEEP_VERSIONS:
+                    key = shared.version_key(dataset, day, version)
+                    if key not in self._deleted:
+                        await self.store.delete(key)
+                        self._deleted.add(key)
+                        deleted += 1
+            keep_after = self.clock() - max(RETIRED_KEEP_NS, int(self.gc_grace_s * 1e9))
+            if any(r < keep_after for r in latest.retired.values()) and await lease.still_leader(epoch):
+                await self._prune_retired(dataset, day, epoch, keep_after)
+            if latest.dropped and all(r <= horizon for r in latest.retired.values()):
+                await self.store.delete(index)  # the dropped manifest version itself stays, as a tombstone
+        feed_horizon = f"_changes/{max(0, self.clock() - 2 * CHANGE_TTL_NS):020d}"
+        stale = [info.key async for info in list_all(self.store, "_changes/") if info.key < feed_horizon]
+        for key in stale:
+            await self.store.delete(key)
+            deleted += 1
+        self.stats.deleted_objects += deleted
+        return deleted
+
+    async def _prune_retired(self, dataset: str, day: int, epoch: int, keep_after: int) -> None:
+        assert self.store is not None
+
+        def prune(current: shared.SharedManifest) -> shared.SharedManifest | None:
+            if current.epoch > epoch:
+                raise shared.Fenced(f"epoch {current.epoch} committed after ours ({epoch})")
+            kept = {i: r for i, r in current.retired.items() if r >= keep_after}
+            if len(kept) == len(current.retired):
+                return None
+            current.retired, current.epoch, current.job = kept, epoch, "gc"
+            return current
+
+        try:
+            result = await shared.commit(self.store, dataset, day, self.node_id, prune)
+            if result.job == "gc" and result.node == self.node_id and self.replicator is not None:
+                await self.replicator.announce(dataset, day, result.version)
+        except shared.Fenced:
+            self.stats.fenced += 1
+
+    async def local_gc(self) -> int:
+        return await self.engine.collect_garbage(self.gc_grace_s)
+
+    # -- retention ------------------------------------------------------------
+
+    def expired(self, key: PartKey, now_ns: int) -> bool:
+        days = self.retention_days(key[0])
+        if days is None:
+            return False
+        end_of_day_ns = (key[1] + 1) * 86_400 * 10**9
+        return end_of_day_ns <= now_ns - days * 86_400 * 10**9
+
+    async def retention_pass(self) -> int:
+        """Drop expired partitions: in the store if this node leads retention, locally on every node."""
+        now = self.clock()
+        lease = self.leases["retention"]
+        dropped = 0
+        if self.store is not None and lease.is_leader:
+            epoch = lease.epoch
+            keys = set(self.engine.manifests)
+            keys |= {(d, timeutil.day_number(n)) for _, d, n in
+                     [info.key.split("/") async for info in list_all(self.store, "_partitions/")]}
+            for key in sorted(k for k in keys if self.expired(k, now)):
+                if not await lease.still_leader(epoch):
+                    break
+                dropped += await self._drop_shared(key, epoch, now)
+        for key in [k for k in list(self.engine.manifests) if self.expired(k, now)]:
+            if await self.engine.drop_partition(key):
+                dropped += 1
+        self.stats.dropped_partitions += dropped
+        self.stats.last_retention_ns = now
+        return dropped
+
+    async def _drop_shared(self, key: PartKey, epoch: int, now: int) -> int:
+        assert self.store is not None
+
+        def drop(current: shared.SharedManifest) -> shared.SharedManifest | None:
+            if current.epoch > epoch:
+                raise shared.Fenced(f"epoch {current.epoch} committed after ours ({epoch})")
+            if current.dropped or current.version == 0:
+                return None
+            current.retired = {**current.retired, **dict.fromkeys((b.id for b in current.blocks), now)}
+            current.blocks, current.dropped = [], True
+            current.epoch, current.job = epoch, "retention"
+            return current
+
+        try:
+            result = await shared.commit(self.store, key[0], key[1], self.node_id, drop)
+        except shared.Fenced:
+            self.stats.fenced += 1
+            return 0
+        except NotFound:
+            return 0
+        if result.dropped and result.node == self.node_id and result.job == "retention":
+            if self.replicator is not None:
+                await self.replicator.announce(key[0], key[1], result.version)
+            log.log(_log, logging.INFO, "retention dropped a partition", dataset=key[0],
+                    day=timeutil.day_name(key[1]), version=result.version)
+            return 1
+        return 0
+
+    def snapshot(self) -> dict[str, Any]:
+        s = self.stats
+        return {"compactions": s.compactions, "compacted_blocks": s.compacted_blocks, "replans": s.replans,
+                "fenced": s.fenced, "dropped_partitions": s.dropped_partitions,
+                "deleted_objects": s.deleted_objects, "deleted_files": self.engine.deleted_files,
+                "last_compaction": timeutil.format_ns(s.last_compaction_ns) if s.last_compaction_ns else None,
+                "last_retention": timeutil.format_ns(s.last_retention_ns) if s.last_retention_ns else None}
+
+
+def _swap(blocks: list[BlockEntry], inputs: set[str], output: BlockEntry) -> list[BlockEntry]:
+    """Inputs out, output in, at the place of the first input (order is by arrival)."""
+    out: list[BlockEntry] = []
+    placed = False
+    for block in blocks:
+        if block.id in inputs:
+            if not placed:
+                out.append(output)
+                placed = True
+        else:
+            out.append(block)
+    return out

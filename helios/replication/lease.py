@@ -1,0 +1,165 @@
+"""Leader leases: one holder per job across the cluster, with fencing epochs.
+
+Layout, per job (``compaction``, ``retention``, ``monitors``)::
+
+    _control/leases/<job>/<epoch>        {holder, epoch, commit, at}  created with create-if-absent
+    _control/leases/<job>/<epoch>.beat   {holder, epoch, beat}         put by the holder each renewal
+
+Taking the lease for epoch ``e + 1`` is a create-if-absent of its key: of
+racing takers exactly one wins. The holder renews by writing its beat every
+``ttl/3``. Every other node watches the newest epoch and its beat; if *what
+it observes* has not changed for ``ttl * 1.5`` of its own monotonic clock,
+the lease is stale and it tries to take ``e + 1``. No wall clocks are
+compared across nodes, so clock skew cannot make two leaders.
+
+A holder considers itself leader only until ``ttl`` after its last
+successful renewal (its own monotonic clock), which is before anyone else
+may take over (``ttl * 1.5`` after they last saw a change). A holder paused
+longer (SIGSTOP, a long GC) wakes up no longer leader; and whatever it was
+about to commit carries its old epoch, which manifests refuse once a newer
+epoch has committed there (``shared.Fenced``). A node that finds a newer
+epoch than its own steps down.
+
+A node with no shared store holds every lease, epoch 1. Epoch records are
+kept (one small object per change of leader): they are the history that
+says which node held which epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import trio
+
+from backends import Backend, Conflict, NotFound, StoreError, create_resolved, list_all
+from helios import log, timeutil
+
+__all__ = ["JOBS", "Lease"]
+
+JOBS = ("compaction", "retention", "monitors")
+PREFIX = "_control/leases/"
+STALE_FACTOR = 1.5
+
+_log = log.get("helios.lease")
+
+
+@dataclass(frozen=True)
+class Observation:
+    epoch: int
+    holder: str
+    beat: int
+
+
+class Lease:
+    def __init__(self, job: str, store: Backend | None, node_id: str, ttl_s: float) -> None:
+        self.job = job
+        self.store = store
+        self.node_id = node_id
+        self.ttl_s = ttl_s
+        self.epoch = 1 if store is None else 0  # the epoch this node holds, 0 if none
+        self._valid_until = float("inf") if store is None else -1.0
+        self._beat = 0
+        self._seen: Observation | None = None
+        self._seen_at = 0.0
+        self.holder: str | None = node_id if store is None else None  # the leader as last observed
+
+    @property
+    def is_leader(self) -> bool:
+        return self.epoch > 0 and trio.current_time() < self._valid_until
+
+    def leader(self) -> str | None:
+        """The holder this node last observed (itself while it leads)."""
+        if self.is_leader:
+            return self.node_id
+        return self.holder
+
+    async def still_leader(self, epoch: int) -> bool:
+        """Re-read the store just before a leader commit: is ``epoch`` still the newest?"""
+        if self.store is None:
+            return True
+        newest = await self._observe()
+        return self.is_leader and newest is not None and newest.epoch == epoch
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        if self.store is None:
+            await trio.sleep_forever()
+        failing = False
+        while True:
+            try:
+                await self.tick()
+                failing = False
+            except StoreError as exc:
+                if not failing:
+                    log.log(_log, logging.WARNING, "lease check failed; retrying", job=self.job, error=str(exc))
+                failing = True
+            await trio.sleep(self.ttl_s / 3)
+
+    async def tick(self) -> None:
+        """One pass: renew if holding; otherwise watch, and take over a stale lease."""
+        assert self.store is not None
+        now = trio.current_time()
+        seen = await self._observe()
+        if seen is None:
+            await self._take(1)
+            return
+        self.holder = seen.holder
+        if seen.holder == self.node_id and seen.epoch == self.epoch:
+            if now >= self._valid_until:
+                # Paused beyond the lease: others may already be taking over. Do not renew a
+                # lease we no longer hold for sure; compete for the next epoch like anyone.
+                self.epoch = 0
+            else:
+                self._beat += 1
+                await self.store.put(self._key(self.epoch) + ".beat", orjson.dumps(
+                    {"holder": self.node_id, "epoch": self.epoch, "beat": self._beat}))
+                self._valid_until = now + self.ttl_s
+                return
+        if self.epoch and seen.epoch > self.epoch:
+            log.log(_log, logging.INFO, "lost the lease", job=self.job, epoch=self.epoch, newer=seen.epoch,
+                    holder=seen.holder)
+            self.epoch = 0
+        if seen != self._seen:
+            self._seen, self._seen_at = seen, now
+            return
+        if now - self._seen_at >= self.ttl_s * STALE_FACTOR:
+            await self._take(seen.epoch + 1)
+
+    async def _observe(self) -> Observation | None:
+        assert self.store is not None
+        epochs = [int(info.key.rsplit("/", 1)[1]) async for info in list_all(self.store, f"{PREFIX}{self.job}/")
+                  if info.key.rsplit("/", 1)[1].isdigit()]
+        if not epochs:
+            return None
+        epoch = max(epochs)
+        try:
+            record = orjson.loads(await self.store.get(self._key(epoch)))
+        except NotFound:
+            return None
+        beat = 0
+        try:
+            beat = orjson.loads(await self.store.get(self._key(epoch) + ".beat"))["beat"]
+        except NotFound:
+            pass
+        return Observation(epoch, record["holder"], beat)
+
+    async def _take(self, epoch: int) -> None:
+        assert self.store is not None
+        started = trio.current_time()
+        record = {"holder": self.node_id, "epoch": epoch, "commit": secrets.token_hex(8),
+                  "at": timeutil.format_ns(timeutil.now_ns())}
+        try:
+            await create_resolved(self.store, self._key(epoch), orjson.dumps(record))
+        except Conflict:
+            return
+        self.epoch, self._beat, self.holder = epoch, 0, self.node_id
+        self._valid_until = started + self.ttl_s
+        self._seen = Observation(epoch, self.node_id, 0)
+        log.log(_log, logging.INFO, "took the lease", job=self.job, epoch=epoch)
+
+    def _key(self, epoch: int) -> str:
+        return f"{PREFIX}{self.job}/{epoch:012d}"

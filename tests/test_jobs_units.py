@@ -1,0 +1,163 @@
+"""In-process: leases hand over after a pause (simulated time), old epochs are fenced off, uploads and GC respect retirement."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+import trio.testing
+
+from backends.memory import MemoryBackend
+from helios.replication import shared
+from helios.replication.jobs import Maintenance, plan_compaction
+from helios.replication.lease import Lease
+from helios.storage.blocks import BlockEntry
+from helios.storage.engine import Engine
+
+TTL = 3.0
+
+
+def test_a_paused_holder_loses_the_lease_and_cannot_act_on_it() -> None:
+    store = MemoryBackend()
+    clock = trio.testing.MockClock(autojump_threshold=0)
+
+    async def main() -> None:
+        a, b = Lease("compaction", store, "a", TTL), Lease("compaction", store, "b", TTL)
+        await a.tick()
+        await b.tick()
+        assert a.is_leader and a.epoch == 1 and not b.is_leader and b.leader() == "a"
+        for _ in range(10):  # both tick: a renews, b sees a change every time and never takes over
+            await trio.sleep(TTL / 3)
+            await a.tick()
+            await b.tick()
+            assert a.is_leader and not b.is_leader
+        # a is paused (no ticks); b sees nothing change for 1.5 TTL and takes epoch 2.
+        waited = 0.0
+        while not b.is_leader:
+            await trio.sleep(TTL / 3)
+            waited += TTL / 3
+            await b.tick()
+        assert b.epoch == 2 and TTL * 1.5 <= waited <= TTL * 2.5
+        assert not a.is_leader  # its own clock says its lease ran out before b could take over
+        assert not await a.still_leader(1)
+        await a.tick()  # wakes up: sees epoch 2, stays a follower
+        assert not a.is_leader and a.leader() == "b" and a.epoch == 0
+        assert await b.still_leader(2)
+
+    trio.run(main, clock=clock)
+
+
+def test_a_lone_node_takes_the_lease_at_once_and_without_a_store_holds_all() -> None:
+    async def main() -> None:
+        lone = Lease("retention", MemoryBackend(), "solo", TTL)
+        await lone.tick()
+        assert lone.is_leader and lone.epoch == 1
+        local = Lease("retention", None, "solo", TTL)
+        assert local.is_leader and await local.still_leader(1)
+
+    trio.run(main)
+
+
+def _block(i: int, rows: int = 10) -> BlockEntry:
+    return BlockEntry(id=f"b{i}", rows=rows, bytes=100, min_time=i, max_time=i, sha256="x", node="n", created_ns=i)
+
+
+def test_commits_from_an_older_epoch_are_refused(tmp_path: Path) -> None:
+    store = MemoryBackend()
+
+    async def main() -> None:
+        def newer(current: shared.SharedManifest) -> shared.SharedManifest:
+            current.blocks, current.epoch, current.job = [_block(1), _block(2)], 5, "compaction"
+            return current
+
+        await shared.commit(store, "d", 1, "new-leader", newer)
+        engine = Engine(tmp_path / "n", "old-leader")
+        jobs = Maintenance(engine, store, None, {}, "old-leader", retention_days=lambda d: 1,
+                           compaction_interval_s=1, retention_interval_s=1, gc_grace_s=1)
+        assert await jobs._drop_shared(("d", 1), epoch=4, now=10**18) == 0
+        assert jobs.stats.fenced == 1
+        latest = await shared.read_latest(store, "d", 1)
+        assert latest.version == 1 and not latest.dropped and len(latest.blocks) == 2
+        assert await jobs._drop_shared(("d", 1), epoch=5, now=10**18) == 1
+        assert (await shared.read_latest(store, "d", 1)).dropped
+
+    trio.run(main)
+
+
+def test_a_late_upload_skips_retired_blocks_and_dropped_partitions(tmp_path: Path) -> None:
+    """The real uploader, for a node that appended its block, crashed before recording it, and came back."""
+    from helios.ingest.records import parse_ndjson
+    from helios.replication.replicator import Replicator
+
+    store = MemoryBackend()
+    table = parse_ndjson(b'{"_msg": "one", "_time": 5}\n', 0)
+
+    async def main() -> None:
+        engine = Engine(tmp_path / "n", "n")
+        engine.open()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(engine.wal.run)
+            await engine.ingest("d", table)
+            await engine.flush()
+            (mine,) = engine.manifests[("d", 0)].blocks
+
+            def compacted(current: shared.SharedManifest) -> shared.SharedManifest:
+                current.blocks, current.retired = [_block(9, 20)], {mine.id: 1}
+                return current
+
+            await shared.commit(store, "d", 0, "leader", compacted)
+            replicator = Replicator(engine, store, "n", 0.1)
+            await replicator.upload_once()
+            latest = await shared.read_latest(store, "d", 0)
+            assert latest.version == 1 and [b.id for b in latest.blocks] == ["b9"], "not appended again"
+            await engine.ingest("d", table)
+            await engine.flush()
+
+            def dropped(current: shared.SharedManifest) -> shared.SharedManifest:
+                current.blocks, current.dropped = [], True
+                return current
+
+            await shared.commit(store, "d", 0, "leader", dropped)
+            await replicator.upload_once()
+            latest = await shared.read_latest(store, "d", 0)
+            assert latest.version == 2 and latest.dropped and latest.blocks == []
+            assert ("d", 0) not in engine.manifests, "the local copy of a dropped partition goes too"
+            nursery.cancel_scope.cancel()
+        engine.close()
+
+    trio.run(main)
+
+
+def test_compaction_plans_runs_of_small_blocks() -> None:
+    blocks = [_block(i) for i in range(10)] + [_block(99, rows=5_000_000)]
+    groups = plan_compaction(blocks, min_inputs=4, target_rows=35)
+    assert [[b.id for b in g] for g in groups] == [["b0", "b1", "b2"], ["b3", "b4", "b5"], ["b6", "b7", "b8"]]
+    assert plan_compaction(blocks[:3], min_inputs=4) == []
+
+
+def test_local_gc_waits_for_the_grace_period_and_for_running_queries(tmp_path: Path) -> None:
+    from helios.ingest.records import parse_ndjson
+
+    clock = trio.testing.MockClock()
+
+    async def main() -> None:
+        engine = Engine(tmp_path / "n", "n")
+        engine.open()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(engine.wal.run)
+            await engine.ingest("d", parse_ndjson(b'{"_msg": "one", "_time": 5}\n', 0))
+            await engine.flush()
+            sources = engine.sources(None, None, None)
+            (block,) = engine.manifests[("d", 0)].blocks
+            path = engine.part_dir(("d", 0)) / block.filename
+            engine.acquire(sources)  # a query is reading the block
+            assert await engine.drop_partition(("d", 0))
+            assert await engine.collect_garbage(10.0) == 0 and path.exists()
+            clock.jump(11.0)
+            assert await engine.collect_garbage(10.0) == 0 and path.exists(), "a running query still reads it"
+            engine.release(sources)
+            assert await engine.collect_garbage(10.0) == 1 and not path.exists()
+            nursery.cancel_scope.cancel()
+        engine.close()
+
+    trio.run(main, clock=clock)
