@@ -48,7 +48,7 @@ from helios.storage.blocks import BlockEntry, build_block, load_block
 from helios.storage.engine import Engine
 from helios.storage.memtable import PartKey
 
-__all__ = ["JobStats", "Maintenance", "plan_compaction"]
+__all__ = ["JobStats", "Maintenance", "fence", "plan_compaction"]
 
 MIN_INPUTS = 4          # compact a partition once it has this many small blocks
 TARGET_ROWS = 1_000_000  # a block with fewer rows is small; outputs hold up to this many
@@ -58,6 +58,12 @@ KEEP_VERSIONS = 100     # manifest versions kept behind the newest
 # Lake keeps its tombstones). A node down for longer than this could duplicate such a block.
 RETIRED_KEEP_NS = 7 * 86_400 * 10**9
 _log = log.get("helios.jobs")
+
+
+def fence(current: shared.SharedManifest, epoch: int) -> None:
+    """Refuse a leader commit from an epoch older than one that already committed to this manifest."""
+    if current.epoch > epoch:
+        raise shared.Fenced(f"epoch {current.epoch} committed after ours ({epoch})")
 
 
 def plan_compaction(blocks: list[BlockEntry], *, min_inputs: int = MIN_INPUTS,
@@ -107,6 +113,7 @@ class Maintenance:
         self.gc_grace_s = gc_grace_s
         self.clock = clock
         self.stats = JobStats()
+        self.keep_versions = KEEP_VERSIONS
         self._deleted: set[str] = set()  # store keys this node already deleted (as GC leader)
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -261,7 +268,7 @@ class Maintenance:
                     deleted += 1
             versions = await shared.list_versions(self.store, dataset, day)
             for version in versions:
-                if version < latest.version - KEEP_VERSIONS:
+                if version < latest.version - self.keep_versions:
                     key = shared.version_key(dataset, day, version)
                     if key not in self._deleted:
                         await self.store.delete(key)
@@ -284,8 +291,7 @@ class Maintenance:
         assert self.store is not None
 
         def prune(current: shared.SharedManifest) -> shared.SharedManifest | None:
-            if current.epoch > epoch:
-                raise shared.Fenced(f"epoch {current.epoch} committed after ours ({epoch})")
+            fence(current, epoch)
             kept = {i: r for i, r in current.retired.items() if r >= keep_after}
             if len(kept) == len(current.retired):
                 return None
@@ -336,8 +342,7 @@ class Maintenance:
         assert self.store is not None
 
         def drop(current: shared.SharedManifest) -> shared.SharedManifest | None:
-            if current.epoch > epoch:
-                raise shared.Fenced(f"epoch {current.epoch} committed after ours ({epoch})")
+            fence(current, epoch)
             if current.dropped or current.version == 0:
                 return None
             current.retired = {**current.retired, **dict.fromkeys((b.id for b in current.blocks), now)}
