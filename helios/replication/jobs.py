@@ -212,8 +212,7 @@ class Maintenance:
             now = self.clock()
 
             def swap(current: shared.SharedManifest) -> shared.SharedManifest | None:
-                if current.epoch > epoch:
-                    raise shared.Fenced(f"epoch {current.epoch} committed after ours ({epoch})")
+                fence(current, epoch)
                 if current.dropped or not inputs <= {b.id for b in current.blocks}:
                     return None  # an input is gone: plan again next pass
                 current.blocks = _swap(current.blocks, inputs, output)
