@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DATA_DIR ?= ./data
 LISTEN ?= 127.0.0.1:7300
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench fuzz clean
 
 install: $(STAMP)
 
@@ -21,6 +21,9 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+fuzz: install
+	$(BIN)/python fuzz/run.py run --seconds $${FUZZ_SECONDS:-60}
 
 bench: install
 	$(BIN)/python bench/ingest.py

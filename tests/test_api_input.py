@@ -39,6 +39,9 @@ BAD_BODIES = [
     (b'{"_msg": "ok"}\n{"": 1}\n', 2),
     (b'{"_msg": "ok"}\n{"_msg": "unterminated\n', 2),
     (b'{"a": 1}\n{"a": "mixed types are fine"}\n{"b": \xff}\n', 3),
+    (b'null\n', 1),  # pyarrow 26 crashes on a body that starts with a null line
+    (b'{"_msg": "ok"}\nnull\n{"_msg": "ok"}\n', 2),  # pyarrow reads a null line as an empty record
+    (b'  null  \n{"a": 1}\n', 1),
 ]
 
 

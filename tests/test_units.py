@@ -62,6 +62,13 @@ def test_fast_and_exact_ingest_paths_agree() -> None:
     assert fast.column("f").to_pylist() == ["2.5", "1e+20"]
 
 
+def test_records_of_empty_objects_are_kept_on_both_paths() -> None:
+    """Found by hypothesis: flattening a table of empty objects lost its rows on the fast path."""
+    fast = parse_ndjson(b'{"_msg": {}}\n{}\n', 5)
+    exact = parse_ndjson(b'{"_msg": {}}\n{}\n{"l": [1]}\n', 5)
+    assert fast.num_rows == 2 and exact.num_rows == 3
+
+
 def test_ingest_errors_name_lines() -> None:
     with pytest.raises(IngestError) as info:
         parse_ndjson(b'{"a":1}\n\n{"_time": "2024-01-01T00:00:00Z"}\n{"_time": "nope"}\n', 0)

@@ -114,6 +114,7 @@ class Maintenance:
         self.clock = clock
         self.stats = JobStats()
         self.keep_versions = KEEP_VERSIONS
+        self.min_inputs = MIN_INPUTS
         self._deleted: set[str] = set()  # store keys this node already deleted (as GC leader)
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -144,7 +145,7 @@ class Maintenance:
         done = 0
         for key in sorted(self.engine.manifests):
             manifest = self.engine.manifests.get(key)
-            if manifest is None or not plan_compaction(manifest.blocks):
+            if manifest is None or not plan_compaction(manifest.blocks, min_inputs=self.min_inputs):
                 continue
             if self.store is None:
                 done += await self._compact_local(key)
@@ -180,7 +181,7 @@ class Maintenance:
 
     async def _compact_local(self, key: PartKey) -> int:
         done = 0
-        for group in plan_compaction(self.engine.manifests[key].blocks):
+        for group in plan_compaction(self.engine.manifests[key].blocks, min_inputs=self.min_inputs):
             output = await self._merge(key, group)
             inputs = {b.id for b in group}
             async with self.engine.part_lock(key):
@@ -204,7 +205,7 @@ class Maintenance:
         if latest.dropped:
             return 0
         done = 0
-        for group in plan_compaction(latest.blocks):
+        for group in plan_compaction(latest.blocks, min_inputs=self.min_inputs):
             output = await self._merge(key, group)
             data = await trio.to_thread.run_sync((self.engine.part_dir(key) / output.filename).read_bytes)
             await self.store.put(shared.block_key(dataset, day, output.id), data)

@@ -102,8 +102,9 @@ class Lease:
     async def tick(self) -> None:
         """One pass: renew if holding; otherwise watch, and take over a stale lease."""
         assert self.store is not None
-        now = trio.current_time()
+        before = trio.current_time()  # a renewal counts from before it was written: conservative
         seen = await self._observe()
+        now = trio.current_time()  # an observation counts from after it was read: conservative
         if seen is None:
             await self._take(1)
             return
@@ -117,7 +118,7 @@ class Lease:
                 self._beat += 1
                 await self.store.put(self._key(self.epoch) + ".beat", orjson.dumps(
                     {"holder": self.node_id, "epoch": self.epoch, "beat": self._beat}))
-                self._valid_until = now + self.ttl_s
+                self._valid_until = before + self.ttl_s
                 return
         if self.epoch and seen.epoch > self.epoch:
             log.log(_log, logging.INFO, "lost the lease", job=self.job, epoch=self.epoch, newer=seen.epoch,

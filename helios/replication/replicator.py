@@ -122,8 +122,10 @@ class Replicator:
     async def _upload_partition(self, key: tuple[str, int], pending: list[BlockEntry]) -> None:
         dataset, day = key
         directory = self.engine.part_dir(key)
-        known = self.engine.manifests[key].shared_version
-        latest = await shared.read_latest(self.store, dataset, day, known)
+        manifest = self.engine.manifests.get(key)
+        if manifest is None:  # dropped meanwhile (retention)
+            return
+        latest = await shared.read_latest(self.store, dataset, day, manifest.shared_version)
         if latest.dropped:  # retention dropped the partition: a late upload must not bring it back
             await self.engine.drop_partition(key, latest.version)
             return

@@ -248,12 +248,13 @@ class Engine:
         now = trio.current_time()
         due = [(bid, path) for bid, (path, at) in self._retired.items()
                if now - at >= grace_s and self._readers[bid] <= 0]
+        live = {b.id for m in self.manifests.values() for b in m.blocks}
         for block_id, path in due:
-            live = any(block_id == b.id for m in self.manifests.values() for b in m.blocks)
-            if not live:
+            if self._retired.pop(block_id, None) is None:
+                continue  # a concurrent pass took it
+            if block_id not in live:
                 await trio.to_thread.run_sync(lambda: path.unlink(missing_ok=True))
                 self.deleted_files += 1
-            del self._retired[block_id]
         for directory in {path.parent for _, path in due}:
             if directory.is_dir() and not any(directory.iterdir()):
                 directory.rmdir()
