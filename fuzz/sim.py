@@ -478,7 +478,7 @@ class Simulation:
 
     async def watch_leaders(self) -> None:
         while True:
-            await trio.sleep(0.1)
+            await trio.sleep(0.25)
             self.check_one_leader_now()
 
     def check_leaders(self) -> None:

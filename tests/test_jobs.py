@@ -45,7 +45,10 @@ def store_objects(env: dict[str, str], moto: MotoServer | None, prefix: str) -> 
         root = Path(spec)
         for path in sorted((root / prefix).rglob("*")) if (root / prefix).exists() else []:
             if path.is_file() and not path.name.startswith("."):
-                yield str(path.relative_to(root)), path.read_bytes()
+                try:
+                    yield str(path.relative_to(root)), path.read_bytes()
+                except FileNotFoundError:
+                    continue  # garbage collection got there between the listing and the read
         return
     assert moto is not None
     bucket, base = spec[5:].split("/", 1)
@@ -53,7 +56,10 @@ def store_objects(env: dict[str, str], moto: MotoServer | None, prefix: str) -> 
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{base}/{prefix}"):
         for item in page.get("Contents", []):
             key = item["Key"][len(base) + 1 :]
-            yield key, client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+            try:
+                yield key, client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+            except client.exceptions.NoSuchKey:
+                continue  # garbage collection got there between the listing and the read
 
 
 def moto_of(env: dict[str, str], request: pytest.FixtureRequest) -> MotoServer | None:
