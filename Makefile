@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DATA_DIR ?= ./data
 LISTEN ?= 127.0.0.1:7300
 
-.PHONY: install run test bench fuzz clean
+.PHONY: install run test bench fuzz binary clean
 
 install: $(STAMP)
 
@@ -24,6 +24,10 @@ test: install
 
 fuzz: install
 	$(BIN)/python fuzz/run.py run --seconds $${FUZZ_SECONDS:-60}
+
+binary: install
+	$(BIN)/pyinstaller --noconfirm --clean --log-level WARN --distpath dist --workpath build/pyinstaller pyinstaller.spec
+	@ls -l dist/helios
 
 bench: install
 	$(BIN)/python bench/ingest.py

@@ -24,9 +24,9 @@ ROLE_CHOICES = ("admin", "editor", "viewer", "ingest")
 
 def _build_commit() -> str:
     try:
-        from helios import _build  # type: ignore[attr-defined]  # written by the binary build
+        import helios_build_info  # type: ignore[import-not-found]  # only in the binary (pyinstaller.spec)
 
-        return str(_build.COMMIT)
+        return str(helios_build_info.COMMIT)
     except ImportError:
         pass
     try:

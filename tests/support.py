@@ -93,13 +93,17 @@ class Server:
     logs: list[str] = field(default_factory=list)
     _token: str | None = None
     _pump: threading.Thread | None = None
+    # The binary smoke test runs dist/helios in a clean environment instead of this interpreter.
+    program: list[str] | None = None
+    base_env: dict[str, str] | None = None
 
     def _command(self) -> tuple[list[str], dict[str, str]]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HELIOS_")}
+        base = os.environ if self.base_env is None else self.base_env
+        env = {k: v for k, v in base.items() if not k.startswith("HELIOS_")}
         env.update({"HELIOS_ADMIN_PASSWORD": ADMIN_PASSWORD, "HELIOS_LOG_LEVEL": "info"})
         env.update(self.env)
-        return ([sys.executable, "-m", "helios", "serve", "--data-dir", str(self.data_dir),
-                 "--listen", "127.0.0.1:0"], env)
+        program = self.program or [sys.executable, "-m", "helios"]
+        return ([*program, "serve", "--data-dir", str(self.data_dir), "--listen", "127.0.0.1:0"], env)
 
     def refused(self, timeout_s: float = 60.0) -> tuple[int, str]:
         """Start a node that is expected to refuse: its exit code and everything it wrote to stderr."""
