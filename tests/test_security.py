@@ -349,3 +349,21 @@ def test_control_plane_survives_restart(tmp_path: Path) -> None:
     finally:
         if server.proc and server.proc.poll() is None:
             server.kill()
+
+
+def test_secret_files_are_private_and_loose_ones_are_reported(tmp_path: Path) -> None:
+    server = Server(tmp_path / "perm").start()
+    try:
+        secrets_dir = server.data_dir / "secrets"
+        for name in ("control.key", "jwt.secret"):
+            assert (secrets_dir / name).stat().st_mode & 0o777 == 0o600, name
+        assert secrets_dir.stat().st_mode & 0o777 == 0o700
+        assert not any("readable by others" in line for line in server.logs)
+        assert server.stop() == 0
+        (secrets_dir / "jwt.secret").chmod(0o644)
+        server.start()
+        warnings = [line for line in server.logs if "readable by others" in line]
+        assert warnings and "jwt.secret" in warnings[0] and "chmod 600" in warnings[0]
+    finally:
+        if server.proc and server.proc.poll() is None:
+            server.kill()
