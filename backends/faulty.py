@@ -17,7 +17,7 @@ import trio
 
 from backends.base import Backend, Conflict, NotFound, ObjectInfo, RequestCounters, Unavailable
 
-__all__ = ["FaultyBackend", "NonAtomicCreate"]
+__all__ = ["FaultyBackend", "NonAtomicCreate", "Passthrough"]
 
 
 class FaultyBackend:
@@ -74,14 +74,13 @@ class FaultyBackend:
         await self.inner.aclose()
 
 
-class NonAtomicCreate:
-    """A deliberately broken CAS: ``get`` then ``put``, with a pause between (a planted race)."""
+class Passthrough:
+    """A backend that hands every call to ``inner``: the base of wrappers that change one thing."""
 
-    def __init__(self, inner: Backend, pause_s: float = 0.002) -> None:
+    def __init__(self, inner: Backend) -> None:
         self.inner = inner
-        self.name = f"nonatomic({inner.name})"
+        self.name = f"{type(self).__name__.lower()}({inner.name})"
         self.counters = inner.counters
-        self.pause_s = pause_s
 
     async def get(self, key: str) -> bytes:
         return await self.inner.get(key)
@@ -90,13 +89,7 @@ class NonAtomicCreate:
         await self.inner.put(key, data)
 
     async def create(self, key: str, data: bytes) -> None:
-        try:
-            await self.inner.get(key)
-        except NotFound:
-            await trio.sleep(self.pause_s)
-            await self.inner.put(key, data)
-            return
-        raise Conflict(key)
+        await self.inner.create(key, data)
 
     async def list(self, prefix: str, *, start_after: str = "", limit: int = 1000) -> list[ObjectInfo]:
         return await self.inner.list(prefix, start_after=start_after, limit=limit)
@@ -106,3 +99,20 @@ class NonAtomicCreate:
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+class NonAtomicCreate(Passthrough):
+    """A deliberately broken CAS: ``get`` then ``put``, with a pause between (a planted race)."""
+
+    def __init__(self, inner: Backend, pause_s: float = 0.002) -> None:
+        super().__init__(inner)
+        self.pause_s = pause_s
+
+    async def create(self, key: str, data: bytes) -> None:
+        try:
+            await self.inner.get(key)
+        except NotFound:
+            await trio.sleep(self.pause_s)
+            await self.inner.put(key, data)
+            return
+        raise Conflict(key)

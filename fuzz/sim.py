@@ -48,8 +48,8 @@ import orjson
 import trio
 import trio.testing
 
-from backends.base import Backend, Conflict, ObjectInfo, StoreError, list_all
-from backends.faulty import FaultyBackend, NonAtomicCreate
+from backends.base import Backend, Conflict, StoreError, list_all
+from backends.faulty import FaultyBackend, NonAtomicCreate, Passthrough
 from backends.fs import FsBackend
 from backends.memory import MemoryBackend
 from helios.ingest.records import parse_ndjson
@@ -113,33 +113,16 @@ def _lines() -> list[str]:
 _LOGHUB: list[str] = []
 
 
-class Recorder:
+class Recorder(Passthrough):
     """Between the faults and the store: remembers every create that landed, and what it wrote."""
 
     def __init__(self, inner: Backend) -> None:
-        self.inner = inner
-        self.name = f"recorded({inner.name})"
-        self.counters = inner.counters
+        super().__init__(inner)
         self.created: dict[str, list[bytes]] = {}
-
-    async def get(self, key: str) -> bytes:
-        return await self.inner.get(key)
-
-    async def put(self, key: str, data: bytes) -> None:
-        await self.inner.put(key, data)
 
     async def create(self, key: str, data: bytes) -> None:
         await self.inner.create(key, data)
         self.created.setdefault(key, []).append(data)
-
-    async def list(self, prefix: str, *, start_after: str = "", limit: int = 1000) -> list[ObjectInfo]:
-        return await self.inner.list(prefix, start_after=start_after, limit=limit)
-
-    async def delete(self, key: str) -> None:
-        await self.inner.delete(key)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 class Incarnation:
@@ -428,12 +411,17 @@ class Simulation:
                 if current.parent != previous.version or current.parent_commit != previous.commit_id:
                     raise Violation(f"chain {dataset}/{day_name}: version {current.version} does not follow "
                                     f"{previous.version}")
-                if current.epoch < previous.epoch:
-                    raise Violation(f"fencing {dataset}/{day_name}: version {current.version} has epoch "
-                                    f"{current.epoch} after {previous.epoch}")
+                for job, epoch in previous.epochs.items():
+                    if current.epochs.get(job, 0) < epoch:
+                        raise Violation(f"fencing {dataset}/{day_name}: version {current.version} has {job} "
+                                        f"epoch {current.epochs.get(job, 0)} after {epoch}")
+                if current.job and current.epoch < previous.epochs.get(_lease_of(current.job), 0):
+                    raise Violation(f"fencing {dataset}/{day_name}: version {current.version} committed "
+                                    f"{current.job} with epoch {current.epoch} after epoch "
+                                    f"{previous.epochs[_lease_of(current.job)]}")
             for version in chain:
                 if version.job:
-                    job = "compaction" if version.job in ("compaction", "gc") else version.job
+                    job = _lease_of(version.job)
                     if holders.get((job, version.epoch)) != version.node:
                         raise Violation(f"fencing {dataset}/{day_name}: version {version.version} by "
                                         f"{version.node} with epoch {version.epoch} of {job}, held by "
@@ -499,6 +487,11 @@ class Simulation:
             self.result.checks += 1
 
 
+def _lease_of(job: str) -> str:
+    """The lease a leader commit's job runs under (garbage collection runs on the compaction leader)."""
+    return "compaction" if job in ("compaction", "gc") else job
+
+
 # -- planted bugs and determinism -------------------------------------------------
 
 
@@ -509,7 +502,7 @@ def _lost_append_commit(original: Callable[..., Awaitable[shared.SharedManifest]
         first = await shared.read_latest(store, dataset, day, known)
         current = first
         for _ in range(shared.MAX_COMMIT_ATTEMPTS):
-            stale = replace(first, version=current.version, commit_id=current.commit_id, epoch=current.epoch)
+            stale = replace(first, version=current.version, commit_id=current.commit_id, epochs=current.epochs)
             proposed = change(stale)
             if proposed is None:
                 return current
@@ -583,7 +576,7 @@ def run_schedule(backend: str, seed: int, *, bug: str | None = None, steps: int 
         commit = _lost_append_commit(shared.commit) if bug == "lost-append" else shared.commit
         stack.enter_context(_patched(shared, "commit", _recording_commit(holder, commit)))
         if bug == "ignore-epoch":
-            stack.enter_context(_patched(jobs, "fence", lambda current, epoch: None))
+            stack.enter_context(_patched(jobs, "fence", lambda current, lease_job, epoch: None))
             stack.enter_context(_patched(Lease, "is_leader", property(lambda self: self.epoch > 0)))
 
             async def always(self: Lease, epoch: int) -> bool:

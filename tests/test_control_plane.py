@@ -83,29 +83,26 @@ def test_racing_writers_with_faults_converge_with_no_lost_update(tmp_path: Path,
     trio.run(main)
 
 
+async def _bootstrapped_alone(tmp_path: Path, name: str, store: MemoryBackend, username: str) -> ControlPlane:
+    node = plane(tmp_path, name)
+    await node.open()
+    node.store, node.store_label = store, "memory"
+
+    async def make_admin() -> None:
+        await node.commit("users", username, lambda current: {"role": "admin"}, "bootstrap")
+
+    await node.bootstrap_alone(make_admin)
+    assert node.get("users", username) is not None and not node.attached
+    return node
+
+
 def test_a_node_bootstrapped_alone_adopts_or_seeds_the_store(tmp_path: Path) -> None:
     async def main() -> None:
         memory = MemoryBackend()
-        first = plane(tmp_path, "first")
-        await first.open()
-        first.store, first.store_label = memory, "memory"
-
-        async def make_admin() -> None:
-            await first.commit("users", "admin", lambda current: {"role": "admin"}, "bootstrap")
-
-        await first.bootstrap_alone(make_admin)
-        assert first.get("users", "admin") is not None and not first.attached
+        first = await _bootstrapped_alone(tmp_path, "first", memory, "admin")
         await first.attach(memory, "memory")  # an empty store is seeded with the local entries
         assert len([k for k in memory.objects if k.startswith(STORE_LOG)]) == 1
-
-        second = plane(tmp_path, "second")
-        await second.open()
-        second.store, second.store_label = memory, "memory"
-
-        async def make_other() -> None:
-            await second.commit("users", "other-admin", lambda current: {"role": "admin"}, "bootstrap")
-
-        await second.bootstrap_alone(make_other)
+        second = await _bootstrapped_alone(tmp_path, "second", memory, "other-admin")
         await second.attach(memory, "memory")  # the store has its own control plane: it wins
         assert second.get("users", "other-admin") is None and second.get("users", "admin") is not None
         assert second.cluster == first.cluster

@@ -84,7 +84,8 @@ def check_manifest_chains(env: dict[str, str], moto: MotoServer | None) -> int:
             if current["version"] == previous["version"] + 1:
                 assert current["parent"] == previous["version"], partition
                 assert current.get("parent_commit") == previous["commit_id"], partition
-            assert current["epoch"] >= previous["epoch"], f"{partition}: epoch went back at {current['version']}"
+            for job, epoch in previous.get("epochs", {}).items():
+                assert current["epochs"].get(job, 0) >= epoch, f"{partition}: {job} epoch went back at {current['version']}"
         for version in versions:
             job = version.get("job") or ""
             if job:

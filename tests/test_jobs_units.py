@@ -9,6 +9,7 @@ import trio.testing
 
 from backends.memory import MemoryBackend
 from helios.replication import shared
+from helios.replication import jobs
 from helios.replication.jobs import Maintenance, plan_compaction
 from helios.replication.lease import Lease
 from helios.storage.blocks import BlockEntry
@@ -67,18 +68,18 @@ def test_commits_from_an_older_epoch_are_refused(tmp_path: Path) -> None:
 
     async def main() -> None:
         def newer(current: shared.SharedManifest) -> shared.SharedManifest:
-            current.blocks, current.epoch, current.job = [_block(1), _block(2)], 5, "compaction"
-            return current
+            current.blocks = [_block(1), _block(2)]
+            return jobs.stamp(current, "retention", 5, "retention")
 
         await shared.commit(store, "d", 1, "new-leader", newer)
         engine = Engine(tmp_path / "n", "old-leader")
-        jobs = Maintenance(engine, store, None, {}, "old-leader", retention_days=lambda d: 1,
+        maintenance = Maintenance(engine, store, None, {}, "old-leader", retention_days=lambda d: 1,
                            compaction_interval_s=1, retention_interval_s=1, gc_grace_s=1)
-        assert await jobs._drop_shared(("d", 1), epoch=4, now=10**18) == 0
-        assert jobs.stats.fenced == 1
+        assert await maintenance._drop_shared(("d", 1), epoch=4, now=10**18) == 0
+        assert maintenance.stats.fenced == 1
         latest = await shared.read_latest(store, "d", 1)
         assert latest.version == 1 and not latest.dropped and len(latest.blocks) == 2
-        assert await jobs._drop_shared(("d", 1), epoch=5, now=10**18) == 1
+        assert await maintenance._drop_shared(("d", 1), epoch=5, now=10**18) == 1
         assert (await shared.read_latest(store, "d", 1)).dropped
 
     trio.run(main)

@@ -48,7 +48,7 @@ from helios.storage.blocks import BlockEntry, build_block, load_block
 from helios.storage.engine import Engine
 from helios.storage.memtable import PartKey
 
-__all__ = ["JobStats", "Maintenance", "fence", "plan_compaction"]
+__all__ = ["JobStats", "Maintenance", "fence", "plan_compaction", "stamp"]
 
 MIN_INPUTS = 4          # compact a partition once it has this many small blocks
 TARGET_ROWS = 1_000_000  # a block with fewer rows is small; outputs hold up to this many
@@ -60,10 +60,18 @@ RETIRED_KEEP_NS = 7 * 86_400 * 10**9
 _log = log.get("helios.jobs")
 
 
-def fence(current: shared.SharedManifest, epoch: int) -> None:
-    """Refuse a leader commit from an epoch older than one that already committed to this manifest."""
-    if current.epoch > epoch:
-        raise shared.Fenced(f"epoch {current.epoch} committed after ours ({epoch})")
+def fence(current: shared.SharedManifest, lease_job: str, epoch: int) -> None:
+    """Refuse a leader commit from an epoch older than one of the same lease that already committed here."""
+    newest = current.epochs.get(lease_job, 0)
+    if newest > epoch:
+        raise shared.Fenced(f"{lease_job} epoch {newest} committed after ours ({epoch})")
+
+
+def stamp(current: shared.SharedManifest, lease_job: str, epoch: int, job: str) -> shared.SharedManifest:
+    """Mark a leader commit: its job and epoch, and the newest epoch of its lease."""
+    current.epochs = {**current.epochs, lease_job: epoch}
+    current.epoch, current.job = epoch, job
+    return current
 
 
 def plan_compaction(blocks: list[BlockEntry], *, min_inputs: int = MIN_INPUTS,
@@ -213,13 +221,12 @@ class Maintenance:
             now = self.clock()
 
             def swap(current: shared.SharedManifest) -> shared.SharedManifest | None:
-                fence(current, epoch)
+                fence(current, "compaction", epoch)
                 if current.dropped or not inputs <= {b.id for b in current.blocks}:
                     return None  # an input is gone: plan again next pass
                 current.blocks = _swap(current.blocks, inputs, output)
                 current.retired = {**current.retired, **dict.fromkeys(inputs, now)}
-                current.epoch, current.job = epoch, "compaction"
-                return current
+                return stamp(current, "compaction", epoch, "compaction")
 
             committed = None
             if await lease.still_leader(epoch):
@@ -291,12 +298,12 @@ class Maintenance:
         assert self.store is not None
 
         def prune(current: shared.SharedManifest) -> shared.SharedManifest | None:
-            fence(current, epoch)
+            fence(current, "compaction", epoch)
             kept = {i: r for i, r in current.retired.items() if r >= keep_after}
             if len(kept) == len(current.retired):
                 return None
-            current.retired, current.epoch, current.job = kept, epoch, "gc"
-            return current
+            current.retired = kept
+            return stamp(current, "compaction", epoch, "gc")
 
         try:
             result = await shared.commit(self.store, dataset, day, self.node_id, prune)
@@ -342,13 +349,12 @@ class Maintenance:
         assert self.store is not None
 
         def drop(current: shared.SharedManifest) -> shared.SharedManifest | None:
-            fence(current, epoch)
+            fence(current, "retention", epoch)
             if current.dropped or current.version == 0:
                 return None
             current.retired = {**current.retired, **dict.fromkeys((b.id for b in current.blocks), now)}
             current.blocks, current.dropped = [], True
-            current.epoch, current.job = epoch, "retention"
-            return current
+            return stamp(current, "retention", epoch, "retention")
 
         try:
             result = await shared.commit(self.store, key[0], key[1], self.node_id, drop)

@@ -145,7 +145,7 @@ class Replicator:
             if not missing:
                 return None
             current.blocks = current.blocks + missing
-            current.job = ""
+            current.epoch, current.job = 0, ""
             return current
 
         result = await shared.commit(self.store, dataset, day, self.node_id, append, latest.version)

@@ -67,8 +67,10 @@ class SharedManifest:
     retention to when that happened (ns): they are unreferenced, deleted from
     the store after the grace period, and never appended again (a late upload
     of a retired block is skipped). ``dropped`` marks a partition removed by
-    retention: nothing is appended to it. ``epoch`` is the highest leader
-    epoch that committed here; a leader commit from an older epoch is refused.
+    retention: nothing is appended to it. ``epochs`` holds, per lease job, the
+    highest leader epoch that committed here: a leader commit from an older
+    epoch of its job is refused. ``epoch`` and ``job`` describe this version's
+    own commit (0 and "" for an upload).
     """
 
     dataset: str
@@ -81,6 +83,7 @@ class SharedManifest:
     blocks: list[BlockEntry] = field(default_factory=list)
     retired: dict[str, int] = field(default_factory=dict)
     dropped: bool = False
+    epochs: dict[str, int] = field(default_factory=dict)
     epoch: int = 0
     job: str = ""  # the leader job of this commit ("compaction", "retention", "gc"), "" for uploads
 
@@ -88,7 +91,8 @@ class SharedManifest:
         return orjson.dumps({"format": 1, "dataset": self.dataset, "day": self.day, "version": self.version,
                              "parent": self.parent, "commit_id": self.commit_id, "node": self.node,
                              "parent_commit": self.parent_commit, "blocks": [b.to_json() for b in self.blocks], "retired": self.retired,
-                             "dropped": self.dropped, "epoch": self.epoch, "job": self.job})
+                             "dropped": self.dropped, "epochs": self.epochs, "epoch": self.epoch,
+                             "job": self.job})
 
     @classmethod
     def decode(cls, data: bytes) -> SharedManifest:
@@ -96,7 +100,8 @@ class SharedManifest:
         return cls(dataset=doc["dataset"], day=doc["day"], version=doc["version"], parent=doc["parent"],
                    commit_id=doc["commit_id"], node=doc["node"], parent_commit=doc.get("parent_commit", ""),
                    blocks=[BlockEntry.from_json(b) for b in doc["blocks"]], retired=doc.get("retired", {}),
-                   dropped=doc.get("dropped", False), epoch=doc.get("epoch", 0), job=doc.get("job", ""))
+                   dropped=doc.get("dropped", False), epochs=doc.get("epochs", {}), epoch=doc.get("epoch", 0),
+                   job=doc.get("job", ""))
 
 
 async def read_latest(store: Backend, dataset: str, day: int, known: int = 0) -> SharedManifest:
