@@ -44,7 +44,7 @@ from helios import log, timeutil
 from helios.replication import shared
 from helios.replication.lease import Lease
 from helios.replication.replicator import CHANGE_TTL_NS, Replicator
-from helios.storage.blocks import BlockEntry, build_block, load_block
+from helios.storage.blocks import BlockEntry, CorruptBlock, build_block, load_block
 from helios.storage.engine import Engine
 from helios.storage.memtable import PartKey
 
@@ -139,7 +139,7 @@ class Maintenance:
                 await step()
             except StoreError as exc:
                 log.log(_log, logging.WARNING, f"{what} pass failed; will retry", error=str(exc))
-            except OSError as exc:
+            except (OSError, CorruptBlock) as exc:  # a disk error, or a block that fails its checksum
                 log.log(_log, logging.ERROR, f"{what} pass failed; will retry", error=str(exc))
 
     # -- compaction -----------------------------------------------------------
