@@ -39,16 +39,16 @@ import shutil
 import tempfile
 import traceback
 from collections import Counter
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field, replace
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterator
+from typing import Any, Awaitable, Callable
 
 import orjson
 import trio
 import trio.testing
 
-from backends.base import Backend, Conflict, StoreError, list_all
+from backends.base import Backend, StoreError, list_all
 from backends.faulty import FaultyBackend, NonAtomicCreate, Passthrough
 from backends.fs import FsBackend
 from backends.memory import MemoryBackend
@@ -57,9 +57,11 @@ from helios.replication import jobs, shared
 from helios.replication.jobs import Maintenance
 from helios.replication.lease import JOBS, Lease
 from helios.replication.replicator import Replicator
-from helios.storage.blocks import load_block
 from helios.storage.engine import Engine
 from helios.timeutil import day_number
+from fuzz.invariants import Invariants, Violation
+from fuzz.planted import (inline_threads, lost_append_commit, patched, recording_commit,
+                          seeded_secrets)
 
 __all__ = ["BUGS", "Result", "Violation", "run_schedule"]
 
@@ -73,10 +75,6 @@ REPO = Path(__file__).resolve().parent.parent
 # Mock time jumps once every task has been idle this long in real time. Memory runs have no real
 # I/O (worker threads run inline): jump at once. fs and S3 wait for real threads and sockets.
 AUTOJUMP_S = {"memory": 0.0, "fs": 0.001, "s3": 0.005}
-
-
-class Violation(AssertionError):
-    """An invariant does not hold."""
 
 
 @dataclass
@@ -163,7 +161,7 @@ class Incarnation:
             scope.cancel()
 
 
-class Simulation:
+class Simulation(Invariants):
     def __init__(self, result: Result, rng: random.Random, root: Path, store: Backend, recorder: Recorder,
                  faulty: FaultyBackend) -> None:
         self.result = result
@@ -173,6 +171,7 @@ class Simulation:
         self.recorder = recorder
         self.faulty = faulty
         self.nodes: dict[str, Incarnation] = {}
+        self.retention_days = RETENTION_DAYS
         self.keep_versions = rng.choice([10**9, 10**9, 4])
         self.acked: dict[str, tuple[str, int]] = {}  # uid -> (dataset, day) of acknowledged rows
         self.attempted: set[str] = set()
@@ -366,210 +365,6 @@ class Simulation:
                 found.append(f"{name} has unflushed rows")
         return found
 
-    # -- invariants --------------------------------------------------------------
-
-    def expired(self, key: tuple[str, int]) -> bool:
-        days = RETENTION_DAYS.get(key[0])
-        return days is not None and (key[1] + 1) * DAY_NS <= self.wall() - days * DAY_NS
-
-    async def rows_by_node(self) -> dict[str, Counter[str]]:
-        out = {}
-        for name, node in self.nodes.items():
-            counts: Counter[str] = Counter()
-            for key, manifest in node.engine.manifests.items():
-                for block in manifest.blocks:
-                    table = load_block(node.engine.part_dir(key) / block.filename, block)
-                    counts.update(table.column("uid").to_pylist())
-            out[name] = counts
-        return out
-
-    async def check_convergence(self) -> None:
-        """Invariant 1: every node's manifest of every partition is the shared one."""
-        differences = await self._differences()
-        if differences:
-            raise Violation("convergence: " + "; ".join(differences[:5]))
-
-    def check_no_loss(self, rows: dict[str, Counter[str]]) -> None:
-        """Invariant 2: every acknowledged row is on every node, unless retention dropped its partition."""
-        for name, counts in rows.items():
-            lost = [uid for uid, key in self.acked.items() if not self.expired(key) and counts[uid] == 0]
-            if lost:
-                raise Violation(f"no loss: {len(lost)} acknowledged rows missing on {name}, e.g. {lost[:3]}")
-            kept = [uid for uid, key in self.acked.items() if self.expired(key) and counts[uid]]
-            if kept:
-                raise Violation(f"retention: {len(kept)} rows of dropped partitions still on {name}")
-
-    def check_no_duplication(self, rows: dict[str, Counter[str]]) -> None:
-        """Invariant 3: no row counted twice on any node (acknowledged or not)."""
-        for name, counts in rows.items():
-            doubled = [uid for uid, n in counts.items() if n > 1]
-            if doubled:
-                raise Violation(f"no duplication: {len(doubled)} rows more than once on {name}, e.g. {doubled[:3]}")
-            unknown = [uid for uid in counts if uid not in self.attempted]
-            if unknown:
-                raise Violation(f"no invention: rows never ingested on {name}: {unknown[:3]}")
-
-    async def check_manifest_chains(self) -> None:
-        """Versions contiguous, each naming the previous as parent; leader epochs never go back."""
-        holders = await self._holders()
-        async for info in list_all(self.store, "_partitions/"):
-            _, dataset, day_name = info.key.split("/")
-            day = day_number(day_name)
-            versions = sorted(await shared.list_versions(self.store, dataset, day))
-            if versions and versions != list(range(versions[0], versions[-1] + 1)):
-                raise Violation(f"chain {dataset}/{day_name}: versions not contiguous: {versions}")
-            chain = [shared.SharedManifest.decode(await self.store.get(shared.version_key(dataset, day, v)))
-                     for v in versions]
-            for previous, current in zip(chain, chain[1:]):
-                if current.parent != previous.version or current.parent_commit != previous.commit_id:
-                    raise Violation(f"chain {dataset}/{day_name}: version {current.version} does not follow "
-                                    f"{previous.version}")
-                for job, epoch in previous.epochs.items():
-                    if current.epochs.get(job, 0) < epoch:
-                        raise Violation(f"fencing {dataset}/{day_name}: version {current.version} has {job} "
-                                        f"epoch {current.epochs.get(job, 0)} after {epoch}")
-                if current.job and current.epoch < previous.epochs.get(_lease_of(current.job), 0):
-                    raise Violation(f"fencing {dataset}/{day_name}: version {current.version} committed "
-                                    f"{current.job} with epoch {current.epoch} after epoch "
-                                    f"{previous.epochs[_lease_of(current.job)]}")
-            for version in chain:
-                if version.job:
-                    job = _lease_of(version.job)
-                    if holders.get((job, version.epoch)) != version.node:
-                        raise Violation(f"fencing {dataset}/{day_name}: version {version.version} by "
-                                        f"{version.node} with epoch {version.epoch} of {job}, held by "
-                                        f"{holders.get((job, version.epoch))}")
-
-    async def _holders(self) -> dict[tuple[str, int], str]:
-        holders = {}
-        async for info in list_all(self.store, "_control/leases/"):
-            name = info.key.rsplit("/", 1)[1]
-            if name.isdigit():
-                holders[(info.key.split("/")[2], int(name))] = orjson.loads(await self.store.get(info.key))["holder"]
-        return holders
-
-    async def check_commit_ids(self) -> None:
-        """Every acknowledged manifest commit is in its chain exactly once; every CAS key was created once."""
-        doubles = [key for key, writes in self.recorder.created.items() if len(writes) > 1]
-        if doubles:
-            raise Violation(f"compare-and-swap: {len(doubles)} keys created twice, e.g. {doubles[:2]}")
-        present: Counter[str] = Counter()
-        oldest: dict[str, int] = {}
-        async for info in list_all(self.store, "parts/"):
-            if "/manifest/" in info.key:
-                version = shared.SharedManifest.decode(await self.store.get(info.key))
-                present[version.commit_id] += 1
-                partition = info.key.split("/manifest/")[0]
-                oldest[partition] = min(oldest.get(partition, version.version), version.version)
-        for commit_id, where in self.acked_commits_where.items():
-            partition, version = where
-            if version < oldest.get(partition, 0):
-                continue  # garbage-collected old version
-            if present[commit_id] != 1:
-                raise Violation(f"commit ids: acknowledged commit {commit_id} ({partition} v{version}) "
-                                f"present {present[commit_id]} times")
-
-    def check_one_leader_now(self) -> None:
-        """At any moment at most one live node considers itself a job's leader."""
-        for job in JOBS:
-            leading = sorted(name for name, node in self.nodes.items() if node.alive and node.leases[job].is_leader)
-            if len(leading) > 1:
-                raise Violation(f"leases: {leading} all lead {job} at time {trio.current_time():.3f}")
-        self.result.checks += 1
-
-    async def watch_leaders(self) -> None:
-        while True:
-            await trio.sleep(0.25)
-            self.check_one_leader_now()
-
-    def check_leaders(self) -> None:
-        """At most one node believed it led a job in any epoch."""
-        for (job, epoch), nodes in self.beliefs.items():
-            if len(nodes) > 1:
-                raise Violation(f"leases: {sorted(nodes)} all led {job} in epoch {epoch}")
-
-    async def check_all(self) -> None:
-        rows = await self.rows_by_node()
-        checks: list[Callable[[], Any]] = [
-            self.check_convergence, lambda: self.check_no_loss(rows), lambda: self.check_no_duplication(rows),
-            self.check_manifest_chains, self.check_commit_ids, self.check_leaders]
-        for check in checks:
-            outcome = check()
-            if hasattr(outcome, "__await__"):
-                await outcome
-            self.result.checks += 1
-
-
-def _lease_of(job: str) -> str:
-    """The lease a leader commit's job runs under (garbage collection runs on the compaction leader)."""
-    return "compaction" if job in ("compaction", "gc") else job
-
-
-# -- planted bugs and determinism -------------------------------------------------
-
-
-def _lost_append_commit(original: Callable[..., Awaitable[shared.SharedManifest]]) -> Callable[..., Any]:
-    """The planted bug: after a lost race, the change is re-applied to the blocks read *first*."""
-
-    async def commit(store: Backend, dataset: str, day: int, node_id: str, change: Any, known: int = 0) -> Any:
-        first = await shared.read_latest(store, dataset, day, known)
-        current = first
-        for _ in range(shared.MAX_COMMIT_ATTEMPTS):
-            stale = replace(first, version=current.version, commit_id=current.commit_id, epochs=current.epochs)
-            proposed = change(stale)
-            if proposed is None:
-                return current
-            proposed = replace(proposed, version=current.version + 1, parent=current.version,
-                               commit_id=secrets.token_hex(12), parent_commit=current.commit_id, node=node_id)
-            if current.version == 0:
-                await store.put(shared.index_key(dataset, day), b"")
-            try:
-                await shared.create_resolved(store, shared.version_key(dataset, day, proposed.version),
-                                             proposed.encode())
-                return proposed
-            except Conflict:
-                current = await shared.read_latest(store, dataset, day, current.version)
-        raise Conflict("gave up")
-
-    return commit
-
-
-@contextmanager
-def _patched(attr_owner: Any, name: str, value: Any) -> Iterator[None]:
-    saved = getattr(attr_owner, name)
-    setattr(attr_owner, name, value)
-    try:
-        yield
-    finally:
-        setattr(attr_owner, name, saved)
-
-
-def _seeded_secrets(rng: random.Random) -> dict[str, Callable[..., Any]]:
-    def token_bytes(n: int = 32) -> bytes:
-        return bytes(rng.getrandbits(8) for _ in range(n))
-
-    def token_hex(n: int = 32) -> str:
-        return token_bytes(n).hex()
-
-    return {"token_bytes": token_bytes, "token_hex": token_hex}
-
-
-async def _inline(fn: Callable[..., Any], *args: Any, **_: Any) -> Any:
-    await trio.lowlevel.checkpoint()
-    return fn(*args)
-
-
-def _recording_commit(sim_holder: list[Simulation], original: Callable[..., Any]) -> Callable[..., Any]:
-    async def commit(store: Backend, dataset: str, day: int, node_id: str, change: Any, known: int = 0) -> Any:
-        result = await original(store, dataset, day, node_id, change, known)
-        if result.node == node_id and result.commit_id and sim_holder:
-            sim = sim_holder[0]
-            sim.acked_commits_where[result.commit_id] = (shared.partition_prefix(dataset, day), result.version)
-        return result
-
-    return commit
-
-
 def run_schedule(backend: str, seed: int, *, bug: str | None = None, steps: int | None = None,
                  s3_env: dict[str, str] | None = None, workdir: Path | None = None) -> Result:
     """One schedule: simulate, quiesce, check. Returns the result; ``violation`` says what failed."""
@@ -582,26 +377,26 @@ def run_schedule(backend: str, seed: int, *, bug: str | None = None, steps: int 
     holder: list[Simulation] = []
     inline = backend == "memory"
     with ExitStack() as stack:
-        for name, fn in _seeded_secrets(random.Random(f"secrets/{seed}/{bug}")).items():
-            stack.enter_context(_patched(secrets, name, fn))
+        for name, fn in seeded_secrets(random.Random(f"secrets/{seed}/{bug}")).items():
+            stack.enter_context(patched(secrets, name, fn))
         if inline:
-            stack.enter_context(_patched(trio.to_thread, "run_sync", _inline))
-        commit = _lost_append_commit(shared.commit) if bug == "lost-append" else shared.commit
-        stack.enter_context(_patched(shared, "commit", _recording_commit(holder, commit)))
+            stack.enter_context(patched(trio.to_thread, "run_sync", inline_threads))
+        commit = lost_append_commit(shared.commit) if bug == "lost-append" else shared.commit
+        stack.enter_context(patched(shared, "commit", recording_commit(holder, commit)))
         if bug == "ignore-epoch":
-            stack.enter_context(_patched(jobs, "fence", lambda current, lease_job, epoch: None))
-            stack.enter_context(_patched(Lease, "is_leader", property(lambda self: self.epoch > 0)))
+            stack.enter_context(patched(jobs, "fence", lambda current, lease_job, epoch: None))
+            stack.enter_context(patched(Lease, "is_leader", property(lambda self: self.epoch > 0)))
 
             async def always(self: Lease, epoch: int) -> bool:
                 return True
-            stack.enter_context(_patched(Lease, "still_leader", always))
+            stack.enter_context(patched(Lease, "still_leader", always))
 
             async def never_step_down(self: Lease, original: Any = Lease.tick) -> None:
                 epoch = self.epoch
                 await original(self)
                 if epoch and not self.epoch:
                     self.epoch = epoch  # keeps believing, with its old epoch
-            stack.enter_context(_patched(Lease, "tick", never_step_down))
+            stack.enter_context(patched(Lease, "tick", never_step_down))
         trio._core._run._r.seed(seed)  # trio shuffles its run queue: make the shuffle repeatable
 
         async def main() -> None:
