@@ -141,6 +141,17 @@ class Node:
         lines += [f'helios_dataset_rows{{dataset="{s.name}"}} {s.rows}' for s in stats.values()]
         lines.append("# TYPE helios_dataset_blocks gauge")
         lines += [f'helios_dataset_blocks{{dataset="{s.name}"}} {s.blocks}' for s in stats.values()]
+        lines.append("# TYPE helios_leader gauge")
+        lines += [f'helios_leader{{job="{job}"}} {int(lease.is_leader)}' for job, lease in self.leases.items()]
+        if self.jobs is not None:
+            stats = self.jobs.stats
+            lines += ["# TYPE helios_compactions_total counter", f"helios_compactions_total {stats.compactions}",
+                      "# TYPE helios_dropped_partitions_total counter",
+                      f"helios_dropped_partitions_total {stats.dropped_partitions}",
+                      "# TYPE helios_gc_deleted_objects_total counter",
+                      f"helios_gc_deleted_objects_total {stats.deleted_objects}",
+                      "# TYPE helios_gc_deleted_files_total counter",
+                      f"helios_gc_deleted_files_total {self.engine.deleted_files}"]
         if self.store is not None:
             lines.append("# TYPE helios_store_requests_total counter")
             for name, count in sorted(self.store.counters.snapshot().items()):

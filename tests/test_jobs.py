@@ -265,6 +265,7 @@ def test_single_node_compacts_and_applies_retention(server_factory: Callable[...
                                                     records: list[Record]) -> None:
     node = server_factory("solo", HELIOS_MEMTABLE_ROWS="100", **FAST)
     assert cluster(node)["leaders"] == {job: cluster(node)["node_id"] for job in JOBS}
+    assert 'helios_leader{job="compaction"} 1' in node.request("GET", "/metrics").text
     acked = ingest_small_batches([node], records[:3000], "s", 100)
     wait_until(lambda: blocks(node, "s") <= 6 and node.count(dataset="s") == acked, timeout_s=30,
                what="local compaction")
@@ -274,3 +275,5 @@ def test_single_node_compacts_and_applies_retention(server_factory: Callable[...
     assert node.request("PUT", "/api/v1/datasets/s2", json={"retention_days": 7}).status_code == 200
     wait_until(lambda: node.count(dataset="s2") == 70, timeout_s=20, what="local retention")
     assert node.count(dataset="s") == acked
+    metrics = node.request("GET", "/metrics").text
+    assert "helios_compactions_total 0" not in metrics and "helios_dropped_partitions_total 0" not in metrics
