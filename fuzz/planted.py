@@ -19,8 +19,9 @@ __all__ = ["inline_threads", "lost_append_commit", "patched", "recording_commit"
 def lost_append_commit(original: Callable[..., Awaitable[shared.SharedManifest]]) -> Callable[..., Any]:
     """The planted bug: after a lost race, the change is re-applied to the blocks read *first*."""
 
-    async def commit(store: Backend, dataset: str, day: int, node_id: str, change: Any, known: int = 0) -> Any:
-        first = await shared.read_latest(store, dataset, day, known)
+    async def commit(store: Backend, dataset: str, day: int, node_id: str, change: Any, known: int = 0,
+                     *, latest: shared.SharedManifest | None = None) -> Any:
+        first = latest if latest is not None else await shared.read_latest(store, dataset, day, known)
         current = first
         for _ in range(shared.MAX_COMMIT_ATTEMPTS):
             stale = replace(first, version=current.version, commit_id=current.commit_id, epochs=current.epochs)
@@ -68,8 +69,9 @@ async def inline_threads(fn: Callable[..., Any], *args: Any, **_: Any) -> Any:
 
 
 def recording_commit(sim_holder: list[Any], original: Callable[..., Any]) -> Callable[..., Any]:
-    async def commit(store: Backend, dataset: str, day: int, node_id: str, change: Any, known: int = 0) -> Any:
-        result = await original(store, dataset, day, node_id, change, known)
+    async def commit(store: Backend, dataset: str, day: int, node_id: str, change: Any, known: int = 0,
+                     **kwargs: Any) -> Any:
+        result = await original(store, dataset, day, node_id, change, known, **kwargs)
         if result.node == node_id and result.commit_id and sim_holder:
             sim = sim_holder[0]
             sim.acked_commits_where[result.commit_id] = (shared.partition_prefix(dataset, day), result.version)

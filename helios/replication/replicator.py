@@ -148,7 +148,7 @@ class Replicator:
             current.epoch, current.job = 0, ""
             return current
 
-        result = await shared.commit(self.store, dataset, day, self.node_id, append, latest.version)
+        result = await shared.commit(self.store, dataset, day, self.node_id, append, latest=latest)
         if result.dropped:
             for block in todo:  # put a moment ago and never referenced by any manifest: nobody reads them
                 await self.store.delete(shared.block_key(dataset, day, block.id))

@@ -130,15 +130,16 @@ class Fenced(Exception):
 
 async def commit(store: Backend, dataset: str, day: int, node_id: str,
                  change: Callable[[SharedManifest], SharedManifest | None],
-                 known: int = 0) -> SharedManifest:
+                 known: int = 0, *, latest: SharedManifest | None = None) -> SharedManifest:
     """Apply ``change`` to the newest version with compare-and-swap; returns the version now current.
 
     ``change`` gets the current version and returns the next one (version,
     parent, commit id and node are filled in here), or None when there is
     nothing to do (then nothing is written). It is called again, on the newer
     version, after every lost race; it may raise (e.g. ``Fenced``) to give up.
+    ``latest``: the newest version, just read by the caller (saves reading it again).
     """
-    current = await read_latest(store, dataset, day, known)
+    current = latest if latest is not None else await read_latest(store, dataset, day, known)
     for _ in range(MAX_COMMIT_ATTEMPTS):
         proposed = change(copy.deepcopy(current))
         if proposed is None:
