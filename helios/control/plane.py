@@ -327,10 +327,15 @@ class ControlPlane:
     async def _pull(self) -> int:
         assert self.store is not None
         before = self.applied
-        for seq, key in await _entries(self.store, STORE_LOG, start_after=STORE_LOG + _seq_name(self.applied)):
-            if seq != self.applied + 1:
-                break  # cannot happen (entry n+1 is only written after n); stop rather than skip
-            blob = await self.store.get(key)
+        while True:
+            # The log has no gaps (entry n+1 is only written after n), so reading the next
+            # number until it is absent finds every new entry: one GET per poll when nothing
+            # changed, whatever the length of the log (a LIST would cost its whole length on fs).
+            seq = self.applied + 1
+            try:
+                blob = await self.store.get(STORE_LOG + _seq_name(seq))
+            except NotFound:
+                break
             entry = self.sealer.open(self._aad(seq), blob, f"control-plane entry {seq} in {self.store_label}")
             await self.local.put(LOCAL_LOG + _seq_name(seq), blob)
             self._apply(seq, entry)
