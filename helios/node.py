@@ -38,6 +38,7 @@ from helios.control.auth import Auth
 from helios.control.objects import dataset_retention
 from helios.control.plane import ControlPlane, Sealer
 from helios.errors import ConfigError
+from helios.errors import Unavailable as ServiceUnavailable
 from helios.replication.jobs import Maintenance
 from helios.replication.lease import JOBS, Lease
 from helios.replication.replicator import Replicator
@@ -89,10 +90,13 @@ class Node:
         if store is not None:
             self.control.store, self.control.store_label = store, self.config.shared_store
             await self.control.try_attach(STORE_PROBE_TIMEOUT_S)
-        if self.control.writable:
-            await self.bootstrap()
-        elif self.control.applied == 0:  # a new node, its store down: usable now, reconciled on joining
-            await self.control.bootstrap_alone(self.bootstrap)
+        try:
+            if self.control.writable:
+                await self.bootstrap()
+            elif self.control.applied == 0:  # a new node, its store down: usable now, reconciled on joining
+                await self.control.bootstrap_alone(self.bootstrap)
+        except ServiceUnavailable as exc:  # the store failed mid-way: the control-plane sync tries again
+            log.log(_log, logging.WARNING, "could not create the first admin yet; will retry", error=str(exc))
 
     async def bootstrap(self) -> None:
         await self.auth.bootstrap(self.config.admin_password, self.config.secrets_dir)

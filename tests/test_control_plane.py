@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from backends.faulty import FaultyBackend
 from backends.memory import MemoryBackend
@@ -137,3 +138,35 @@ def test_local_fingerprints_refuse_another_key(tmp_path: Path) -> None:
                 await plane(tmp_path, "n", **kwargs).open()
 
     trio.run(main)
+
+
+def test_the_first_admin_is_retried_until_the_store_takes_it(tmp_path: Path) -> None:
+    """A store that fails while the first admin is created: the sync loop keeps trying, the node stays up."""
+    clock = trio.testing.MockClock(autojump_threshold=0.05)  # let local file I/O (threads) finish first
+
+    async def main() -> None:
+        store = FaultyBackend(MemoryBackend(), seed=1, error_rate=1.0)
+        store.enabled = False
+        node = plane(tmp_path, "n")
+        await node.open()
+        await node.attach(store, "memory")
+        store.enabled = True  # every request fails from now on
+        calls = []
+
+        async def make_admin() -> None:
+            calls.append(trio.current_time())
+            await node.commit("users", "admin", lambda current: {"role": "admin"}, "bootstrap")
+
+        with pytest.raises(Unavailable):  # what Node.open logs as a warning
+            await make_admin()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run, 1.0, make_admin)
+            await trio.sleep(5.5)
+            assert node.get("users", "admin") is None
+            store.enabled = False
+            await trio.sleep(1.5)
+            assert node.get("users", "admin") is not None
+            nursery.cancel_scope.cancel()
+        assert len(calls) >= 2
+
+    trio.run(main, clock=clock)

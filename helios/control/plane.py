@@ -344,7 +344,11 @@ class ControlPlane:
 
     async def run(self, interval_s: float, on_attach: Callable[[], Awaitable[None]],
                   *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Pull the shared log every ``interval_s``; attach first if start-up could not."""
+        """Pull the shared log every ``interval_s``; attach first if start-up could not.
+
+        ``on_attach`` (creating the first admin) runs after joining, and again
+        after any pass that finds no user (its commit may have failed before).
+        """
         task_status.started()
         failing = False
         while True:
@@ -354,13 +358,14 @@ class ControlPlane:
                     assert self.store is not None
                     await self.attach(self.store, self.store_label)
                     log.log(_log, logging.INFO, "joined the shared control plane", entries=self.applied)
-                    await on_attach()
                 else:
                     await self.pull()
+                if not self.list("users"):
+                    await on_attach()
                 if failing:
                     log.log(_log, logging.INFO, "control-plane sync recovered")
                 failing = False
-            except StoreError as exc:
+            except (StoreError, Unavailable) as exc:
                 if not failing:
                     log.log(_log, logging.WARNING, "control-plane sync failed; retrying", error=str(exc))
                 failing = True
