@@ -170,8 +170,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
-def _admin_call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
-    client = _client(args)
+def _admin_call(client: Any, method: str, path: str, body: Any = None) -> Any:
     reply = client.request(method, path, json=body)
     if reply.status_code >= 400:
         raise SystemExit(f"helios: {method} {path} failed: {_error_text(reply)}")
@@ -180,41 +179,43 @@ def _admin_call(args: argparse.Namespace, method: str, path: str, body: Any = No
 
 def cmd_user(args: argparse.Namespace) -> int:
     """``helios user list|add|set|delete``: the /api/v1/users endpoints."""
+    client = _client(args)
     if args.action == "list":
-        _print_table(_admin_call(args, "GET", "/api/v1/users"))
+        _print_table(_admin_call(client, "GET", "/api/v1/users"))
         return 0
     if args.action == "delete":
-        print(orjson.dumps(_admin_call(args, "DELETE", f"/api/v1/users/{args.name}")).decode())
+        print(orjson.dumps(_admin_call(client, "DELETE", f"/api/v1/users/{args.name}")).decode())
         return 0
     new_password = args.new_password or (getpass.getpass(f"password for {args.name}: ")
                                          if args.action == "add" or args.ask_password else None)
     if args.action == "add":
         body: dict[str, Any] = {"username": args.name, "password": new_password, "role": args.role or "viewer"}
-        print(orjson.dumps(_admin_call(args, "POST", "/api/v1/users", body)).decode())
+        print(orjson.dumps(_admin_call(client, "POST", "/api/v1/users", body)).decode())
         return 0
-    current = _admin_call(args, "GET", f"/api/v1/users/{args.name}")
+    current = _admin_call(client, "GET", f"/api/v1/users/{args.name}")
     body = {"version": current["version"]}
     if args.role:
         body["role"] = args.role
     if new_password:
         body["password"] = new_password
-    print(orjson.dumps(_admin_call(args, "PUT", f"/api/v1/users/{args.name}", body)).decode())
+    print(orjson.dumps(_admin_call(client, "PUT", f"/api/v1/users/{args.name}", body)).decode())
     return 0
 
 
 def cmd_token(args: argparse.Namespace) -> int:
     """``helios token list|create|revoke``: the /api/v1/tokens endpoints."""
+    client = _client(args)
     if args.action == "list":
-        _print_table(_admin_call(args, "GET", "/api/v1/tokens"))
+        _print_table(_admin_call(client, "GET", "/api/v1/tokens"))
     elif args.action == "create":
         body: dict[str, Any] = {"name": args.name, "role": args.role or "ingest"}
         if args.expires_days:
             body["expires_days"] = args.expires_days
-        made = _admin_call(args, "POST", "/api/v1/tokens", body)
+        made = _admin_call(client, "POST", "/api/v1/tokens", body)
         print(f"token {made['id']} ({made['role']}); shown once, keep it now:", file=sys.stderr)
         print(made["token"])
     else:
-        print(orjson.dumps(_admin_call(args, "DELETE", f"/api/v1/tokens/{args.name}")).decode())
+        print(orjson.dumps(_admin_call(client, "DELETE", f"/api/v1/tokens/{args.name}")).decode())
     return 0
 
 

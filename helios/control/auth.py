@@ -36,7 +36,7 @@ from helios.control.plane import UNCHANGED, ControlPlane, Obj
 from helios.errors import Conflict, Forbidden, InvalidInput, NotFound, StaleVersion, Unauthorized
 from helios.keys import write_private
 
-__all__ = ["PERMISSIONS", "ROLES", "TOKEN_PREFIX", "Auth", "Principal", "check_version", "hash_password",
+__all__ = ["PERMISSIONS", "ROLES", "TOKEN_PREFIX", "Auth", "Principal", "check_version", "hash_password", "only_fields",
            "require_version", "token_view", "user_view", "verify_password"]
 
 TOKEN_PREFIX = "hlt_"
@@ -239,7 +239,7 @@ class Auth:
             log.log(_log, logging.INFO, "created the admin user from HELIOS_ADMIN_PASSWORD")
 
     async def create_user(self, body: dict[str, Any], by: Principal) -> Obj:
-        _only(body, {"username", "password", "role"})
+        only_fields(body, {"username", "password", "role"})
         username, role = _username(body.get("username")), _role(body.get("role", "viewer"))
         hashed = await trio.to_thread.run_sync(hash_password, _password(body.get("password")))
 
@@ -253,7 +253,7 @@ class Auth:
         return obj
 
     async def update_user(self, username: str, body: dict[str, Any], by: Principal) -> Obj:
-        _only(body, {"version", "password", "role"})
+        only_fields(body, {"version", "password", "role"})
         expected = require_version(body)
         role = _role(body["role"]) if "role" in body else None
         hashed = (await trio.to_thread.run_sync(hash_password, _password(body["password"]))
@@ -294,7 +294,7 @@ class Auth:
 
     async def create_token(self, body: dict[str, Any], by: Principal) -> tuple[Obj, str]:
         """A new API token; the secret is returned here once and stored only as a hash."""
-        _only(body, {"name", "role", "expires_days"})
+        only_fields(body, {"name", "role", "expires_days"})
         name = body.get("name")
         if not isinstance(name, str) or not 1 <= len(name) <= 128 or not name.isprintable():
             raise InvalidInput("'name' is a printable string of 1 to 128 characters")
@@ -324,10 +324,12 @@ class Auth:
         await self.control.commit("tokens", token_id, mutate, by.name)
 
 
-def _only(body: dict[str, Any], allowed: set[str]) -> None:
+def only_fields(body: dict[str, Any], allowed: set[str], what: str = "") -> None:
+    """400 for a body with fields outside ``allowed`` (``what`` names the object in the message)."""
     unknown = sorted(set(body) - allowed)
     if unknown:
-        raise InvalidInput(f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+        where = f" in {what}" if what else ""
+        raise InvalidInput(f"unknown field(s){where}: {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
 
 
 def require_version(body: dict[str, Any]) -> int:

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from helios import timeutil
-from helios.control.auth import Principal, check_version, require_version
+from helios.control.auth import Principal, check_version, only_fields, require_version
 from helios.control.plane import ControlPlane, Obj
 from helios.errors import HeliosError, InvalidInput, NotFound, StaleVersion
 from helios.query.parser import parse
@@ -31,13 +31,6 @@ MAX_QUERY = 4096
 MAX_RETENTION_DAYS = 36_500
 _ID = re.compile(r"^[0-9a-f]{12}$")
 _DATASET = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-
-
-def _only(body: dict[str, Any], allowed: set[str], what: str) -> None:
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise InvalidInput(f"unknown field(s) in {what}: {', '.join(unknown)}; "
-                           f"allowed: {', '.join(sorted(allowed))}")
 
 
 def _text(value: object, name: str, *, required: bool = True, limit: int = MAX_TEXT) -> str:
@@ -82,7 +75,7 @@ def _panel(value: object, index: int) -> dict[str, Any]:
     where = f"panels[{index}]"
     if not isinstance(value, dict):
         raise InvalidInput(f"{where} must be an object")
-    _only(value, {"title", "query", "dataset", "type", "options"}, where)
+    only_fields(value, {"title", "query", "dataset", "type", "options"}, where)
     kind = value.get("type", "table")
     if kind not in PANEL_TYPES:
         raise InvalidInput(f"{where}.type must be one of {', '.join(PANEL_TYPES)}")
@@ -96,7 +89,7 @@ def _panel(value: object, index: int) -> dict[str, Any]:
 
 
 def dashboard_doc(body: dict[str, Any]) -> dict[str, Any]:
-    _only(body, {"title", "description", "panels", "version"}, "a dashboard")
+    only_fields(body, {"title", "description", "panels", "version"}, "a dashboard")
     panels = body.get("panels", [])
     if not isinstance(panels, list) or len(panels) > MAX_PANELS:
         raise InvalidInput(f"'panels' is a list of at most {MAX_PANELS} panels")
@@ -106,7 +99,7 @@ def dashboard_doc(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def monitor_doc(body: dict[str, Any]) -> dict[str, Any]:
-    _only(body, {"name", "query", "dataset", "schedule", "window", "condition", "webhook", "enabled",
+    only_fields(body, {"name", "query", "dataset", "schedule", "window", "condition", "webhook", "enabled",
                  "version"}, "a monitor")
     condition = body.get("condition")
     if (not isinstance(condition, dict) or set(condition) != {"op", "threshold"}
@@ -224,7 +217,7 @@ class Settings:
 
     @staticmethod
     async def update(control: ControlPlane, body: dict[str, Any], by: Principal) -> None:
-        _only(body, Settings.FIELDS | {"version"}, "the settings")
+        only_fields(body, Settings.FIELDS | {"version"}, "the settings")
         expected = require_version(body)
         doc = {"default_retention_days": _retention(body.get("default_retention_days"), "default_retention_days")}
 
@@ -248,7 +241,7 @@ def dataset_retention(control: ControlPlane, name: str) -> int | None:
 
 async def set_dataset(control: ControlPlane, name: str, body: dict[str, Any], by: Principal) -> dict[str, Any]:
     """``PUT /api/v1/datasets/{name}``: ``{"retention_days": N | null}``; ``version`` optional (checked if sent)."""
-    _only(body, {"retention_days", "version"}, "dataset settings")
+    only_fields(body, {"retention_days", "version"}, "dataset settings")
     if "retention_days" not in body:
         raise InvalidInput("send {\"retention_days\": N} (whole days), or null to keep data forever")
     retention = _retention(body["retention_days"], "retention_days")

@@ -232,8 +232,8 @@ class Maintenance:
             if await lease.still_leader(epoch):
                 try:
                     result = await shared.commit(self.store, dataset, day, self.node_id, swap)
-                    committed = result if result.commit_id and output.id in {b.id for b in result.blocks} \
-                        and result.node == self.node_id and result.job == "compaction" else None
+                    # The output's id is new: it is in the result only if our swap was committed.
+                    committed = result if output.id in {b.id for b in result.blocks} else None
                 except shared.Fenced:
                     self.stats.fenced += 1
             if committed is None:
@@ -266,14 +266,17 @@ class Maintenance:
         for index in partitions:
             _, dataset, day_name = index.split("/")
             day = timeutil.day_number(day_name)
-            latest = await shared.read_latest(self.store, dataset, day)
+            versions = await shared.list_versions(self.store, dataset, day)
+            if not versions:
+                continue
+            latest = shared.SharedManifest.decode(
+                await self.store.get(shared.version_key(dataset, day, max(versions))))
             for block_id, retired_ns in latest.retired.items():
                 key = shared.block_key(dataset, day, block_id)
                 if retired_ns <= horizon and key not in self._deleted:
                     await self.store.delete(key)
                     self._deleted.add(key)
                     deleted += 1
-            versions = await shared.list_versions(self.store, dataset, day)
             for version in versions:
                 if version < latest.version - self.keep_versions:
                     key = shared.version_key(dataset, day, version)
