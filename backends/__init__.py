@@ -10,11 +10,11 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from backends.base import (Backend, Conflict, Invalid, NotFound, ObjectInfo, RequestCounters, StoreError,
+from backends.base import (Backend, Conflict, Corrupt, Invalid, NotFound, ObjectInfo, RequestCounters, StoreError,
                            Unavailable, create_resolved, list_all)
 
 __all__ = [
-    "Backend", "Conflict", "Invalid", "NotFound", "ObjectInfo", "RequestCounters", "StoreError",
+    "Backend", "Conflict", "Corrupt", "Invalid", "NotFound", "ObjectInfo", "RequestCounters", "StoreError",
     "Unavailable", "create_resolved", "list_all", "open_backend",
 ]
 

@@ -11,7 +11,10 @@ once, at its boundary):
     ├── Conflict      create(): the key exists — lost the race   → re-read, merge, try the next key
     ├── Unavailable   transient, retries exhausted; a write may  → back off; after a write, read back
     │                 or may not have landed (ambiguous)            before deciding (create_resolved)
-    └── Invalid       bad key, bad credentials, bad config       → stop; retrying cannot help
+    ├── Invalid       bad key, bad credentials, bad config       → stop; retrying cannot help
+    └── Corrupt       an object (or key) exists but is not what  → quarantine it by name, report it,
+                      the layout says it is (raised by readers,     carry on with everything else
+                      never by a backend)
 
 Keys are relative ``/``-separated paths of ``[A-Za-z0-9._-]`` segments (so
 they need no escaping and sign identically on every store), no segment empty
@@ -28,6 +31,7 @@ from typing import AsyncIterator, Protocol, runtime_checkable
 __all__ = [
     "Backend",
     "Conflict",
+    "Corrupt",
     "Invalid",
     "NotFound",
     "ObjectInfo",
@@ -62,6 +66,20 @@ class Unavailable(StoreError):
 
 class Invalid(StoreError):
     pass
+
+
+class Corrupt(StoreError):
+    """An object or key in the store that cannot be parsed as what the layout says it is.
+
+    Raised where store content is parsed (change-feed keys, manifest versions,
+    lease records, control-log entries), so that one bad object is a reported,
+    quarantined operating error and never an exception that ends a node.
+    """
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"{key}: {reason}")
+        self.key = key
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -151,36 +169,32 @@ async def list_all(backend: Backend, prefix: str, *, start_after: str = "",
 
 
 async def create_resolved(backend: Backend, key: str, data: bytes, *, attempts: int = 5) -> None:
-    """``create`` that settles ambiguity: after Unavailable, read back before deciding.
+    """``create`` that settles ambiguity by reading back before deciding.
 
-    Returns if our bytes are the object (we won, maybe on an earlier try);
-    raises Conflict if another writer's are; raises Unavailable if the store
-    stays unreachable (the outcome is then still unknown to the caller).
+    Returns if our bytes are the object (we won, maybe on an earlier try
+    whose answer was lost); raises Conflict only when another writer's bytes
+    were read back; raises Unavailable while the outcome is unknown (the store
+    stayed unreachable, or a lost race could not be read back): the caller
+    must then treat the write as maybe-landed. ``data`` must be unique to the
+    writer (carry a commit id), which is what makes the read-back decisive.
     """
-    last: Unavailable | None = None
+    last: StoreError | None = None
     for _ in range(attempts):
         try:
             await backend.create(key, data)
             return
         except Conflict:
-            try:
-                current = await backend.get(key)
-            except (NotFound, Unavailable):
-                raise Conflict(key) from None
-            if current == data:
-                return  # an earlier attempt landed; its answer was lost
-            raise
+            pass  # someone's object is there, maybe ours from an attempt whose answer was lost
         except Unavailable as exc:
-            last = exc
-            try:
-                current = await backend.get(key)
-            except NotFound:
-                continue  # it did not land: try again
-            except Unavailable as exc2:
-                last = exc2
-                continue
-            if current == data:
-                return
-            raise Conflict(key) from None
-    assert last is not None
-    raise last
+            last = exc  # it may have landed: read back
+        try:
+            current = await backend.get(key)
+        except NotFound:
+            continue  # absent: it did not land (or was removed): try again
+        except Unavailable as exc:
+            last = exc  # unknown yet: try again
+            continue
+        if current == data:
+            return
+        raise Conflict(key)
+    raise Unavailable(f"{key}: the outcome of the create is unknown after {attempts} attempts ({last})") from last

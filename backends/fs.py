@@ -13,6 +13,12 @@ see a partial file), no ``rename`` (it replaces: no CAS).
 
 Plain ``put`` (blocks, hints) is tmp → fsync → rename → fsync(dir).
 
+Temporary files live in one folder, ``<root>/.tmp/`` (the same filesystem, so
+``link`` and ``rename`` work; no key can start with ``.``, so it never shows in
+a listing). A writer removes its own; a crash strands one, and any writer
+sweeps the folder of files older than ``STALE_TMP_S`` now and then (every
+``SWEEP_EVERY_S``), so the store never accumulates them.
+
 NFS mounts: use ``hard`` (never ``soft``: a soft timeout can report failure
 for a write that landed) and ``lookupcache=positive`` (a cached negative
 lookup could hide a peer's new manifest version), e.g.
@@ -24,6 +30,7 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import time
 from pathlib import Path
 
 import trio
@@ -32,6 +39,10 @@ from backends.base import (Conflict, Invalid, NotFound, ObjectInfo, RequestCount
                            check_key, check_prefix)
 
 __all__ = ["FsBackend"]
+
+TMP_DIR = ".tmp"
+STALE_TMP_S = 3600.0  # a write holds its temporary file for moments; an hour-old one was stranded by a crash
+SWEEP_EVERY_S = 600.0
 
 
 def _fsync_dir(path: Path) -> None:
@@ -43,8 +54,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _write_tmp(directory: Path, data: bytes) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".tmp-{secrets.token_hex(8)}"
+    tmp = directory / f"{secrets.token_hex(8)}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         view = memoryview(data)
@@ -65,6 +75,29 @@ class FsBackend:
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
         self.counters = RequestCounters()
+        self._tmp = self.root / TMP_DIR
+        self._swept_at = -SWEEP_EVERY_S  # monotonic; the first write sweeps
+
+    def _tmp_file(self, data: bytes) -> Path:
+        if time.monotonic() - self._swept_at >= SWEEP_EVERY_S:
+            self._swept_at = time.monotonic()
+            self.sweep_tmp()
+        return _write_tmp(self._tmp, data)
+
+    def sweep_tmp(self, older_than_s: float = STALE_TMP_S) -> int:
+        """Remove temporary files stranded by crashed writers; returns how many."""
+        self._tmp.mkdir(parents=True, exist_ok=True)
+        horizon = time.time() - older_than_s
+        removed = 0
+        with os.scandir(self._tmp) as entries:
+            for entry in entries:
+                try:
+                    if entry.stat().st_mtime < horizon:
+                        os.unlink(entry.path)
+                        removed += 1
+                except FileNotFoundError:
+                    continue
+        return removed
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
@@ -86,8 +119,9 @@ class FsBackend:
         return await self._run(path.read_bytes)
 
     def _put(self, path: Path, data: bytes) -> None:
-        tmp = _write_tmp(path.parent, data)
+        tmp = self._tmp_file(data)
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -100,8 +134,9 @@ class FsBackend:
         await self._run(self._put, path, data)
 
     def _create(self, path: Path, data: bytes) -> None:
-        tmp = _write_tmp(path.parent, data)
+        tmp = self._tmp_file(data)
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             try:
                 os.link(tmp, path)
             except OSError as exc:

@@ -67,9 +67,15 @@ def _optional_path(text: str) -> Path | None:
 def _node_id(text: str) -> str:
     if not text:
         return ""
-    if len(text) > 64 or not all(c.isalnum() or c in "-_." for c in text):
+    if len(text) > 64 or not all(c.isascii() and (c.isalnum() or c in "-_.") for c in text) or text[0] == ".":
         raise ValueError("use up to 64 letters, digits, '-', '_' or '.'")
     return text
+
+
+def _log_level(text: str) -> str:
+    if text.lower() not in ("debug", "info", "warning", "error"):
+        raise ValueError("expected debug, info, warning or error")
+    return text.lower()
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -77,7 +83,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("listen", "HELIOS_LISTEN", "127.0.0.1:7300", _listen, "HOST:PORT to serve on (port 0 picks one)"),
     Option("shared_store", "HELIOS_SHARED_STORE", "", str, "shared store: a path or s3://bucket/prefix"),
     Option("node_id", "HELIOS_NODE_ID", "", _node_id, "node id (default: generated once, kept in the data dir)"),
-    Option("log_level", "HELIOS_LOG_LEVEL", "info", str, "debug, info, warning or error"),
+    Option("log_level", "HELIOS_LOG_LEVEL", "info", _log_level, "debug, info, warning or error"),
     Option("block_sync_secs", "HELIOS_BLOCK_SYNC_SECS", 10.0, _positive_float,
            "bound on cross-node visibility; drives flush, upload and pull cadence"),
     Option("flush_secs", "HELIOS_FLUSH_SECS", None, _positive_float,

@@ -74,6 +74,8 @@ class Node:
         self.auth = Auth(self.control, jwt_secret, config.token_ttl_secs)
         self.engine = Engine(config.data_dir, self.node_id, memtable_rows=config.memtable_rows,
                              cache_bytes=config.cache_bytes)
+        self.health = self.engine.health  # one report of what fails, shared by every background task
+        self.control.health = self.health
         self.ready = False
         self.store: Backend | None = None
         self.replicator: Replicator | None = None
@@ -111,6 +113,7 @@ class Node:
             "control": {"entries": self.control.applied, "joined": self.control.writable,
                         "last_pull": (timeutil.format_ns(self.control.last_pull_ns)
                                       if self.control.last_pull_ns else None)},
+            "health": self.health.snapshot(),
         }
 
     def retention_days(self, dataset: str) -> int | None:
@@ -156,6 +159,12 @@ class Node:
                       f"helios_gc_deleted_objects_total {stats.deleted_objects}",
                       "# TYPE helios_gc_deleted_files_total counter",
                       f"helios_gc_deleted_files_total {self.engine.deleted_files}"]
+        lines += self.health.metrics_lines()
+        if self.replicator is not None:
+            lines += ["# TYPE helios_uploaded_blocks_total counter",
+                      f"helios_uploaded_blocks_total {self.replicator.status.uploaded_blocks}",
+                      "# TYPE helios_pulled_blocks_total counter",
+                      f"helios_pulled_blocks_total {self.replicator.status.pulled_blocks}"]
         if self.store is not None:
             lines.append("# TYPE helios_store_requests_total counter")
             for name, count in sorted(self.store.counters.snapshot().items()):
@@ -190,13 +199,13 @@ async def serve(config: Config, *, task_status: Any = trio.TASK_STATUS_IGNORED) 
     await node.open(store)
     if store is not None:
         node.replicator = Replicator(node.engine, store, node.node_id,
-                                     interval_s=max(0.05, config.block_sync_secs / 8))
-    node.leases = {job: Lease(job, store, node.node_id, config.lease_secs) for job in JOBS}
+                                     interval_s=max(0.05, config.block_sync_secs / 8), health=node.health)
+    node.leases = {job: Lease(job, store, node.node_id, config.lease_secs, health=node.health) for job in JOBS}
     node.jobs = Maintenance(node.engine, store, node.replicator, node.leases, node.node_id,
                             retention_days=node.retention_days,
                             compaction_interval_s=config.compaction_interval_secs,
                             retention_interval_s=config.retention_interval_secs,
-                            gc_grace_s=config.gc_grace_secs)
+                            gc_grace_s=config.gc_grace_secs, health=node.health)
     shutdown = trio.Event()
     app = create_app(node)
     try:

@@ -91,7 +91,7 @@ def test_bloom_pruning_is_conservative(tmp_path: Path) -> None:
     table = pa.table({"_time": pa.array([1, 2], pa.int64()).cast(pa.timestamp("ns", "UTC")),
                       "_msg": ["Connection reset by peer", "disk Full"], "level": ["ERROR", "INFO"]})
     entry = build_block(tmp_path, "b1", [table], dataset="d", day=0, node="n", created_ns=0)
-    index = load_index(tmp_path / entry.filename)
+    index = load_index(tmp_path / entry.filename, entry)
     assert may_match(ast.Word("connection"), index, "d")
     assert may_match(ast.Word("FULL"), index, "d")
     assert not may_match(ast.Word("timeout"), index, "d")

@@ -8,6 +8,7 @@ body; anything else is a bug, logged with its traceback and answered 500.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from typing import Any, AsyncIterator
 
 import orjson
@@ -91,7 +92,11 @@ def create_app(node: Any) -> QuartTrio:
     async def readyz() -> Response:
         if not node.ready:
             return _json({"status": "starting"}, 503)
-        return _json({"status": "ready"})
+        # Ready means serving: a failing partition or job degrades the node but does not take it out of a
+        # load balancer (its other partitions and jobs work). This endpoint needs no token, so it names
+        # the failing tasks and counts their subjects; /api/v1/cluster names the partitions and objects.
+        failing = Counter(task for task, _ in node.health.problems)
+        return _json({"status": "degraded" if failing else "ready", "failing": dict(sorted(failing.items()))})
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -50,10 +50,12 @@ import trio
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from backends import Backend, Conflict, NotFound, StoreError, create_resolved, list_all
+from backends import Backend, Conflict, Corrupt, NotFound, StoreError, create_resolved, list_all
+from backends import Unavailable as StoreUnavailable
 from backends.fs import FsBackend
 from helios import log, timeutil
 from helios.errors import ConfigError, Unavailable
+from helios.supervisor import Health, supervise
 
 __all__ = ["KINDS", "UNCHANGED", "AuditEntry", "ControlPlane", "Obj", "Sealer"]
 
@@ -63,6 +65,7 @@ STORE_FINGERPRINTS = "_control/fingerprints.json"
 LOCAL_LOG = "log/"
 LOCAL_FINGERPRINTS = "fingerprints.json"
 MAX_COMMIT_ATTEMPTS = 50
+KEEP_COMMIT_IDS = 4096
 _SEALED = b"HLC1"
 _PLAIN = b"HLC0"
 _FINGERPRINT_LABEL = b"helios fingerprint v1"
@@ -173,6 +176,19 @@ class AuditEntry:
 Mutation = Callable[["Obj | None"], Any]
 
 
+_ENTRY_FIELDS = {"kind": str, "id": str, "version": int, "by": str, "at": int, "node": str}
+
+
+def _checked_entry(entry: Any) -> dict[str, Any]:
+    """A log entry with the fields ``_apply`` needs, of the right types (else ConfigError, as ``open``)."""
+    if not isinstance(entry, dict) or entry.get("kind") not in KINDS or "doc" not in entry or any(
+            not isinstance(entry.get(name), kind) for name, kind in _ENTRY_FIELDS.items()):
+        raise ConfigError("not a well-formed control-plane log entry")
+    if entry["doc"] is not None and not isinstance(entry["doc"], dict):
+        raise ConfigError("not a well-formed control-plane log entry: doc")
+    return entry
+
+
 class ControlPlane:
     def __init__(self, directory: Path, sealer: Sealer, node_id: str) -> None:
         self.directory = directory
@@ -189,6 +205,8 @@ class ControlPlane:
         self._objects: dict[tuple[str, str], Obj] = {}
         self._lock = trio.Lock()
         self._alone = False  # bootstrap_alone: the local log is the authority for a moment
+        self.health = Health()  # the node's, when it runs one (helios.supervisor)
+        self._commits: dict[int, str] = {}  # seq -> commit id of the newest entries (read-back after a lost answer)
 
     # -- reads (in memory, never blocking) -----------------------------------
 
@@ -259,8 +277,9 @@ class ControlPlane:
                     await self._attach()
             return True
         except (StoreError, trio.TooSlowError) as exc:
-            log.log(_log, logging.WARNING, "shared control plane unreachable; serving the local copy "
-                    "read-only until it answers", error=str(exc) or type(exc).__name__)
+            self.health.fail("control sync", "", exc)  # cleared by the sync loop's first success
+            log.log(_log, logging.WARNING, "could not join the shared control plane; serving the local copy "
+                    "read-only until it can", error=str(exc) or type(exc).__name__)
             return False
 
     async def _attach(self) -> None:
@@ -332,11 +351,17 @@ class ControlPlane:
             # number until it is absent finds every new entry: one GET per poll when nothing
             # changed, whatever the length of the log (a LIST would cost its whole length on fs).
             seq = self.applied + 1
+            key = STORE_LOG + _seq_name(seq)
             try:
-                blob = await self.store.get(STORE_LOG + _seq_name(seq))
+                blob = await self.store.get(key)
             except NotFound:
                 break
-            entry = self.sealer.open(self._aad(seq), blob, f"control-plane entry {seq} in {self.store_label}")
+            try:
+                # The fingerprints matched when attaching: an entry this node cannot open is damaged.
+                entry = _checked_entry(self.sealer.open(self._aad(seq), blob,
+                                                        f"control-plane entry {seq} in {self.store_label}"))
+            except ConfigError as exc:
+                raise Corrupt(key, str(exc)) from None
             await self.local.put(LOCAL_LOG + _seq_name(seq), blob)
             self._apply(seq, entry)
         self.last_pull_ns = timeutil.now_ns()
@@ -350,25 +375,21 @@ class ControlPlane:
         after any pass that finds no user (its commit may have failed before).
         """
         task_status.started()
-        failing = False
-        while True:
-            await trio.sleep(interval_s)
-            try:
-                if not self.attached:
-                    assert self.store is not None
-                    await self.attach(self.store, self.store_label)
-                    log.log(_log, logging.INFO, "joined the shared control plane", entries=self.applied)
-                else:
-                    await self.pull()
-                if not self.list("users"):
+
+        async def step() -> None:
+            if not self.attached:
+                assert self.store is not None
+                await self.attach(self.store, self.store_label)
+                log.log(_log, logging.INFO, "joined the shared control plane", entries=self.applied)
+            else:
+                await self.pull()
+            if not self.list("users"):
+                try:
                     await on_attach()
-                if failing:
-                    log.log(_log, logging.INFO, "control-plane sync recovered")
-                failing = False
-            except (StoreError, Unavailable) as exc:
-                if not failing:
-                    log.log(_log, logging.WARNING, "control-plane sync failed; retrying", error=str(exc))
-                failing = True
+                except Unavailable as exc:  # the store failed while the admin was written: retried
+                    raise StoreUnavailable(str(exc)) from None
+
+        await supervise(self.health, "control sync", step, interval_s=interval_s, first_delay_s=interval_s)
 
     # -- changes -------------------------------------------------------------
 
@@ -403,7 +424,10 @@ class ControlPlane:
                         await self._pull()
                     except StoreError as exc:
                         raise Unavailable(f"the shared store failed while retrying the change ({exc}); "
-                                          "it was not applied") from None
+                                          "it may or may not have been applied: read it back") from None
+                    if self._commits.get(seq) == entry["commit"]:
+                        # Entry ``seq`` is ours: an earlier attempt landed and only its answer was lost.
+                        return self._objects[(kind, object_id)]
                     continue
                 except StoreError as exc:
                     raise Unavailable("the shared store did not confirm the change, which may or may not have "
@@ -449,6 +473,8 @@ class ControlPlane:
         created = previous.created_ns if before is not None and previous is not None else entry["at"]
         self._objects[(kind, object_id)] = Obj(kind, object_id, entry["version"], doc, created,
                                                entry["at"], entry["by"])
+        self._commits[seq] = entry.get("commit", "")
+        self._commits.pop(seq - KEEP_COMMIT_IDS, None)  # bounded: a writer looks back at its own recent tries
         changed = sorted(k for k in set(before or {}) | set(doc or {})
                          if (before or {}).get(k) != (doc or {}).get(k))
         self.audit.append(AuditEntry(seq, entry["at"], entry["by"], entry["node"], action, kind, object_id,

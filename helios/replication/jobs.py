@@ -34,19 +34,21 @@ from __future__ import annotations
 import logging
 import secrets
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, Callable
 
 import pyarrow as pa
 import trio
 
-from backends import Backend, NotFound, StoreError, list_all
+from backends import Backend, Corrupt, NotFound, list_all
 from helios import log, timeutil
 from helios.replication import shared
 from helios.replication.lease import Lease
 from helios.replication.replicator import CHANGE_TTL_NS, Replicator
-from helios.storage.blocks import BlockEntry, CorruptBlock, build_block, load_block
+from helios.storage.blocks import BlockEntry, build_block, load_block
 from helios.storage.engine import Engine
 from helios.storage.memtable import PartKey
+from helios.supervisor import Health, supervise
 
 __all__ = ["JobStats", "Maintenance", "fence", "plan_compaction", "stamp"]
 
@@ -109,7 +111,7 @@ class Maintenance:
     def __init__(self, engine: Engine, store: Backend | None, replicator: Replicator | None,
                  leases: dict[str, Lease], node_id: str, *, retention_days: Callable[[str], int | None],
                  compaction_interval_s: float, retention_interval_s: float, gc_grace_s: float,
-                 clock: Callable[[], int] = timeutil.now_ns) -> None:
+                 clock: Callable[[], int] = timeutil.now_ns, health: Health | None = None) -> None:
         self.engine = engine
         self.store = store
         self.replicator = replicator
@@ -123,24 +125,20 @@ class Maintenance:
         self.stats = JobStats()
         self.keep_versions = KEEP_VERSIONS
         self.min_inputs = MIN_INPUTS
-        self._deleted: set[str] = set()  # store keys this node already deleted (as GC leader)
+        self.health = health if health is not None else engine.health
+        # Retired block keys this node already deleted as GC leader (so each is deleted once). Only
+        # keys still listed as retired by a manifest are kept: the set is bounded by the retired maps.
+        self._deleted: set[str] = set()
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
+        local_gc_s = max(0.05, min(self.gc_grace_s / 4, 30.0))
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._every, self.compaction_interval_s, self.compaction_pass, "compaction")
-            nursery.start_soon(self._every, self.retention_interval_s, self.retention_pass, "retention")
-            nursery.start_soon(self._every, max(0.05, min(self.gc_grace_s / 4, 30.0)), self.local_gc, "local gc")
-
-    async def _every(self, interval_s: float, step: Callable[[], Any], what: str) -> None:
-        while True:
-            await trio.sleep(interval_s)
-            try:
-                await step()
-            except StoreError as exc:
-                log.log(_log, logging.WARNING, f"{what} pass failed; will retry", error=str(exc))
-            except (OSError, CorruptBlock) as exc:  # a disk error, or a block that fails its checksum
-                log.log(_log, logging.ERROR, f"{what} pass failed; will retry", error=str(exc))
+            for task, step, interval_s in (("compaction", self.compaction_pass, self.compaction_interval_s),
+                                           ("retention", self.retention_pass, self.retention_interval_s),
+                                           ("local gc", self.local_gc, local_gc_s)):
+                nursery.start_soon(partial(supervise, self.health, task, step, interval_s=interval_s,
+                                           first_delay_s=interval_s))
 
     # -- compaction -----------------------------------------------------------
 
@@ -155,10 +153,11 @@ class Maintenance:
             manifest = self.engine.manifests.get(key)
             if manifest is None or not plan_compaction(manifest.blocks, min_inputs=self.min_inputs):
                 continue
-            if self.store is None:
-                done += await self._compact_local(key)
-            else:
-                done += await self._compact_shared(key, lease, epoch)
+            with self.health.isolate("compaction", _subject(key)):  # a bad block or manifest spares the rest
+                if self.store is None:
+                    done += await self._compact_local(key)
+                else:
+                    done += await self._compact_shared(key, lease, epoch)
         self.stats.last_compaction_ns = self.clock()
         if self.store is not None and lease.is_leader:
             await self.store_gc(lease, epoch)
@@ -262,39 +261,50 @@ class Maintenance:
         assert self.store is not None
         horizon = self.clock() - int(self.gc_grace_s * 1e9)
         deleted = 0
-        partitions = [info.key async for info in list_all(self.store, "_partitions/")]
+        still_retired: set[str] = set()
+        partitions = [info.key async for info in list_all(self.store, shared.INDEX)]
         for index in partitions:
-            _, dataset, day_name = index.split("/")
-            day = timeutil.day_number(day_name)
-            versions = await shared.list_versions(self.store, dataset, day)
-            if not versions:
+            try:
+                dataset, day = shared.parse_index_key(index)
+            except Corrupt as exc:
+                self.health.quarantine("store gc", index, exc.reason)
                 continue
-            latest = shared.SharedManifest.decode(
-                await self.store.get(shared.version_key(dataset, day, max(versions))))
-            for block_id, retired_ns in latest.retired.items():
-                key = shared.block_key(dataset, day, block_id)
-                if retired_ns <= horizon and key not in self._deleted:
-                    await self.store.delete(key)
-                    self._deleted.add(key)
-                    deleted += 1
-            for version in versions:
-                if version < latest.version - self.keep_versions:
-                    key = shared.version_key(dataset, day, version)
-                    if key not in self._deleted:
-                        await self.store.delete(key)
-                        self._deleted.add(key)
-                        deleted += 1
-            keep_after = self.clock() - max(RETIRED_KEEP_NS, int(self.gc_grace_s * 1e9))
-            if any(r < keep_after for r in latest.retired.values()) and await lease.still_leader(epoch):
-                await self._prune_retired(dataset, day, epoch, keep_after)
-            if latest.dropped and all(r <= horizon for r in latest.retired.values()):
-                await self.store.delete(index)  # the dropped manifest version itself stays, as a tombstone
+            with self.health.isolate("store gc", _subject((dataset, day))):
+                deleted += await self._collect_partition(lease, epoch, index, dataset, day, horizon,
+                                                         still_retired)
+        self._deleted &= still_retired
         feed_horizon = f"_changes/{max(0, self.clock() - 2 * CHANGE_TTL_NS):020d}"
         stale = [info.key async for info in list_all(self.store, "_changes/") if info.key < feed_horizon]
         for key in stale:
             await self.store.delete(key)
             deleted += 1
         self.stats.deleted_objects += deleted
+        return deleted
+
+    async def _collect_partition(self, lease: Lease, epoch: int, index: str, dataset: str, day: int,
+                                 horizon: int, still_retired: set[str]) -> int:
+        assert self.store is not None
+        deleted = 0
+        versions = await shared.list_versions(self.store, dataset, day)
+        if not versions:
+            return 0
+        latest = await shared.read_version(self.store, dataset, day, max(versions))
+        for block_id, retired_ns in latest.retired.items():
+            key = shared.block_key(dataset, day, block_id)
+            still_retired.add(key)
+            if retired_ns <= horizon and key not in self._deleted:
+                await self.store.delete(key)
+                self._deleted.add(key)
+                deleted += 1
+        for version in versions:
+            if version < latest.version - self.keep_versions:
+                await self.store.delete(shared.version_key(dataset, day, version))
+                deleted += 1
+        keep_after = self.clock() - max(RETIRED_KEEP_NS, int(self.gc_grace_s * 1e9))
+        if any(r < keep_after for r in latest.retired.values()) and await lease.still_leader(epoch):
+            await self._prune_retired(dataset, day, epoch, keep_after)
+        if latest.dropped and all(r <= horizon for r in latest.retired.values()):
+            await self.store.delete(index)  # the dropped manifest version itself stays, as a tombstone
         return deleted
 
     async def _prune_retired(self, dataset: str, day: int, epoch: int, keep_after: int) -> None:
@@ -335,12 +345,16 @@ class Maintenance:
         if self.store is not None and lease.is_leader:
             epoch = lease.epoch
             keys = set(self.engine.manifests)
-            keys |= {(d, timeutil.day_number(n)) for _, d, n in
-                     [info.key.split("/") async for info in list_all(self.store, "_partitions/")]}
+            async for info in list_all(self.store, shared.INDEX):
+                try:
+                    keys.add(shared.parse_index_key(info.key))
+                except Corrupt as exc:
+                    self.health.quarantine("retention", info.key, exc.reason)
             for key in sorted(k for k in keys if self.expired(k, now)):
                 if not await lease.still_leader(epoch):
                     break
-                dropped += await self._drop_shared(key, epoch, now)
+                with self.health.isolate("retention", _subject(key)):
+                    dropped += await self._drop_shared(key, epoch, now)
         for key in [k for k in list(self.engine.manifests) if self.expired(k, now)]:
             if await self.engine.drop_partition(key):
                 dropped += 1
@@ -381,6 +395,10 @@ class Maintenance:
                 "deleted_objects": s.deleted_objects, "deleted_files": self.engine.deleted_files,
                 "last_compaction": timeutil.format_ns(s.last_compaction_ns) if s.last_compaction_ns else None,
                 "last_retention": timeutil.format_ns(s.last_retention_ns) if s.last_retention_ns else None}
+
+
+def _subject(key: PartKey) -> str:
+    return f"{key[0]}/{timeutil.day_name(key[1])}"
 
 
 def _swap(blocks: list[BlockEntry], inputs: set[str], output: BlockEntry) -> list[BlockEntry]:

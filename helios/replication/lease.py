@@ -28,6 +28,7 @@ says which node held which epoch.
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -35,14 +36,17 @@ from typing import Any
 import orjson
 import trio
 
-from backends import Backend, Conflict, NotFound, StoreError, create_resolved, list_all
+from backends import Backend, Conflict, Corrupt, NotFound, create_resolved, list_all
 from helios import log, timeutil
+from helios.supervisor import Health, supervise
 
 __all__ = ["JOBS", "Lease"]
 
 JOBS = ("compaction", "retention", "monitors")
 PREFIX = "_control/leases/"
 STALE_FACTOR = 1.5
+_NAME = re.compile(r"[0-9]{12,}(\.beat)?")
+UNREADABLE = "?"  # the holder of an epoch whose record cannot be read
 
 _log = log.get("helios.lease")
 
@@ -55,8 +59,10 @@ class Observation:
 
 
 class Lease:
-    def __init__(self, job: str, store: Backend | None, node_id: str, ttl_s: float) -> None:
+    def __init__(self, job: str, store: Backend | None, node_id: str, ttl_s: float,
+                 health: Health | None = None) -> None:
         self.job = job
+        self.health = health if health is not None else Health()
         self.store = store
         self.node_id = node_id
         self.ttl_s = ttl_s
@@ -88,16 +94,7 @@ class Lease:
         task_status.started()
         if self.store is None:
             await trio.sleep_forever()
-        failing = False
-        while True:
-            try:
-                await self.tick()
-                failing = False
-            except StoreError as exc:
-                if not failing:
-                    log.log(_log, logging.WARNING, "lease check failed; retrying", job=self.job, error=str(exc))
-                failing = True
-            await trio.sleep(self.ttl_s / 3)
+        await supervise(self.health, f"lease {self.job}", self.tick, interval_s=self.ttl_s / 3)
 
     async def tick(self) -> None:
         """One pass: renew if holding; otherwise watch, and take over a stale lease."""
@@ -131,22 +128,44 @@ class Lease:
             await self._take(seen.epoch + 1)
 
     async def _observe(self) -> Observation | None:
+        """The newest epoch, its holder and beat.
+
+        A record or beat that cannot be parsed is quarantined (reported by
+        name) and observed as held by nobody known (``UNREADABLE``): no node
+        renews it, so once it has stayed unchanged for the stale period a node
+        takes the next epoch and the job goes on. Unknown names under the
+        job's folder are quarantined too.
+        """
         assert self.store is not None
-        epochs = [int(info.key.rsplit("/", 1)[1]) async for info in list_all(self.store, f"{PREFIX}{self.job}/")
-                  if info.key.rsplit("/", 1)[1].isdigit()]
+        epochs = []
+        async for info in list_all(self.store, f"{PREFIX}{self.job}/"):
+            name = info.key.rsplit("/", 1)[1]
+            if _NAME.fullmatch(name):
+                if not name.endswith(".beat"):
+                    epochs.append(int(name))
+            else:
+                self.health.quarantine(f"lease {self.job}", info.key, "not a lease record name")
         if not epochs:
             return None
         epoch = max(epochs)
         try:
-            record = orjson.loads(await self.store.get(self._key(epoch)))
+            record = _parse(await self.store.get(self._key(epoch)), self._key(epoch), ("holder",))
+            holder = record["holder"] if isinstance(record["holder"], str) else UNREADABLE
         except NotFound:
             return None
+        except Corrupt as exc:
+            self.health.quarantine(f"lease {self.job}", exc.key, exc.reason)
+            holder = UNREADABLE
         beat = 0
         try:
-            beat = orjson.loads(await self.store.get(self._key(epoch) + ".beat"))["beat"]
+            beat = _parse(await self.store.get(self._key(epoch) + ".beat"), self._key(epoch) + ".beat",
+                          ("beat",))["beat"]
         except NotFound:
             pass
-        return Observation(epoch, record["holder"], beat)
+        except Corrupt as exc:
+            self.health.quarantine(f"lease {self.job}", exc.key, exc.reason)
+            beat = -1
+        return Observation(epoch, holder, beat)
 
     async def _take(self, epoch: int) -> None:
         assert self.store is not None
@@ -164,3 +183,13 @@ class Lease:
 
     def _key(self, epoch: int) -> str:
         return f"{PREFIX}{self.job}/{epoch:012d}"
+
+
+def _parse(data: bytes, key: str, fields: tuple[str, ...]) -> dict[str, Any]:
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise Corrupt(key, f"not JSON: {exc}") from None
+    if not isinstance(doc, dict) or any(f not in doc for f in fields):
+        raise Corrupt(key, f"not a lease record (needs {', '.join(fields)})")
+    return doc

@@ -18,25 +18,25 @@ one step under the partition lock.
 from __future__ import annotations
 
 import hashlib
-import logging
 import time
-from dataclasses import dataclass, replace
 from collections import deque
+from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, Callable
 
 import trio
 
-from backends import Backend, StoreError, Unavailable, list_all
-from helios import log, timeutil
+from backends import Backend, Corrupt, list_all
+from helios import timeutil
 from helios.replication import shared
 from helios.storage.blocks import BlockEntry
 from helios.storage.engine import Engine
 from helios.storage.fsutil import write_atomic
 from helios.storage.manifest import PartitionManifest
+from helios.supervisor import Health, supervise
 
 __all__ = ["Replicator"]
 
-_log = log.get("helios.replication")
 FULL_PASS_EVERY_S = 300.0
 CHANGE_WINDOW_NS = 120 * 1_000_000_000  # re-read feed keys this far back: late writers, skewed clocks
 # A node deletes its own feed keys after this long. It is longer than the window
@@ -49,24 +49,29 @@ CHANGE_TTL_NS = 600 * 1_000_000_000
 class SyncStatus:
     last_upload_ns: int | None = None
     last_pull_ns: int | None = None
-    last_error: str | None = None
     uploaded_blocks: int = 0
     pulled_blocks: int = 0
 
 
+def _subject(dataset: str, day: int) -> str:
+    return f"{dataset}/{timeutil.day_name(day)}"
+
+
 class Replicator:
     def __init__(self, engine: Engine, store: Backend, node_id: str, interval_s: float,
-                 clock: Callable[[], int] = time.time_ns) -> None:
+                 clock: Callable[[], int] = time.time_ns, health: Health | None = None) -> None:
         self.engine = engine
         self.clock = clock
         self.store = store
         self.node_id = node_id
         self.interval_s = interval_s
+        self.health = health if health is not None else Health(clock)
         self.status = SyncStatus()
         self._cursor_ns = 0
         self._seen: set[str] = set()
         self._last_full = -1e18
         self._own_changes: deque[tuple[int, str]] = deque()  # (written at ns, key), oldest first
+        self._retry: set[tuple[str, int]] = set()  # partitions whose last sync failed
 
     def pending_uploads(self) -> int:
         return sum(len(m.pending(self.node_id)) for m in self.engine.manifests.values())
@@ -79,37 +84,25 @@ class Replicator:
             "last_pull": timeutil.format_ns(pull) if pull else None,
             "pending_uploads": self.pending_uploads(),
             "lag_seconds": round((now - pull) / 1e9, 3) if pull else None,
-            "last_error": self.status.last_error,
+            "uploaded_blocks": self.status.uploaded_blocks,
+            "pulled_blocks": self.status.pulled_blocks,
         }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._loop, self.upload_once, "upload")
-            nursery.start_soon(self._loop, self.pull_once, "pull")
-
-    async def _loop(self, step: Any, what: str) -> None:
-        failures = 0
-        while True:
-            try:
-                await step()
-                failures = 0
-                delay = self.interval_s
-            except StoreError as exc:
-                failures += 1
-                self.status.last_error = f"{what}: {exc}"
-                if failures in (1, 10) or failures % 100 == 0:
-                    log.log(_log, logging.WARNING, f"{what} failed; will retry", error=str(exc), failures=failures)
-                delay = min(self.interval_s * 2 ** min(failures, 6), 30.0)
-            await trio.sleep(delay)
+            nursery.start_soon(partial(supervise, self.health, "upload", self.upload_once, interval_s=self.interval_s))
+            nursery.start_soon(partial(supervise, self.health, "pull", self.pull_once, interval_s=self.interval_s))
 
     # -- uploader -------------------------------------------------------------
 
     async def upload_once(self) -> None:
+        """Upload every partition's pending blocks; one partition's local or store fault spares the others."""
         for key, manifest in list(self.engine.manifests.items()):
             pending = manifest.pending(self.node_id)
             if pending:
-                await self._upload_partition(key, pending)
+                with self.health.isolate("upload", _subject(*key)):
+                    await self._upload_partition(key, pending)
         await self._expire_changes()
 
     async def _expire_changes(self) -> None:
@@ -167,7 +160,7 @@ class Replicator:
     async def announce(self, dataset: str, day: int, version: int) -> None:
         """Tell pullers that a partition changed: a change-feed key (uploads, compaction, retention)."""
         now = self.clock()
-        change = f"_changes/{now:020d}.{dataset}.{timeutil.day_name(day)}.{version}.{self.node_id}"
+        change = shared.change_key(now, dataset, day, version, self.node_id)
         await self.store.put(change, b"")
         self._own_changes.append((now, change))
 
@@ -179,35 +172,67 @@ class Replicator:
     # -- puller ---------------------------------------------------------------
 
     async def pull_once(self) -> None:
+        """Sync every changed partition; a partition whose sync fails is reported and retried next pass."""
         for dataset, day in sorted(await self._changed_partitions()):
-            await self.sync_partition(dataset, day)
+            subject = _subject(dataset, day)
+            with self.health.isolate("pull", subject):
+                await self.sync_partition(dataset, day)
+            if ("pull", subject) in self.health.problems:
+                self._retry.add((dataset, day))
+            else:
+                self._retry.discard((dataset, day))
         self.status.last_pull_ns = self.clock()
 
     async def _changed_partitions(self) -> set[tuple[str, int]]:
+        """Partitions to sync: from the change feed (or the whole index, now and then) plus failed ones."""
         now = trio.current_time()
         if now - self._last_full >= FULL_PASS_EVERY_S:
-            changed = set()
+            changed = set(self._retry)
             feed_start = self.clock() - CHANGE_WINDOW_NS
-            async for info in list_all(self.store, "_partitions/"):
-                _, dataset, day_name = info.key.split("/")
-                changed.add((dataset, timeutil.day_number(day_name)))
+            listed = set()
+            async for info in list_all(self.store, shared.INDEX):
+                listed.add(info.key)
+                part = self._parse(shared.parse_index_key, info.key)
+                if part is not None:
+                    changed.add(part)
+            self._unquarantine(shared.INDEX, "", listed)
             self._last_full = now
             self._cursor_ns = max(self._cursor_ns, feed_start)
             return changed
-        changed = set()
-        start_after = f"_changes/{max(0, self._cursor_ns - CHANGE_WINDOW_NS):020d}"
+        changed = set(self._retry)
+        start_after = f"{shared.CHANGES}{max(0, self._cursor_ns - CHANGE_WINDOW_NS):020d}"
         newest = self._cursor_ns
-        async for info in list_all(self.store, "_changes/", start_after=start_after):
+        listed = set()
+        async for info in list_all(self.store, shared.CHANGES, start_after=start_after):
+            listed.add(info.key)
             if info.key in self._seen:
                 continue
+            change = self._parse(shared.parse_change_key, info.key)
+            if change is None:
+                continue  # quarantined: reported under its name, looked at again next pass
             self._seen.add(info.key)
-            stamp, dataset, day_name, _version, _node = info.key[len("_changes/"):].split(".", 4)
-            newest = max(newest, int(stamp))
-            changed.add((dataset, timeutil.day_number(day_name)))
+            stamp, dataset, day = change
+            newest = max(newest, stamp)
+            changed.add((dataset, day))
+        self._unquarantine(shared.CHANGES, start_after, listed)
         self._cursor_ns = newest
-        horizon = f"_changes/{max(0, newest - 2 * CHANGE_WINDOW_NS):020d}"
+        horizon = f"{shared.CHANGES}{max(0, newest - 2 * CHANGE_WINDOW_NS):020d}"
         self._seen = {k for k in self._seen if k >= horizon}
         return changed
+
+    def _unquarantine(self, prefix: str, start_after: str, listed: set[str]) -> None:
+        """Quarantined keys in the range just listed that are gone (removed by an operator) leave the report."""
+        for task, key in list(self.health.problems):
+            if task == "pull" and key.startswith(prefix) and key > start_after and key not in listed:
+                self.health.ok(task, key)
+
+    def _parse(self, parse: Callable[[str], Any], key: str) -> Any:
+        """``parse(key)``, or None after quarantining a key that is not what its folder says."""
+        try:
+            return parse(key)
+        except Corrupt as exc:
+            self.health.quarantine("pull", key, exc.reason)
+            return None
 
     async def sync_partition(self, dataset: str, day: int) -> None:
         key = (dataset, day)
@@ -224,7 +249,7 @@ class Replicator:
             if block.id not in have and not (directory / block.filename).exists():
                 data = await self.store.get(shared.block_key(dataset, day, block.id))
                 if len(data) != block.bytes or hashlib.sha256(data).hexdigest() != block.sha256:
-                    raise _corrupt(block)
+                    raise _corrupt(dataset, day, block)
                 await trio.to_thread.run_sync(_write_block, directory, block, data)
                 self.status.pulled_blocks += 1
         async with self.engine.part_lock(key):
@@ -249,5 +274,5 @@ def _write_block(directory: Any, block: BlockEntry, data: bytes) -> None:
     write_atomic(directory / block.filename, data)
 
 
-def _corrupt(block: BlockEntry) -> StoreError:
-    return Unavailable(f"block {block.id} fetched from the store does not match its checksum")
+def _corrupt(dataset: str, day: int, block: BlockEntry) -> Corrupt:
+    return Corrupt(shared.block_key(dataset, day, block.id), "the fetched bytes do not match the manifest's checksum")

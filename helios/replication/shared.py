@@ -5,7 +5,7 @@ Layout under the store root::
     parts/<dataset>/<YYYY-MM-DD>/blocks/<block-id>.parquet   immutable blocks
     parts/<dataset>/<YYYY-MM-DD>/manifest/<version>.json     immutable manifest versions
     _partitions/<dataset>/<YYYY-MM-DD>                       partition index (for discovery)
-    _changes/<ns>-<node>-<rand>                              change feed (cheap polling)
+    _changes/<ns>.<dataset>.<YYYY-MM-DD>.<version>.<node>    change feed (cheap polling)
     _control/log/<seq>                                       control-plane log (helios.control.plane)
     _control/leases/<job>/<epoch>[.beat]                     leader leases (helios.replication.lease)
 
@@ -28,12 +28,12 @@ from typing import Callable
 
 import orjson
 
-from backends import Backend, Conflict, create_resolved, list_all
+from backends import Backend, Conflict, Corrupt, create_resolved, list_all
 from helios import timeutil
 from helios.storage.blocks import BlockEntry
 
-__all__ = ["Fenced", "SharedManifest", "block_key", "change_key", "commit", "list_versions", "partition_prefix",
-           "read_latest", "version_key"]
+__all__ = ["CHANGES", "Fenced", "SharedManifest", "block_key", "change_key", "commit", "list_versions",
+           "parse_change_key", "parse_index_key", "partition_prefix", "read_latest", "read_version", "version_key"]
 
 MAX_COMMIT_ATTEMPTS = 50
 VERSION_DIGITS = 12
@@ -52,11 +52,49 @@ def version_key(dataset: str, day: int, version: int) -> str:
 
 
 def index_key(dataset: str, day: int) -> str:
-    return f"_partitions/{dataset}/{timeutil.day_name(day)}"
+    return f"{INDEX}{dataset}/{timeutil.day_name(day)}"
 
 
-def change_key(now_ns: int, node_id: str) -> str:
-    return f"_changes/{now_ns:020d}-{node_id}-{secrets.token_hex(4)}"
+CHANGES = "_changes/"
+INDEX = "_partitions/"
+
+
+def change_key(now_ns: int, dataset: str, day: int, version: int, node_id: str) -> str:
+    """The change-feed key announcing that a partition reached ``version``."""
+    return f"{CHANGES}{now_ns:020d}.{dataset}.{timeutil.day_name(day)}.{version}.{node_id}"
+
+
+def parse_change_key(key: str) -> tuple[int, str, int]:
+    """``(stamp_ns, dataset, day)`` of a change-feed key; raises Corrupt for anything else."""
+    parts = key[len(CHANGES):].split(".", 4)
+    if not key.startswith(CHANGES) or len(parts) != 5:
+        raise Corrupt(key, "not a change-feed key (<ns>.<dataset>.<YYYY-MM-DD>.<version>.<node>)")
+    stamp, dataset, day_name, version, _node = parts
+    try:
+        if not (len(stamp) == 20 and stamp.isascii() and stamp.isdigit() and version.isascii()
+                and version.isdigit() and dataset):
+            raise ValueError("bad number or empty dataset")
+        return int(stamp), dataset, _day(day_name)
+    except ValueError as exc:
+        raise Corrupt(key, f"not a change-feed key: {exc}") from None
+
+
+def _day(name: str) -> int:
+    day = timeutil.day_number(name)
+    if timeutil.day_name(day) != name:
+        raise ValueError(f"{name!r} is not a YYYY-MM-DD day")
+    return day
+
+
+def parse_index_key(key: str) -> tuple[str, int]:
+    """``(dataset, day)`` of a partition-index key; raises Corrupt for anything else."""
+    parts = key.split("/")
+    if len(parts) != 3 or parts[0] + "/" != INDEX or not parts[1]:
+        raise Corrupt(key, "not a partition-index key (_partitions/<dataset>/<YYYY-MM-DD>)")
+    try:
+        return parts[1], _day(parts[2])
+    except ValueError as exc:
+        raise Corrupt(key, f"not a partition-index key: {exc}") from None
 
 
 @dataclass
@@ -95,8 +133,20 @@ class SharedManifest:
                              "job": self.job})
 
     @classmethod
-    def decode(cls, data: bytes) -> SharedManifest:
+    def decode(cls, data: bytes, key: str = "manifest") -> SharedManifest:
+        """Parse a version's bytes; anything unparsable is ``Corrupt(key)``, never a bare exception."""
+        try:
+            return cls._decode(data)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise Corrupt(key, f"not a manifest version: {type(exc).__name__}: {exc}") from None
+
+    @classmethod
+    def _decode(cls, data: bytes) -> SharedManifest:
         doc = orjson.loads(data)
+        if not isinstance(doc, dict) or doc.get("format") != 1:
+            raise ValueError("not a format-1 manifest object")
+        if not isinstance(doc["blocks"], list) or not isinstance(doc.get("retired", {}), dict):
+            raise TypeError("blocks must be a list and retired an object")
         return cls(dataset=doc["dataset"], day=doc["day"], version=doc["version"], parent=doc["parent"],
                    commit_id=doc["commit_id"], node=doc["node"], parent_commit=doc.get("parent_commit", ""),
                    blocks=[BlockEntry.from_json(b) for b in doc["blocks"]], retired=doc.get("retired", {}),
@@ -110,7 +160,16 @@ async def read_latest(store: Backend, dataset: str, day: int, known: int = 0) ->
     newest = max(versions, default=known)
     if newest == 0:
         return SharedManifest(dataset, day)
-    return SharedManifest.decode(await store.get(version_key(dataset, day, newest)))
+    return await read_version(store, dataset, day, newest)
+
+
+async def read_version(store: Backend, dataset: str, day: int, version: int) -> SharedManifest:
+    """One manifest version, checked against its key (raises NotFound, or Corrupt)."""
+    key = version_key(dataset, day, version)
+    manifest = SharedManifest.decode(await store.get(key), key)
+    if (manifest.dataset, manifest.day, manifest.version) != (dataset, day, version):
+        raise Corrupt(key, f"holds {manifest.dataset}/{manifest.day} version {manifest.version}")
+    return manifest
 
 
 async def list_versions(store: Backend, dataset: str, day: int, after: int = 0) -> list[int]:
@@ -119,7 +178,7 @@ async def list_versions(store: Backend, dataset: str, day: int, after: int = 0) 
     versions = []
     async for info in list_all(store, prefix, start_after=start_after):
         name = info.key.rsplit("/", 1)[1].split(".")[0]
-        if name.isdigit():
+        if name.isascii() and name.isdigit():
             versions.append(int(name))
     return versions
 
@@ -169,5 +228,5 @@ async def _filled_a_hole(store: Backend, proposed: SharedManifest) -> bool:
     later = await list_versions(store, proposed.dataset, proposed.day, proposed.version)
     if not later:
         return False
-    successor = SharedManifest.decode(await store.get(version_key(proposed.dataset, proposed.day, min(later))))
+    successor = await read_version(store, proposed.dataset, proposed.day, min(later))
     return successor.parent_commit != proposed.commit_id

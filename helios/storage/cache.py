@@ -48,7 +48,7 @@ class BlockCache:
             if cached is not None:
                 self._indexes.move_to_end(entry.id)
                 return cached
-        index = load_index(path)
+        index = load_index(path, entry)
         with self._lock:
             self._indexes[entry.id] = index
             while len(self._indexes) > 100_000:

@@ -26,7 +26,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Callable
 
 import pyarrow as pa
 import trio
@@ -37,6 +38,7 @@ from helios.storage.cache import BlockCache
 from helios.storage.manifest import MANIFEST_NAME, PartitionManifest
 from helios.storage.memtable import Memtable, PartKey, split_by_day
 from helios.storage.wal import Wal, decode_payload, encode_payload
+from helios.supervisor import Health
 
 __all__ = ["DatasetStats", "Engine", "Source"]
 
@@ -81,7 +83,8 @@ class Engine:
         self.frozen: list[tuple[int, Memtable]] = []  # (WAL cut, rows), oldest first
         self._flush_wanted = trio.Event()
         self._flush_lock = trio.Lock()
-        self._part_locks: dict[PartKey, trio.Lock] = {}
+        self._part_locks: dict[PartKey, list[Any]] = {}
+        self.health = Health()  # the node shares one Health among its tasks (helios.supervisor)  # key -> [lock, users]: only keys in use
         self.flushes = 0
         self.replayed_rows = 0
         # Garbage collection of local block files: blocks no manifest references any more,
@@ -154,9 +157,12 @@ class Engine:
             self._flush_wanted = trio.Event()
             try:
                 await self.flush()
-            except OSError as exc:
-                log.log(_log, logging.ERROR, "flush failed; will retry", error=str(exc))
+            except OSError as exc:  # the disk: reported, retried; acknowledged rows stay in the WAL
+                self.health.fail("flush", "", exc)
                 await trio.sleep(min(interval_s, 5.0))
+            else:
+                if ("flush", "") in self.health.problems:
+                    self.health.ok("flush")
 
     async def flush(self) -> None:
         """Turn every acknowledged memtable row into blocks, in order."""
@@ -174,9 +180,26 @@ class Engine:
                 await trio.to_thread.run_sync(self.wal.delete_through, cut)
                 self.flushes += 1
 
-    def part_lock(self, key: PartKey) -> trio.Lock:
-        """Held for every read-modify-write of a partition's manifest (flusher, replicator)."""
-        return self._part_locks.setdefault(key, trio.Lock())
+    @asynccontextmanager
+    async def part_lock(self, key: PartKey) -> AsyncIterator[None]:
+        """Held for every read-modify-write of a partition's manifest (flusher, replicator, jobs).
+
+        Locks are counted and exist only while someone holds or waits for
+        one, so the table stays as small as the work in flight. Taking the
+        entry and counting happen before the first checkpoint: no two tasks
+        can ever hold different locks for one key.
+        """
+        entry = self._part_locks.get(key)
+        if entry is None:
+            entry = self._part_locks[key] = [trio.Lock(), 0]
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._part_locks[key]
 
     async def _flush_part(self, key: PartKey, frozen: Memtable, cut: int) -> None:
         part = frozen.parts[key]
