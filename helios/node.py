@@ -39,6 +39,7 @@ from helios.control.objects import dataset_retention
 from helios.control.plane import ControlPlane, Sealer
 from helios.errors import ConfigError
 from helios.errors import Unavailable as ServiceUnavailable
+from helios.ingest import shipper
 from helios.replication.jobs import Maintenance
 from helios.replication.lease import JOBS, Lease
 from helios.replication.replicator import Replicator
@@ -156,6 +157,7 @@ class Node:
                       f"helios_gc_deleted_objects_total {stats.deleted_objects}",
                       "# TYPE helios_gc_deleted_files_total counter",
                       f"helios_gc_deleted_files_total {self.engine.deleted_files}"]
+        lines += shipper.metric_lines(self.counters)  # compatible ingest: rows and drops per protocol
         if self.store is not None:
             lines.append("# TYPE helios_store_requests_total counter")
             for name, count in sorted(self.store.counters.snapshot().items()):
