@@ -30,7 +30,7 @@ from helios.errors import HeliosError, InvalidInput, Unauthorized
 from helios.ingest import elastic, loki, otlp, shipper
 from helios.ingest.decode import decode_body
 
-__all__ = ["CompatNode", "blueprint", "bearer_header"]
+__all__ = ["CompatNode", "MediaTypeNotAcceptable", "UnsupportedMediaType", "bearer_header", "blueprint"]
 
 ELASTIC_HEADERS = {"X-Elastic-Product": "Elasticsearch"}
 
@@ -58,6 +58,18 @@ def bearer_header(header: str | None) -> str | None:
     if not password.startswith(TOKEN_PREFIX):
         raise Unauthorized(f"HTTP Basic: the password must be an API token ({TOKEN_PREFIX}…)")
     return f"Bearer {password}"
+
+
+class UnsupportedMediaType(InvalidInput):
+    """A Content-Type the protocol does not define (OTLP and Loki answer 415)."""
+
+    status = 415
+
+
+class MediaTypeNotAcceptable(InvalidInput):
+    """Elasticsearch answers a Content-Type it does not take with 406."""
+
+    status = 406
 
 
 Render = Callable[[int, str], Response]
@@ -114,8 +126,8 @@ def blueprint(node: CompatNode) -> Blueprint:
             authorise()
             kind = (request.mimetype or "").lower()
             if kind not in ("application/x-protobuf", "application/json"):
-                return render(415, f"unsupported Content-Type {kind or 'none'!r}: "
-                                   "send application/x-protobuf or application/json")
+                raise UnsupportedMediaType(f"unsupported Content-Type {kind or 'none'!r}: "
+                                           "send application/x-protobuf or application/json")
             name = dataset("otel")
             raw = await body()
             encoding = request.headers.get("Content-Encoding")
@@ -147,8 +159,8 @@ def blueprint(node: CompatNode) -> Blueprint:
             authorise()
             kind = (request.mimetype or "").lower()
             if kind not in ("application/x-protobuf", "application/json", ""):
-                return render(415, f"unsupported Content-Type {kind!r}: send application/x-protobuf "
-                                   "(snappy) or application/json")
+                raise UnsupportedMediaType(f"unsupported Content-Type {kind!r}: send application/x-protobuf "
+                                           "(snappy) or application/json")
             name = dataset("loki")
             raw = await body()
             encoding = request.headers.get("Content-Encoding")
@@ -209,7 +221,7 @@ def blueprint(node: CompatNode) -> Blueprint:
             authorise()
             kind = (request.mimetype or "").lower()
             if kind not in elastic.BULK_MEDIA_TYPES:
-                return es_render(406, f"Content-Type header [{request.content_type or ''}] is not supported")
+                raise MediaTypeNotAcceptable(f"Content-Type header [{request.content_type or ''}] is not supported")
             override = request.args.get("dataset") or request.headers.get("X-Helios-Dataset")
             if override is not None:
                 dataset(None)  # validates it
