@@ -40,7 +40,9 @@ from helios.ingest import shipper
 __all__ = ["Export", "Status", "parse_json", "parse_protobuf", "response", "status"]
 
 _LEVELS = ((1, "TRACE"), (5, "DEBUG"), (9, "INFO"), (13, "WARN"), (17, "ERROR"), (21, "FATAL"))
-JSON_DEPTH = 100  # a JSON request's nesting: 7 levels of envelope + AnyValues (2 levels each)
+# A JSON request's nesting: the envelope, then 3-4 JSON levels per nested AnyValue. Deeper messages
+# also meet protobuf's own limit of 100 message levels (a whole-request 400).
+JSON_DEPTH = 4 * shipper.MAX_DEPTH + 32
 
 
 def _status_class() -> Any:
