@@ -9,6 +9,7 @@
        ├─ control-plane sync (with --shared-store)
        ├─ leases: compaction, retention, monitors (a node without a store holds them all)
        ├─ maintenance: compaction + store GC (leader), retention (leader + local), local GC
+       ├─ listeners: syslog TCP/UDP, Fluent forward (with --syslog-listen / --forward-listen)
        └─ hypercorn server (trio worker) ── quart-trio app ── Node
 
 Shutdown: stop accepting, drain requests (hypercorn), flush the memtable
@@ -40,6 +41,7 @@ from helios.control.plane import ControlPlane, Sealer
 from helios.errors import ConfigError
 from helios.errors import Unavailable as ServiceUnavailable
 from helios.ingest import shipper
+from helios.ingest.listeners import Listeners
 from helios.replication.jobs import Maintenance
 from helios.replication.lease import JOBS, Lease
 from helios.replication.replicator import Replicator
@@ -202,6 +204,7 @@ async def serve(config: Config, *, task_status: Any = trio.TASK_STATUS_IGNORED) 
     shutdown = trio.Event()
     app = create_app(node)
     try:
+        listeners = Listeners(config, node.engine.ingest, node.counters)  # reads the forward shared key
         async with trio.open_nursery() as nursery:
             await nursery.start(_watch_signals, shutdown)
             await nursery.start(node.engine.wal.run)
@@ -212,6 +215,7 @@ async def serve(config: Config, *, task_status: Any = trio.TASK_STATUS_IGNORED) 
             for lease in node.leases.values():
                 await nursery.start(lease.run)
             await nursery.start(node.jobs.run)
+            await nursery.start(listeners.run)
             async with trio.open_nursery() as server:
                 binds = await server.start(partial(hypercorn.trio.serve, app, _hypercorn_config(config),
                                                    shutdown_trigger=shutdown.wait))
@@ -221,6 +225,7 @@ async def serve(config: Config, *, task_status: Any = trio.TASK_STATUS_IGNORED) 
                 task_status.started(binds)
             node.ready = False
             with trio.move_on_after(SHUTDOWN_FLUSH_TIMEOUT_S):
+                await listeners.stop()  # their batched rows reach the WAL before the last flush
                 await node.engine.flush()
                 if node.replicator is not None:
                     with trio.move_on_after(5.0):  # best effort: what is left waits for the next start

@@ -28,8 +28,8 @@ import pyarrow as pa
 from helios.errors import InvalidInput
 from helios.ingest.records import MAX_FIELD_NAME, from_columns
 
-__all__ = ["DATASET", "MAX_DEPTH", "PROTOCOLS", "RENAMED", "Row", "check_depth", "count_drop", "count_rows",
-           "field_name", "flatten_into", "metric_lines", "time_ns", "to_table"]
+__all__ = ["DATASET", "MAX_DEPTH", "PROTOCOLS", "RENAMED", "Row", "check_depth", "clean_text", "count_drop",
+           "count_rows", "field_name", "flatten_into", "metric_lines", "time_ns", "to_table"]
 
 MAX_DEPTH = 32  # nesting of maps/arrays/AnyValues inside one record
 PROTOCOLS = ("otlp", "loki", "elastic", "syslog", "forward")
@@ -39,8 +39,19 @@ RENAMED = {"dataset": "_dataset", "_time": "__time", "_msg": "__msg"}
 Row = dict[str, Any]
 
 
+def clean_text(text: str) -> str:
+    """Text as valid UTF-8: lone surrogates (undecodable bytes kept by a decoder) become U+FFFD."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def field_name(name: str) -> str:
     """A shipper's field name as stored (see the module docstring); InvalidInput if unusable."""
+    if not name.isascii():
+        name = clean_text(name)
     if not name:
         raise InvalidInput("a field name is empty")
     if len(name) > MAX_FIELD_NAME:
@@ -121,12 +132,15 @@ def to_table(rows: list[Row], now_ns: int) -> pa.Table:
 def _render(values: list[Any]) -> pa.Array:
     """Scalars to their text as ``/api/v1/ingest`` stores them (floats rendered by Arrow)."""
     if all(v is None or isinstance(v, str) for v in values):
-        return pa.array(values, pa.string())
+        try:
+            return pa.array(values, pa.string())
+        except UnicodeEncodeError:
+            return pa.array([v if v is None else clean_text(v) for v in values], pa.string())
     rendered: list[str | None] = []
     floats: list[tuple[int, float]] = []
     for index, value in enumerate(values):
         if value is None or isinstance(value, str):
-            rendered.append(value)
+            rendered.append(value if value is None or value.isascii() else clean_text(value))
         elif isinstance(value, bool):
             rendered.append("true" if value else "false")
         elif isinstance(value, float):
