@@ -55,10 +55,12 @@ def test_logger_over_tcp_rfc5424_and_udp_rfc3164(server_factory: Any) -> None:
     assert row["hostname"] and "parse_error" not in row
     assert server.count('"sd.order@32473.region":eu level:WARN', dataset="syslog") == ROWS
 
-    lines = "".join(f"disk {i} almost full\n" for i in range(ROWS)).encode()
-    subprocess.run([LOGGER, "--udp", "--rfc3164", "-n", udp[0], "-P", str(udp[1]), "-t", "smartd",
-                    "-p", "daemon.err"], input=lines, check=True, timeout=60)
-    wait_until(lambda: server.count("app_name:smartd", dataset="syslog") >= ROWS, what="the UDP messages")
+    # UDP has no flow control: send in bursts a socket buffer holds, each after the last has arrived.
+    for start in range(0, ROWS, 50):
+        lines = "".join(f"disk {i} almost full\n" for i in range(start, start + 50)).encode()
+        subprocess.run([LOGGER, "--udp", "--rfc3164", "-n", udp[0], "-P", str(udp[1]), "-t", "smartd",
+                        "-p", "daemon.err"], input=lines, check=True, timeout=60)
+        wait_until(lambda: server.count("app_name:smartd", dataset="syslog") >= start + 50, what="UDP messages")
     rows = {r["_msg"]: r for r in all_rows(server) if r.get("app_name") == "smartd"}
     assert len(rows) == ROWS and set(rows) == {f"disk {i} almost full" for i in range(ROWS)}
     row = rows["disk 3 almost full"]

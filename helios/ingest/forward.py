@@ -141,8 +141,11 @@ def decode_message(message: Any) -> tuple[str, list[shipper.Row], int, str | Non
         if option.get("compressed") == "gzip":
             blob = _gunzip(blob)
         feed = unpacker()
-        feed.feed(blob)
-        entries: Any = feed
+        try:
+            feed.feed(blob)
+            entries: Any = list(feed)  # bounded: the blob is at most MAX_MESSAGE_BYTES
+        except (ValueError, msgpack.UnpackException) as exc:
+            raise InvalidInput(f"the packed entries are not a bounded msgpack stream: {exc!r}") from None
     elif isinstance(second, list):
         entries = second
     else:
@@ -263,6 +266,9 @@ async def serve(sink: Sink, ingest: Ingest, host: str, port: int, shared_key: by
                             return
         except (trio.BrokenResourceError, trio.ClosedResourceError, HeliosError) as exc:
             log.log(_log, logging.DEBUG, "forward connection ended", error=str(exc))
+        except Exception as exc:  # noqa: BLE001 - a bug must end this connection, not the node
+            _log.error("forward connection failed", exc_info=exc)
+            shipper.count_drop(counters, "forward", "internal")
         finally:
             active[0] -= 1
 

@@ -118,13 +118,16 @@ class Sink:
                 try:
                     tables.append((dataset, shipper.to_table([r for m in messages for r in m], now)))
                     continue
-                except InvalidInput:
+                except Exception:  # noqa: BLE001 - a listener must not stop on one message; found below
                     pass
                 for rows in messages:  # find the messages that cannot be stored, keep the rest
                     try:
                         tables.append((dataset, shipper.to_table(rows, now)))
                     except InvalidInput as exc:
                         failures.append(str(exc))
+                    except Exception as exc:  # noqa: BLE001 - a bug: logged with its traceback, not fatal
+                        _log.error("could not build a table from listener rows", exc_info=exc)
+                        failures.append(f"internal error: {exc!r}")
             return tables, failures
 
         tables, failures = await trio.to_thread.run_sync(build)

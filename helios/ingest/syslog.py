@@ -42,6 +42,7 @@ __all__ = ["DATASET", "MAX_MESSAGE_BYTES", "Framer", "parse_message", "serve_tcp
 DATASET = "syslog"
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_CONNECTIONS = 1024
+UDP_RECEIVE_BUFFER_BYTES = 8 << 20
 _log = log.get("helios.syslog")
 
 FACILITIES = ("kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron", "authpriv",
@@ -264,6 +265,9 @@ async def serve_tcp(sink: Sink, host: str, port: int, *, task_status: Any = trio
                     if messages:
                         now = time.time()
                         await sink.put(DATASET, [parse_message(m, now) for m in messages])
+        except Exception as exc:  # noqa: BLE001 - a bug must end this connection, not the node
+            _log.error("syslog connection failed", exc_info=exc)
+            shipper.count_drop(sink.counters, "syslog", "internal")
         finally:
             active[0] -= 1
 
@@ -275,11 +279,25 @@ async def serve_tcp(sink: Sink, host: str, port: int, *, task_status: Any = trio
         await trio.serve_listeners(handle, listeners, handler_nursery=nursery)
 
 
+def _grow_receive_buffer(sock: Any) -> None:
+    """A bigger socket buffer absorbs bursts of datagrams (the kernel caps it at net.core.rmem_max
+    unless the process may force it)."""
+    for option in (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF):
+        if option is None:
+            continue
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, UDP_RECEIVE_BUFFER_BYTES)
+            return
+        except OSError:
+            continue
+
+
 async def serve_udp(sink: Sink, host: str, port: int, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     """Receive one syslog message per datagram until cancelled."""
     drops = DropLog(_log, "syslog")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with trio.socket.socket(family, socket.SOCK_DGRAM) as sock:
+        _grow_receive_buffer(sock)
         await sock.bind((host or "0.0.0.0", port))
         address = sock.getsockname()
         log.log(_log, logging.INFO, "syslog UDP listener started", address=f"udp://{address[0]}:{address[1]}")
@@ -289,5 +307,11 @@ async def serve_udp(sink: Sink, host: str, port: int, *, task_status: Any = trio
             if len(data) > MAX_MESSAGE_BYTES:
                 drops.drop(sink.counters, "too_long", f"a syslog datagram over {MAX_MESSAGE_BYTES} bytes")
                 continue
-            if not sink.put_nowait(DATASET, [parse_message(data)]):
+            try:
+                row = parse_message(data)
+            except Exception as exc:  # noqa: BLE001 - a bug must drop this datagram, not stop the node
+                _log.error("syslog datagram failed", exc_info=exc)
+                shipper.count_drop(sink.counters, "syslog", "internal")
+                continue
+            if not sink.put_nowait(DATASET, [row]):
                 drops.drop(sink.counters, "overload", "the syslog queue is full; a UDP message was dropped")
