@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import gzip
 import logging
 
@@ -156,3 +157,27 @@ def test_bad_pushes_get_loki_errors_and_change_nothing(server_factory: Any) -> N
     assert 'helios_compat_rows_total{protocol="loki"} 1' in metrics
     assert f'helios_compat_dropped_total{{protocol="loki",reason="rejected"}} {len(cases) + 1}' in metrics
 
+
+
+def test_roles_and_credentials_on_every_http_path(server_factory: Any) -> None:
+    """Bearer or Basic (API token as the password); ingest and admin may push, editor and viewer may not."""
+    server = server_factory()
+    paths = [
+        ("/loki/api/v1/push", "application/json", b'{"streams": [{"stream": {"a": "b"}, "values": []}]}'),
+        ("/v1/logs", "application/json", b"{}"),
+        ("/es/_bulk", "application/x-ndjson", b'{"index": {"_index": "roles"}}\n{"message": "m"}\n'),
+    ]
+    for role, allowed in [("admin", True), ("ingest", True), ("editor", False), ("viewer", False)]:
+        reply = server.request("POST", "/api/v1/tokens", json={"name": f"r {role}", "role": role})
+        token = reply.json()["token"]
+        basic = "Basic " + base64.b64encode(f"anyone:{token}".encode()).decode()
+        for path, kind, body in paths:
+            for header in (f"Bearer {token}", basic):
+                reply = server.request("POST", path, token=None, content=body,
+                                       headers={"Content-Type": kind, "Authorization": header})
+                assert (reply.status_code < 300) if allowed else reply.status_code == 403, (role, path, reply.text)
+    for header in ("Basic bm90LWJhc2U2NA", "Basic " + base64.b64encode(b"u:not-a-token").decode()):
+        for path, kind, body in paths:
+            reply = server.request("POST", path, token=None, content=body,
+                                   headers={"Content-Type": kind, "Authorization": header})
+            assert reply.status_code == 401, (path, header)

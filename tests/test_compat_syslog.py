@@ -120,3 +120,16 @@ def test_parse_and_framing_rules() -> None:
     assert framer.feed(b"<1>" + b"z" * 20) == ([], 1)
     assert framer.feed(b"zz\n<1>ok\n99 " + b"q" * 50) == ([b"<1>ok"], 1)
     assert framer.feed(b"q" * 49 + b"2 hi") == ([b"hi"], 0)
+
+
+def test_graceful_stop_with_listeners_and_restart(server_factory: Any) -> None:
+    server = server_factory(HELIOS_SYSLOG_LISTEN="tcp://127.0.0.1:0", HELIOS_FORWARD_LISTEN="127.0.0.1:0")
+    (tcp,) = addresses(server, "syslog TCP listener started")
+    with socket.create_connection(tcp) as conn:
+        conn.sendall(b"".join(b"<14>1 - h app - - - line %d\n" % i for i in range(100)))
+    wait_until(lambda: 'helios_compat_rows_total{protocol="syslog"} 100' in server.request("GET", "/metrics").text,
+               what="100 rows stored")
+    assert server.stop() == 0  # listeners stopped and their sink drained before the last flush
+    server.start()
+    assert len(all_rows(server)) == 100
+    assert len(addresses(server, "syslog TCP listener started")) == 1
