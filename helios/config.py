@@ -78,6 +78,24 @@ def _log_level(text: str) -> str:
     return text.lower()
 
 
+def _syslog_listen(text: str) -> tuple[tuple[str, str, int], ...]:
+    """``tcp://HOST:PORT,udp://HOST:PORT`` → ``(("tcp", host, port), ...)``; empty: off."""
+    endpoints = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        scheme, sep, address = item.partition("://")
+        if not sep or scheme not in ("tcp", "udp"):
+            raise ValueError(f"{item!r}: expected tcp://HOST:PORT or udp://HOST:PORT")
+        endpoints.append((scheme, *_listen(address)))
+    return tuple(endpoints)
+
+
+def _forward_listen(text: str) -> tuple[str, int] | None:
+    """``HOST:PORT`` (or ``tcp://HOST:PORT``); empty: off."""
+    if not text:
+        return None
+    return _listen(text.removeprefix("tcp://"))
+
+
 OPTIONS: tuple[Option, ...] = (
     Option("data_dir", "HELIOS_DATA_DIR", "./data", Path, "local data directory"),
     Option("listen", "HELIOS_LISTEN", "127.0.0.1:7300", _listen, "HOST:PORT to serve on (port 0 picks one)"),
@@ -114,6 +132,12 @@ OPTIONS: tuple[Option, ...] = (
            "how often partitions past their dataset's retention are dropped"),
     Option("gc_grace_secs", "HELIOS_GC_GRACE_SECS", 600.0, _positive_float,
            "how long replaced blocks are kept before they are deleted"),
+    Option("syslog_listen", "HELIOS_SYSLOG_LISTEN", "", _syslog_listen,
+           "syslog listeners, e.g. tcp://0.0.0.0:5514,udp://0.0.0.0:5514 (no auth; default off)"),
+    Option("forward_listen", "HELIOS_FORWARD_LISTEN", "", _forward_listen,
+           "Fluent forward listener HOST:PORT, e.g. 0.0.0.0:24224 (no token auth; default off)"),
+    Option("forward_shared_key_path", "HELIOS_FORWARD_SHARED_KEY_PATH", "", _optional_path,
+           "file holding the Fluent forward shared key; when set, clients must pass the handshake"),
 )
 
 
@@ -139,6 +163,9 @@ class Config:
     compaction_interval_secs: float
     retention_interval_secs: float
     gc_grace_secs: float
+    syslog_listen: tuple[tuple[str, str, int], ...]
+    forward_listen: tuple[str, int] | None
+    forward_shared_key_path: Path | None
 
     @property
     def secrets_dir(self) -> Path:

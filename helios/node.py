@@ -9,6 +9,7 @@
        ├─ control-plane sync (with --shared-store)
        ├─ leases: compaction, retention, monitors (a node without a store holds them all)
        ├─ maintenance: compaction + store GC (leader), retention (leader + local), local GC
+       ├─ listeners: syslog TCP/UDP, Fluent forward (with --syslog-listen / --forward-listen)
        └─ hypercorn server (trio worker) ── quart-trio app ── Node
 
 Shutdown: stop accepting, drain requests (hypercorn), flush the memtable
@@ -39,6 +40,8 @@ from helios.control.objects import dataset_retention
 from helios.control.plane import ControlPlane, Sealer
 from helios.errors import ConfigError
 from helios.errors import Unavailable as ServiceUnavailable
+from helios.ingest import shipper
+from helios.ingest.listeners import Listeners
 from helios.replication.jobs import Maintenance
 from helios.replication.lease import JOBS, Lease
 from helios.replication.replicator import Replicator
@@ -165,6 +168,7 @@ class Node:
                       f"helios_uploaded_blocks_total {self.replicator.status.uploaded_blocks}",
                       "# TYPE helios_pulled_blocks_total counter",
                       f"helios_pulled_blocks_total {self.replicator.status.pulled_blocks}"]
+        lines += shipper.metric_lines(self.counters)  # compatible ingest: rows and drops per protocol
         if self.store is not None:
             lines.append("# TYPE helios_store_requests_total counter")
             for name, count in sorted(self.store.counters.snapshot().items()):
@@ -209,6 +213,7 @@ async def serve(config: Config, *, task_status: Any = trio.TASK_STATUS_IGNORED) 
     shutdown = trio.Event()
     app = create_app(node)
     try:
+        listeners = Listeners(config, node.engine.ingest, node.counters)  # reads the forward shared key
         async with trio.open_nursery() as nursery:
             await nursery.start(_watch_signals, shutdown)
             await nursery.start(node.engine.wal.run)
@@ -219,6 +224,7 @@ async def serve(config: Config, *, task_status: Any = trio.TASK_STATUS_IGNORED) 
             for lease in node.leases.values():
                 await nursery.start(lease.run)
             await nursery.start(node.jobs.run)
+            await nursery.start(listeners.run)
             async with trio.open_nursery() as server:
                 binds = await server.start(partial(hypercorn.trio.serve, app, _hypercorn_config(config),
                                                    shutdown_trigger=shutdown.wait))
@@ -228,6 +234,7 @@ async def serve(config: Config, *, task_status: Any = trio.TASK_STATUS_IGNORED) 
                 task_status.started(binds)
             node.ready = False
             with trio.move_on_after(SHUTDOWN_FLUSH_TIMEOUT_S):
+                await listeners.stop()  # their batched rows reach the WAL before the last flush
                 await node.engine.flush()
                 if node.replicator is not None:
                     with trio.move_on_after(5.0):  # best effort: what is left waits for the next start
