@@ -108,6 +108,19 @@ OPTIONS: tuple[Option, ...] = (
            "how often partitions past their dataset's retention are dropped"),
     Option("gc_grace_secs", "HELIOS_GC_GRACE_SECS", 600.0, _positive_float,
            "how long replaced blocks are kept before they are deleted"),
+    Option("query_timeout_secs", "HELIOS_QUERY_TIMEOUT_SECS", 60.0, _positive_float,
+           "deadline of one query once it runs; past it the query is stopped and answered 503"),
+    Option("max_concurrent_queries", "HELIOS_MAX_CONCURRENT_QUERIES", 4, _positive_int,
+           "queries running at once (their own worker threads, apart from ingest and login)"),
+    Option("query_queue_secs", "HELIOS_QUERY_QUEUE_SECS", 10.0, _positive_float,
+           "how long a query waits for a free slot before it is answered 429"),
+    Option("max_query_rows", "HELIOS_MAX_QUERY_ROWS", 1_000_000, _positive_int,
+           "largest 'limit' of a query: the most rows one answer carries"),
+    Option("body_timeout_secs", "HELIOS_BODY_TIMEOUT_SECS", 60.0, _positive_float,
+           "a request body must arrive whole within this time (408 after it)"),
+    Option("read_timeout_secs", "HELIOS_READ_TIMEOUT_SECS", 300.0, _positive_float,
+           "a connection that sends nothing for this long is closed, even while its request runs "
+           "(must exceed the query queue wait plus the query deadline)"),
 )
 
 
@@ -133,6 +146,12 @@ class Config:
     compaction_interval_secs: float
     retention_interval_secs: float
     gc_grace_secs: float
+    query_timeout_secs: float
+    max_concurrent_queries: int
+    query_queue_secs: float
+    max_query_rows: int
+    body_timeout_secs: float
+    read_timeout_secs: float
 
     @property
     def secrets_dir(self) -> Path:
@@ -171,4 +190,7 @@ def load(args: argparse.Namespace | None = None, environ: dict[str, str] | None 
         values["control_key_path"] = data_dir / "secrets" / "control.key"
     if values["jwt_secret_path"] is None:
         values["jwt_secret_path"] = data_dir / "secrets" / "jwt.secret"
+    if values["read_timeout_secs"] <= values["query_queue_secs"] + values["query_timeout_secs"]:
+        raise ConfigError("HELIOS_READ_TIMEOUT_SECS must exceed HELIOS_QUERY_QUEUE_SECS + "
+                          "HELIOS_QUERY_TIMEOUT_SECS, or a client waiting for a query would be cut off")
     return Config(**values)
