@@ -37,7 +37,7 @@ __all__ = [
     "whole_number",
 ]
 
-DATASET_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+DATASET_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")  # always fullmatch: "$" alone accepts "abc\n"
 MAX_JSON_DEPTH = 32  # control-plane bodies (dashboards, monitors, users…) nest a few levels at most
 _DIGITS = re.compile(r"[0-9]{1,18}")  # ASCII only: str.isdigit() also accepts "²", which int() refuses
 NODE_KEY, QUERIES_KEY = "helios.node", "helios.queries"

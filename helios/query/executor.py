@@ -31,7 +31,8 @@ from helios.storage.engine import Source
 
 __all__ = ["ROWS_PER_CHUNK", "QueryResult", "encode_rows", "execute"]
 
-ROWS_PER_CHUNK = 2000  # rows turned into Python objects at once while encoding an answer
+ROWS_PER_CHUNK = 2000  # rows turned into Python objects at once while encoding an answer…
+CELLS_PER_CHUNK = 200_000  # …and fewer when rows are wide (20,000 rows of 998 fields once cost 900 MB)
 
 _AGGREGATING = (ast.Stats, ast.Timechart, ast.Top)
 
@@ -143,9 +144,11 @@ def encode_rows(result: QueryResult, check: Check = never,
     Joining the pieces with ``,`` gives the inside of a JSON array. Only one
     piece's rows exist as Python objects at a time; times are RFC 3339 text;
     a row's nulls (fields it lacks) are left out unless the result is an
-    aggregation, whose rows keep every column.
+    aggregation, whose rows keep every column. Wide rows make smaller pieces:
+    at most ``CELLS_PER_CHUNK`` values are Python objects at once.
     """
     table = result.table
+    rows_per_chunk = max(1, min(rows_per_chunk, CELLS_PER_CHUNK // max(1, table.num_columns)))
     if not result.aggregated:
         table = table.select(sorted(table.column_names, key=lambda name: (_FIRST.get(name, 3), name)))
     times = [i for i, column in enumerate(table.columns) if pa.types.is_timestamp(column.type)]
