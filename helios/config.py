@@ -138,6 +138,19 @@ OPTIONS: tuple[Option, ...] = (
            "Fluent forward listener HOST:PORT, e.g. 0.0.0.0:24224 (no token auth; default off)"),
     Option("forward_shared_key_path", "HELIOS_FORWARD_SHARED_KEY_PATH", "", _optional_path,
            "file holding the Fluent forward shared key; when set, clients must pass the handshake"),
+    Option("query_timeout_secs", "HELIOS_QUERY_TIMEOUT_SECS", 60.0, _positive_float,
+           "deadline of one query once it runs; past it the query is stopped and answered 503"),
+    Option("max_concurrent_queries", "HELIOS_MAX_CONCURRENT_QUERIES", 4, _positive_int,
+           "queries running at once (their own worker threads, apart from ingest and login)"),
+    Option("query_queue_secs", "HELIOS_QUERY_QUEUE_SECS", 10.0, _positive_float,
+           "how long a query waits for a free slot before it is answered 429"),
+    Option("max_query_rows", "HELIOS_MAX_QUERY_ROWS", 1_000_000, _positive_int,
+           "largest 'limit' of a query: the most rows one answer carries"),
+    Option("body_timeout_secs", "HELIOS_BODY_TIMEOUT_SECS", 60.0, _positive_float,
+           "a request body must arrive whole within this time (408 after it)"),
+    Option("read_timeout_secs", "HELIOS_READ_TIMEOUT_SECS", 300.0, _positive_float,
+           "a connection that sends nothing for this long is closed, even while its request runs "
+           "(must exceed the query queue wait plus the query deadline)"),
 )
 
 
@@ -166,6 +179,12 @@ class Config:
     syslog_listen: tuple[tuple[str, str, int], ...]
     forward_listen: tuple[str, int] | None
     forward_shared_key_path: Path | None
+    query_timeout_secs: float
+    max_concurrent_queries: int
+    query_queue_secs: float
+    max_query_rows: int
+    body_timeout_secs: float
+    read_timeout_secs: float
 
     @property
     def secrets_dir(self) -> Path:
@@ -204,4 +223,7 @@ def load(args: argparse.Namespace | None = None, environ: dict[str, str] | None 
         values["control_key_path"] = data_dir / "secrets" / "control.key"
     if values["jwt_secret_path"] is None:
         values["jwt_secret_path"] = data_dir / "secrets" / "jwt.secret"
+    if values["read_timeout_secs"] <= values["query_queue_secs"] + values["query_timeout_secs"]:
+        raise ConfigError("HELIOS_READ_TIMEOUT_SECS must exceed HELIOS_QUERY_QUEUE_SECS + "
+                          "HELIOS_QUERY_TIMEOUT_SECS, or a client waiting for a query would be cut off")
     return Config(**values)

@@ -183,7 +183,11 @@ def _hypercorn_config(config: Config) -> hypercorn.config.Config:
     hc.accesslog = None
     hc.errorlog = logging.getLogger("hypercorn.error")
     hc.graceful_timeout = 10.0
-    hc.keep_alive_timeout = 75.0
+    hc.keep_alive_timeout = 75.0  # also bounds how long the headers of a request may take to arrive
+    # A connection silent this long is closed, even while its request runs (hypercorn's read_timeout is
+    # a gap between two reads, so a body trickled at 1 byte per 10 s is bounded by the app's whole-body
+    # deadline, HELIOS_BODY_TIMEOUT_SECS, instead).
+    hc.read_timeout = int(config.read_timeout_secs)
     return hc
 
 
@@ -211,7 +215,7 @@ async def serve(config: Config, *, task_status: Any = trio.TASK_STATUS_IGNORED) 
                             retention_interval_s=config.retention_interval_secs,
                             gc_grace_s=config.gc_grace_secs, health=node.health)
     shutdown = trio.Event()
-    app = create_app(node)
+    app = create_app(node, shutdown=shutdown)
     try:
         listeners = Listeners(config, node.engine.ingest, node.counters)  # reads the forward shared key
         async with trio.open_nursery() as nursery:

@@ -1,236 +1,102 @@
-"""Routes of the HTTP API. Every handler: authenticate, validate, act, answer JSON.
+"""The HTTP app of one node: blueprints by concern, one place where errors become statuses.
 
-Errors are mapped to statuses once, here: a ``HeliosError`` answers with its
-own status and payload; a framework HTTP error keeps its status with a JSON
-body; anything else is a bug, logged with its traceback and answered 500.
+    create_app(node)
+    ├── ConnectionGuard (ASGI)   security headers; drain-or-close after early answers
+    ├── error handlers           HeliosError → its status; store error → 503 (helios.errors.from_store);
+    │                            framework HTTP error → its status, JSON; anything else → 500, logged
+    ├── BLUEPRINTS               health · ingest · query · cluster · session · users · resources
+    └── fallback                 any other path → JSON 404
+
+Routes reach the node through ``helios.api.common.node()``, typed by the
+``NodeApi`` protocol. Adding a group of routes is one blueprint and one
+entry in ``BLUEPRINTS`` (or ``app.register_blueprint(bp)`` on the result).
 """
 
 from __future__ import annotations
 
-import re
-from collections import Counter
-from typing import Any, AsyncIterator
-
-import orjson
 import trio
-from quart import Response, request
+from quart import Blueprint, Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from helios import __version__, log, timeutil
-from helios.api import compat, control_api
-from helios.api.openapi import OPENAPI
-from helios.control.auth import Principal
-from helios.errors import HeliosError, InvalidInput, NotFound
-from helios.ingest.decode import decode_body
-from helios.ingest.records import parse_ndjson, parse_text
-from helios.query.executor import execute, to_rows
-from helios.query.parser import parse
+from backends.base import StoreError
+from helios import log
+from helios.api import cluster, compat, health, ingest, query, resources, session, users
+from helios.api.common import DATASET_NAME, NODE_KEY, QUERIES_KEY, NodeApi, answer, validate_dataset
+from helios.api.guard import ConnectionGuard
+from helios.errors import HeliosError, NotFound, from_store
+from helios.query.runner import QueryPool
 
-__all__ = ["DATASET_NAME", "MAX_LIMIT", "create_app", "validate_dataset"]
+__all__ = ["BLUEPRINTS", "DATASET_NAME", "DRAIN_S", "create_app", "validate_dataset"]
 
-DATASET_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-DEFAULT_LIMIT = 1000
-MAX_LIMIT = 1_000_000
+BLUEPRINTS: tuple[Blueprint, ...] = (
+    health.bp, ingest.bp, query.bp, cluster.bp, session.bp, users.bp, resources.bp,
+)
+DRAIN_S = 5.0  # how long an early answer waits for the rest of the request body before closing instead
 _log = log.get("helios.api")
 
 
-def validate_dataset(name: object) -> str:
-    if not isinstance(name, str) or not DATASET_NAME.match(name):
-        raise InvalidInput(f"invalid dataset name {name!r}: use 1-64 of a-z 0-9 _ -, "
-                           "starting with a letter or digit")
-    return name
-
-
-def _json(doc: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(doc), status=status, mimetype="application/json")
-
-
-def create_app(node: Any) -> QuartTrio:
-    """The app for one node (``helios.node.Node``: config, engine, auth)."""
+def create_app(node: NodeApi, *, shutdown: trio.Event | None = None) -> QuartTrio:
+    """The app for one node; once ``shutdown`` is set, running queries are stopped (503) at once."""
+    config = node.config
     app = QuartTrio("helios")
-    app.config["MAX_CONTENT_LENGTH"] = node.config.max_body_bytes
+    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
+    app.config["BODY_TIMEOUT"] = config.body_timeout_secs
     app.config["JSON_SORT_KEYS"] = False
+    pool = QueryPool(max_concurrent=config.max_concurrent_queries, queue_s=config.query_queue_secs,
+                     deadline_s=config.query_timeout_secs)
+    app.extensions[NODE_KEY] = node
+    app.extensions[QUERIES_KEY] = pool
+    app.asgi_app = ConnectionGuard(app.asgi_app, drain_s=DRAIN_S,  # type: ignore[method-assign]
+                                   max_body_bytes=config.max_body_bytes)
+    _register_errors(app, config.max_body_bytes, config.body_timeout_secs)
+    for blueprint in BLUEPRINTS:
+        app.register_blueprint(blueprint)
+    app.register_blueprint(compat.blueprint(node))  # OTLP, Loki push, Elasticsearch bulk
+    app.add_url_rule("/<path:rest>", "unknown", _unknown, methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
+    if shutdown is not None:
+        @app.before_serving
+        async def _stop_queries_at_shutdown() -> None:
+            async def watch() -> None:
+                await shutdown.wait()
+                pool.close()
 
-    async def principal(permission: str) -> Principal:
-        who = node.auth.authenticate(request.headers.get("Authorization"))
-        who.require(permission)
-        return who
+            app.nursery.start_soon(watch)
+    return app
 
-    async def json_body() -> dict[str, Any]:
-        raw = await request.get_data(cache=False)
-        try:
-            doc = orjson.loads(raw) if raw else None
-        except orjson.JSONDecodeError as exc:
-            raise InvalidInput(f"the body is not valid JSON: {exc}") from None
-        if not isinstance(doc, dict):
-            raise InvalidInput("the body must be a JSON object")
-        return doc
+
+def _error_answer(error: HeliosError) -> Response:
+    response = answer(error.payload(), error.status)
+    if error.retry_after_s is not None:
+        response.headers["Retry-After"] = str(error.retry_after_s)
+    return response
+
+
+def _register_errors(app: QuartTrio, max_body_bytes: int, body_timeout_s: float) -> None:
+    framework_messages = {
+        413: f"the request body is larger than {max_body_bytes} bytes (HELIOS_MAX_BODY_BYTES)",
+        408: f"the request body did not arrive within {body_timeout_s:g} s (HELIOS_BODY_TIMEOUT_SECS)",
+    }
 
     @app.errorhandler(HeliosError)
     async def _helios_error(error: HeliosError) -> Response:
-        return _json(error.payload(), error.status)
+        return _error_answer(error)
+
+    @app.errorhandler(StoreError)
+    async def _store_error(error: StoreError) -> Response:
+        _log.warning("a store error reached the HTTP layer", exc_info=error, extra={"fields": {"path": request.path}})
+        return _error_answer(from_store(error))
 
     @app.errorhandler(HTTPException)
     async def _http_error(error: HTTPException) -> Response:
-        message = {413: f"the request body is larger than {node.config.max_body_bytes} bytes"}.get(
-            error.code or 500, error.description or error.name)
-        return _json({"error": message}, error.code or 500)
+        code = error.code or 500
+        return answer({"error": framework_messages.get(code, error.description or error.name)}, code)
 
     @app.errorhandler(Exception)
     async def _bug(error: Exception) -> Response:
         _log.error("unhandled error", exc_info=error, extra={"fields": {"path": request.path}})
-        return _json({"error": "internal error; see the node's log"}, 500)
-
-    # -- health ------------------------------------------------------------
-
-    @app.get("/healthz")
-    async def healthz() -> Response:
-        return _json({"status": "ok"})
-
-    @app.get("/readyz")
-    async def readyz() -> Response:
-        if not node.ready:
-            return _json({"status": "starting"}, 503)
-        # Ready means serving: a failing partition or job degrades the node but does not take it out of a
-        # load balancer (its other partitions and jobs work). This endpoint needs no token, so it names
-        # the failing tasks and counts their subjects; /api/v1/cluster names the partitions and objects.
-        failing = Counter(task for task, _ in node.health.problems)
-        return _json({"status": "degraded" if failing else "ready", "failing": dict(sorted(failing.items()))})
-
-    @app.get("/metrics")
-    async def metrics() -> Response:
-        await principal("metrics")
-        return Response(node.metrics_text(), mimetype="text/plain; version=0.0.4")
-
-    @app.get("/api/openapi.json")
-    async def openapi() -> Response:
-        await principal("query")
-        return _json(OPENAPI)
-
-    # -- auth --------------------------------------------------------------
-
-    @app.post("/api/v1/auth/login")
-    async def login() -> Response:
-        doc = await json_body()
-        username, password = doc.get("username"), doc.get("password")
-        if not isinstance(username, str) or not isinstance(password, str):
-            raise InvalidInput("send {\"username\": ..., \"password\": ...} as strings")
-        token, expires = await node.auth.login(username, password)
-        return _json({"token": token, "expires_at": timeutil.format_ns(expires * 1_000_000_000)})
-
-    # -- ingest ------------------------------------------------------------
-
-    @app.post("/api/v1/ingest")
-    async def ingest() -> Response:
-        await principal("ingest")
-        dataset = validate_dataset(request.args.get("dataset", "default"))
-        # text/plain is one message a line; any other type is read as NDJSON (as
-        # VictoriaLogs does), so `curl --data-binary @file` works unchanged.
-        kind = (request.mimetype or "").lower()
-        body = await request.get_data(cache=False)
-        limit = node.config.max_decoded_bytes
-        encoding = request.headers.get("Content-Encoding")
-        parser = parse_text if kind == "text/plain" else parse_ndjson
-        now = timeutil.now_ns()
-
-        def decode_and_parse() -> Any:
-            return parser(decode_body(body, encoding, limit), now)
-
-        table = await trio.to_thread.run_sync(decode_and_parse)
-        count = await node.engine.ingest(dataset, table)
-        node.counters["ingested_rows"] += count
-        node.counters["ingest_requests"] += 1
-        return _json({"ingested": count})
-
-    # -- query -------------------------------------------------------------
-
-    @app.route("/api/v1/query", methods=["GET", "POST"])
-    async def query() -> Response:
-        await principal("query")
-        doc: dict[str, Any] = await json_body() if request.method == "POST" else dict(request.args)
-        if request.method == "GET" and "dataset" in doc and "," in doc["dataset"]:
-            doc["dataset"] = doc["dataset"].split(",")
-        text = doc.get("q")
-        if not isinstance(text, str):
-            raise InvalidInput("'q' (the query text) is required and must be a string")
-        parsed = parse(text)
-        datasets = _datasets_of(doc.get("dataset"))
-        start = timeutil.parse_instant(doc.get("from"), "from")
-        end = timeutil.parse_instant(doc.get("to"), "to")
-        if start is not None and end is not None and start >= end:
-            raise InvalidInput("'from' must be before 'to'")
-        limit = _limit_of(doc.get("limit"))
-        sources = node.engine.sources(datasets, start, end)
-        cache = node.engine.cache
-
-        def run() -> tuple[list[dict[str, Any]], dict[str, Any]]:
-            result = execute(parsed, sources, cache, start_ns=start, end_ns=end, limit=limit)
-            return to_rows(result), result.stats
-
-        node.engine.acquire(sources)  # garbage collection keeps these files until the query is done
-        try:
-            rows, stats = await trio.to_thread.run_sync(run)
-        finally:
-            node.engine.release(sources)
-        node.counters["queries"] += 1
-        return Response(_stream(rows, stats), mimetype="application/json")
-
-    # -- datasets ----------------------------------------------------------
-
-    @app.get("/api/v1/datasets")
-    async def datasets() -> Response:
-        await principal("datasets.read")
-        stats = node.engine.dataset_stats()
-        return _json([{"name": s.name, "retention_days": node.retention_days(s.name), "rows": s.rows,
-                       "bytes": s.bytes, "partitions": s.partitions, "blocks": s.blocks}
-                      for s in sorted(stats.values(), key=lambda s: s.name)])
-
-    @app.get("/api/v1/cluster")
-    async def cluster() -> Response:
-        await principal("cluster.read")
-        return _json(node.cluster())
-
-    @app.get("/api/v1/version")
-    async def version() -> Response:
-        await principal("query")
-        return _json({"version": __version__, "node_id": node.node_id})
-
-    control_api.register(app, node, principal, json_body, validate_dataset)
-    app.register_blueprint(compat.blueprint(node))  # OTLP, Loki push, Elasticsearch bulk
-
-    @app.route("/<path:rest>", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
-    async def unknown(rest: str) -> Response:
-        raise NotFound(f"no such endpoint: /{rest}")
-
-    return app
+        return answer({"error": "internal error; see the node's log"}, 500)
 
 
-def _datasets_of(value: object) -> set[str] | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, str):
-        return {validate_dataset(value)}
-    if isinstance(value, list) and value:
-        return {validate_dataset(v) for v in value}
-    raise InvalidInput("'dataset' is a name or a non-empty list of names")
-
-
-def _limit_of(value: object) -> int:
-    if value is None or value == "":
-        return DEFAULT_LIMIT
-    if isinstance(value, str) and value.isdigit():
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_LIMIT:
-        raise InvalidInput(f"'limit' must be a whole number from 0 to {MAX_LIMIT}")
-    return value
-
-
-async def _stream(rows: list[dict[str, Any]], stats: dict[str, Any]) -> AsyncIterator[bytes]:
-    """``{"rows": [...], "stats": {...}}`` in chunks, so a large result never sits in one buffer."""
-    yield b'{"rows":['
-    step = 2000
-    for start in range(0, len(rows), step):
-        chunk = b",".join(orjson.dumps(row) for row in rows[start : start + step])
-        yield (b"," if start else b"") + chunk
-    yield b'],"stats":' + orjson.dumps(stats) + b"}"
+async def _unknown(rest: str) -> Response:
+    raise NotFound(f"no such endpoint: /{rest}")

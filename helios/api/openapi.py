@@ -83,7 +83,7 @@ OPENAPI: dict[str, Any] = {
         "/api/v1/query": {"get": {
             "parameters": [{"name": n, "in": "query", "schema": {"type": "string"}}
                            for n in ("q", "dataset", "from", "to", "limit")],
-            "responses": {"200": _ok("rows and stats"), **_errors(400, 401, 403)}}, "post": {
+            "responses": {"200": _ok("rows and stats"), **_errors(400, 401, 403, 429, 503)}}, "post": {
             "requestBody": {"required": True, "content": {"application/json": {"schema": {
                 "type": "object", "required": ["q"],
                 "properties": {"q": {"type": "string"},
@@ -94,7 +94,7 @@ OPENAPI: dict[str, Any] = {
             "responses": {"200": {"description": "rows and stats", "content": {"application/json": {"schema": {
                 "type": "object", "properties": {"rows": {"type": "array", "items": {"type": "object"}},
                                                  "stats": {"type": "object"}}}}}},
-                **_errors(400, 401, 403)}}},
+                **_errors(400, 401, 403, 429, 503)}}},
         "/api/v1/datasets": {"get": {"responses": {
             "200": {"description": "datasets as this node sees them", "content": {"application/json": {
                 "schema": {"type": "array", "items": {"type": "object", "properties": {

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 
 from helios import timeutil
 from helios.query import ast
+from helios.query.cancel import Check, never
 from helios.storage.blocks import BlockIndex
 from helios.storage.bloom import field_term
 
@@ -85,23 +86,28 @@ def _false(n: int) -> pa.Array:
     return pa.repeat(False, n)
 
 
-def mask(node: ast.Filter, table: pa.Table, dataset: str | None = None) -> Any:
-    """Rows of ``table`` that ``node`` matches, as a null-free boolean array."""
+def mask(node: ast.Filter, table: pa.Table, dataset: str | None = None, check: Check = never) -> Any:
+    """Rows of ``table`` that ``node`` matches, as a null-free boolean array.
+
+    ``check`` is called before every leaf term is evaluated, so a query of
+    thousands of terms can be stopped between two of them.
+    """
     n = table.num_rows
     if isinstance(node, ast.All):
         return pa.repeat(True, n)
     if isinstance(node, ast.And):
-        result = mask(node.children[0], table, dataset)
+        result = mask(node.children[0], table, dataset, check)
         for child in node.children[1:]:
-            result = pc.and_(result, mask(child, table, dataset))
+            result = pc.and_(result, mask(child, table, dataset, check))
         return result
     if isinstance(node, ast.Or):
-        result = mask(node.children[0], table, dataset)
+        result = mask(node.children[0], table, dataset, check)
         for child in node.children[1:]:
-            result = pc.or_(result, mask(child, table, dataset))
+            result = pc.or_(result, mask(child, table, dataset, check))
         return result
     if isinstance(node, ast.Not):
-        return pc.invert(mask(node.child, table, dataset))
+        return pc.invert(mask(node.child, table, dataset, check))
+    check()
     if isinstance(node, ast.Word):
         msg = _column(table, "_msg", dataset)
         if msg is None:
@@ -136,10 +142,6 @@ def mask(node: ast.Filter, table: pa.Table, dataset: str | None = None) -> Any:
     else:
         raise AssertionError(f"unknown filter node {node!r}")
     return pc.fill_null(hit, False)
-
-
-def _ascii_tokens(text: str) -> list[str]:
-    return [t for t in _TOKENS.findall(text.lower()) if t.isascii()]
 
 
 def may_match(node: ast.Filter, index: BlockIndex | None, dataset: str) -> bool:

@@ -12,6 +12,7 @@ Errors raise ``QuerySyntaxError`` with the 1-based column where parsing stopped.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -25,6 +26,8 @@ __all__ = ["MAX_QUERY_LENGTH", "parse"]
 
 MAX_QUERY_LENGTH = 16_384
 MAX_DEPTH = 64
+MAX_STEP_NS = 3650 * timeutil.DAY_NS  # a timechart step of at most ten years keeps bucket arithmetic in int64
+_COUNT = re.compile(r"[0-9]{1,9}")  # ASCII digits only: str.isdigit() also accepts "²"
 _SPECIAL = set("()|,:\"'")
 _AGG_FUNCS = {"count", "count_distinct", "sum", "avg", "min", "max", "quantile", "median"}
 
@@ -256,11 +259,15 @@ class _Parser:
                 step = timeutil.parse_duration_ns(step_token.text)
             except ValueError as exc:
                 raise self.error(str(exc), step_token) from None
+            except OverflowError:  # float("9" * 400) is infinite
+                step = MAX_STEP_NS + 1
+            if step > MAX_STEP_NS:
+                raise self.error("a timechart step is at most 3650d (ten years)", step_token)
             aggs = self.agg_list(required=False) or [ast.Agg("count", None, "count")]
             return ast.Timechart(step, tuple(aggs), tuple(self.by_clause()))
         if name == "top":
             count = 10
-            if self.tok.kind == "WORD" and self.tok.text.isdigit():
+            if self.tok.kind == "WORD" and _COUNT.fullmatch(self.tok.text):
                 count = self.count("top")
             if self.is_word("by"):
                 self.advance()
@@ -315,7 +322,7 @@ class _Parser:
 
     def count(self, what: str) -> int:
         token = self.expect("WORD", f"a whole number for {what}")
-        if not token.text.isdigit() or len(token.text) > 9:
+        if not _COUNT.fullmatch(token.text):
             raise self.error(f"{what} needs a whole number, not {token.text!r}", token)
         return int(token.text)
 

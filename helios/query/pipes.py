@@ -1,4 +1,8 @@
-"""Pipes over Arrow tables: fields, sort, limit, stats, timechart, top, where."""
+"""Pipes over Arrow tables: fields, sort, limit, stats, timechart, top, where.
+
+``median(f)`` is ``quantile(0.5, f)``; quantiles interpolate linearly between
+the closest ranks (numpy's default), with or without ``by``.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,13 @@ import pyarrow.compute as pc
 
 from helios import timeutil
 from helios.query import ast
+from helios.query.cancel import Check, never
 from helios.query.filters import mask, numeric
 
 __all__ = ["apply", "stats"]
 
 
-def apply(pipe: ast.Pipe, table: pa.Table) -> pa.Table:
+def apply(pipe: ast.Pipe, table: pa.Table, check: Check = never) -> pa.Table:
     if isinstance(pipe, ast.Fields):
         return table.select([name for name in dict.fromkeys(pipe.names) if name in table.column_names])
     if isinstance(pipe, ast.Limit):
@@ -23,7 +28,7 @@ def apply(pipe: ast.Pipe, table: pa.Table) -> pa.Table:
     if isinstance(pipe, ast.Sort):
         return sort(table, pipe.keys)
     if isinstance(pipe, ast.Where):
-        return table.filter(mask(pipe.filter, table))
+        return table.filter(mask(pipe.filter, table, None, check))
     if isinstance(pipe, ast.Stats):
         return stats(table, pipe.aggs, pipe.by)
     if isinstance(pipe, ast.Timechart):
@@ -69,6 +74,7 @@ def stats(table: pa.Table, aggs: tuple[ast.Agg, ...], by: tuple[str, ...]) -> pa
     work: dict[str, Any] = {f"k{i}": _key_column(table, name) for i, name in enumerate(by)}
     specs: list[tuple[Any, ...]] = []
     results: list[tuple[ast.Agg, str]] = []
+    whole: dict[str, Any] = {}  # quantiles without groups: one value over the whole column
     for j, agg in enumerate(aggs):
         column = table.column(agg.field) if agg.field in table.column_names else None
         if agg.func == "count":
@@ -85,15 +91,22 @@ def stats(table: pa.Table, aggs: tuple[ast.Agg, ...], by: tuple[str, ...]) -> pa
             values = numeric(column) if column is not None else pa.nulls(n, pa.float64())
             if agg.func in ("min", "max") and column is not None and pa.types.is_timestamp(column.type):
                 values = column
+            if agg.func == "quantile" and not by:  # "list" is a grouped aggregation only
+                whole[f"v{j}"] = _whole_quantile(values, agg.q or 0.0)
+                results.append((agg, f"v{j}"))
+                continue
             work[f"v{j}"] = values
             func = {"sum": "sum", "avg": "mean", "min": "min", "max": "max", "quantile": "list"}[agg.func]
             specs.append((f"v{j}", func))
             results.append((agg, f"v{j}_{func}"))
     grouped = pa.table(work) if work else pa.table({"_": pa.nulls(n)})
     keys = [f"k{i}" for i in range(len(by))]
-    out = grouped.group_by(keys, use_threads=False).aggregate(specs)
+    out = grouped.group_by(keys, use_threads=False).aggregate(specs) if specs or keys else pa.table({"_": [None]})
     columns: dict[str, Any] = {name: out.column(f"k{i}") for i, name in enumerate(by)}
     for agg, source in results:
+        if source in whole:
+            columns[agg.name] = whole[source]
+            continue
         column = out.column(source)
         if agg.func == "quantile":
             column = pa.array([_quantile(values, agg.q or 0.0) for values in column.to_pylist()],
@@ -105,6 +118,15 @@ def stats(table: pa.Table, aggs: tuple[ast.Agg, ...], by: tuple[str, ...]) -> pa
     if keys:
         result = sort(result, tuple((name, False) for name in by))
     return result
+
+
+def _whole_quantile(values: Any, q: float) -> pa.Array:
+    """The ``q`` quantile of a whole column as a one-row float64 array (null when it has no number)."""
+    numbers = values.cast(pa.float64())
+    numbers = pc.drop_null(pc.if_else(pc.is_nan(numbers), None, numbers))
+    if len(numbers) == 0:
+        return pa.array([None], pa.float64())
+    return pc.quantile(numbers, q=q, interpolation="linear").cast(pa.float64())
 
 
 def _quantile(values: list[Any] | None, q: float) -> float | None:

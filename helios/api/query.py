@@ -1,0 +1,88 @@
+"""``GET|POST /api/v1/query``: parse, run in the query pool, stream ``{"rows": [...], "stats": {...}}``.
+
+The query runs in ``helios.query.runner.QueryPool`` (bounded concurrency, a
+deadline, stopped when its client leaves or the node shuts down). In the same
+worker slot its result is encoded to JSON a chunk of rows at a time straight
+from Arrow, so no answer ever exists as one list of Python dicts; the chunks
+are then streamed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, AsyncIterator
+
+import orjson
+from quart import Blueprint, Response, request
+
+from helios import timeutil
+from helios.api.common import json_body, node, principal, queries, validate_dataset, whole_number
+from helios.errors import InvalidInput
+from helios.query import ast
+from helios.query.cancel import CancelToken
+from helios.query.executor import encode_rows, execute
+from helios.query.parser import parse
+from helios.storage.cache import BlockCache
+from helios.storage.engine import Source
+
+__all__ = ["DEFAULT_LIMIT", "bp"]
+
+bp = Blueprint("query", __name__)
+DEFAULT_LIMIT = 1000
+
+
+@bp.route("/api/v1/query", methods=["GET", "POST"])
+async def query() -> Response:
+    await principal("query")
+    helios = node()
+    doc = await _request_doc()
+    text = doc.get("q")
+    if not isinstance(text, str):
+        raise InvalidInput("'q' (the query text) is required and must be a string")
+    parsed = parse(text)
+    datasets = _datasets_of(doc.get("dataset"))
+    start = timeutil.parse_instant(doc.get("from"), "from")
+    end = timeutil.parse_instant(doc.get("to"), "to")
+    if start is not None and end is not None and start >= end:
+        raise InvalidInput("'from' must be before 'to'")
+    limit = whole_number(doc.get("limit"), "limit", 0, helios.config.max_query_rows, default=DEFAULT_LIMIT)
+    sources, cache = helios.engine.sources(datasets, start, end), helios.engine.cache
+    helios.engine.acquire(sources)  # garbage collection keeps these files until the query is done
+    try:
+        chunks, stats = await queries().run(lambda token: _run(token, parsed, sources, cache, start, end, limit))
+    finally:
+        helios.engine.release(sources)
+    helios.counters["queries"] += 1
+    return Response(_stream(chunks, stats), mimetype="application/json")
+
+
+async def _request_doc() -> dict[str, Any]:
+    if request.method == "POST":
+        return await json_body()
+    doc: dict[str, Any] = dict(request.args)
+    if "," in doc.get("dataset", ""):
+        doc["dataset"] = doc["dataset"].split(",")
+    return doc
+
+
+def _run(token: CancelToken, parsed: ast.Query, sources: list[Source], cache: BlockCache, start: int | None,
+         end: int | None, limit: int) -> tuple[list[bytes], dict[str, Any]]:
+    """In a query worker thread: execute, then encode the rows chunk by chunk."""
+    result = execute(parsed, sources, cache, start_ns=start, end_ns=end, limit=limit, check=token.check)
+    return list(encode_rows(result, token.check)), result.stats
+
+
+def _datasets_of(value: object) -> set[str] | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        return {validate_dataset(value)}
+    if isinstance(value, list) and value:
+        return {validate_dataset(v) for v in value}
+    raise InvalidInput("'dataset' is a name or a non-empty list of names")
+
+
+async def _stream(chunks: list[bytes], stats: dict[str, Any]) -> AsyncIterator[bytes]:
+    yield b'{"rows":['
+    for i, chunk in enumerate(chunks):
+        yield (b"," if i else b"") + chunk
+    yield b'],"stats":' + orjson.dumps(stats) + b"}"
