@@ -286,3 +286,20 @@ def test_a_damaged_block_index_is_never_used_for_pruning(tmp_path: Path) -> None
     path.write_bytes(bytes(data))
     with pytest.raises(CorruptBlock):
         load_index(path, entry)
+
+
+def test_a_damaged_local_block_is_reported_not_a_crash(server_factory: Any) -> None:
+    node = server_factory("solo", HELIOS_FLUSH_SECS="0.2")
+    assert node.ingest(rows(100, "keep")).status_code == 200
+    blocks = wait_until(lambda: list(node.data_dir.glob("parts/default/*/*.parquet")), what="a block on disk")
+    node.stop()
+    data = bytearray(blocks[0].read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    blocks[0].write_bytes(bytes(data))
+    node.start()
+    reply = node.request("POST", "/api/v1/query", json={"q": "keep"})
+    assert reply.status_code == 503 and "damaged" in reply.json()["error"], reply.text
+    assert str(blocks[0]) in quarantined(node)
+    assert node.request("GET", "/healthz", token=None).status_code == 200
+    assert node.ingest(rows(5, "more"), dataset="other").status_code == 200
+    assert node.count(dataset="other") == 5

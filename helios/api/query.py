@@ -16,11 +16,12 @@ from quart import Blueprint, Response, request
 
 from helios import timeutil
 from helios.api.common import json_body, node, principal, queries, validate_dataset, whole_number
-from helios.errors import InvalidInput
+from helios.errors import InvalidInput, Unavailable
 from helios.query import ast
 from helios.query.cancel import CancelToken
 from helios.query.executor import encode_rows, execute
 from helios.query.parser import parse
+from helios.storage.blocks import CorruptBlock
 from helios.storage.cache import BlockCache
 from helios.storage.engine import Source
 
@@ -49,6 +50,10 @@ async def query() -> Response:
     helios.engine.acquire(sources)  # garbage collection keeps these files until the query is done
     try:
         chunks, stats = await queries().run(lambda token: _run(token, parsed, sources, cache, start, end, limit))
+    except CorruptBlock as exc:  # a local disk fault: reported like every other one, answered 503
+        helios.health.fail("query", str(exc.path or ""), exc, quarantined=True)
+        raise Unavailable(f"a block this query needs is damaged on this node's disk ({exc}); "
+                          "it is reported in /api/v1/cluster") from None
     finally:
         helios.engine.release(sources)
     helios.counters["queries"] += 1

@@ -33,6 +33,10 @@ _META_BLOOM = b"helios.bloom"
 class CorruptBlock(Exception):
     """A block's bytes do not match its manifest entry."""
 
+    def __init__(self, message: str, path: Path | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
 
 @dataclass(frozen=True)
 class BlockEntry:
@@ -98,7 +102,7 @@ def build_block(directory: Path, block_id: str, tables: list[pa.Table], *, datas
 def _verified(path: Path, entry: BlockEntry) -> bytes:
     data = path.read_bytes()
     if len(data) != entry.bytes or hashlib.sha256(data).hexdigest() != entry.sha256:
-        raise CorruptBlock(f"block {entry.id} at {path} does not match its checksum")
+        raise CorruptBlock(f"block {entry.id} at {path} does not match its checksum", path)
     return data
 
 
