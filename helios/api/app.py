@@ -7,7 +7,6 @@ body; anything else is a bug, logged with its traceback and answered 500.
 
 from __future__ import annotations
 
-import re
 from typing import Any, AsyncIterator
 
 import orjson
@@ -16,29 +15,23 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from helios import __version__, log, timeutil
+from helios import __version__, log, names, timeutil
 from helios.api import control_api
 from helios.api.openapi import OPENAPI
 from helios.control.auth import Principal
+from helios.control.throttle import TooManyLogins
 from helios.errors import HeliosError, InvalidInput, NotFound
 from helios.ingest.decode import decode_body
 from helios.ingest.records import parse_ndjson, parse_text
 from helios.query.executor import execute, to_rows
 from helios.query.parser import parse
 
-__all__ = ["DATASET_NAME", "MAX_LIMIT", "create_app", "validate_dataset"]
+__all__ = ["MAX_LIMIT", "create_app", "validate_dataset"]
 
-DATASET_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+validate_dataset = names.DATASET.check  # the rule lives in helios.names; kept here for importers
 DEFAULT_LIMIT = 1000
 MAX_LIMIT = 1_000_000
 _log = log.get("helios.api")
-
-
-def validate_dataset(name: object) -> str:
-    if not isinstance(name, str) or not DATASET_NAME.match(name):
-        raise InvalidInput(f"invalid dataset name {name!r}: use 1-64 of a-z 0-9 _ -, "
-                           "starting with a letter or digit")
-    return name
 
 
 def _json(doc: Any, status: int = 200) -> Response:
@@ -111,7 +104,11 @@ def create_app(node: Any) -> QuartTrio:
         username, password = doc.get("username"), doc.get("password")
         if not isinstance(username, str) or not isinstance(password, str):
             raise InvalidInput("send {\"username\": ..., \"password\": ...} as strings")
-        token, expires = await node.auth.login(username, password)
+        try:
+            token, expires = await node.auth.login(username, password, request.remote_addr or "")
+        except TooManyLogins as exc:
+            return Response(orjson.dumps(exc.payload()), status=exc.status, mimetype="application/json",
+                            headers={"Retry-After": str(exc.retry_after_s)})
         return _json({"token": token, "expires_at": timeutil.format_ns(expires * 1_000_000_000)})
 
     # -- ingest ------------------------------------------------------------
