@@ -143,8 +143,9 @@ class Auth:
         self._secret = jwt_secret
         self.token_ttl_s = token_ttl_s
         self.scrypt_log2_n = scrypt_log2_n
-        self.throttle = throttle or LoginThrottle(user_failures=5, address_failures=20, backoff_s=1.0,
-                                                  backoff_max_s=300.0)
+        if throttle is None:  # (not `throttle or ...`: an empty throttle has len 0)
+            throttle = LoginThrottle(user_failures=5, address_failures=20, backoff_s=1.0, backoff_max_s=300.0)
+        self.throttle = throttle
         self.counters: dict[str, int] = dict.fromkeys((key for _, key in _COUNTERS), 0)
         self._max_waiting = MAX_KDF_WAITING_PER_SLOT * scrypt_concurrency
         self._kdf_slots = trio.CapacityLimiter(scrypt_concurrency)  # held while a hash runs, and queued on
