@@ -19,10 +19,12 @@ import httpx
 import jwt
 import orjson
 
-from support import ADMIN_PASSWORD, Server, wait_until
+from helios import config
+from support import ADMIN_PASSWORD, TEST_KDF_ENV, Server, wait_until
 
 KEEP_ROWS = 3
-FAST_KDF = {"HELIOS_SCRYPT_LOG2_N": "14"}  # for tests about rules, not about the hash cost
+FAST_KDF = TEST_KDF_ENV  # N = 2^14, for tests about rules, not about the hash cost (support's default too)
+DEFAULT_KDF = {"HELIOS_SCRYPT_LOG2_N": "17"}  # what a node uses when nothing is set (checked below)
 _METRIC_LINE = re.compile(r'(# TYPE [a-z_]+ (counter|gauge)|[a-z_]+(\{[a-z_]+="[a-z0-9_.-]*"\})? [0-9.e+-]+)')
 
 
@@ -146,7 +148,8 @@ def test_failed_logins_are_throttled_per_address(server_factory: Callable[..., S
 
 def test_login_flood_is_bounded_and_ingest_goes_on(server_factory: Callable[..., Server]) -> None:
     # The default cost (2^17, 128 MiB a hash) and two hash slots: a flood queues there, not on the workers.
-    node, pid = _start(server_factory, HELIOS_LOGIN_ADDRESS_FAILURES="1000", HELIOS_LOGIN_USER_FAILURES="1000")
+    node, pid = _start(server_factory, HELIOS_LOGIN_ADDRESS_FAILURES="1000", HELIOS_LOGIN_USER_FAILURES="1000",
+                       **DEFAULT_KDF)
     with concurrent.futures.ThreadPoolExecutor(max_workers=24) as pool:
         flood = [pool.submit(_login, node, f"flood-{i % 40}", "not-the-password") for i in range(24)]
         ingested = 0
@@ -178,7 +181,8 @@ def test_password_hashes_are_raised_to_the_default_cost_at_login(server_factory:
     assert _mirrored_docs(node.data_dir, "users", "yuri")[-1]["password"].startswith("scrypt$16384$8$1$")
     session = _login(node, "yuri", "yuri-password-1").json()["token"]
     assert node.stop() == 0
-    del node.env["HELIOS_SCRYPT_LOG2_N"]  # the default: N = 2^17
+    assert config.load(environ={}).scrypt_log2_n == int(DEFAULT_KDF["HELIOS_SCRYPT_LOG2_N"]) == 17
+    node.env.update(DEFAULT_KDF)
     node.start()
     pid = node.proc.pid  # type: ignore[union-attr]
     assert _login(node, "yuri", "yuri-password-1").status_code == 200
