@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, TypeGuard
 
 from helios.errors import InvalidInput
 
@@ -34,14 +34,13 @@ class Rule:
     hint: str  # the rule in words, for the message
     echo: bool = True  # False for secrets: the message never repeats the value
 
-    def ok(self, value: object) -> bool:
+    def ok(self, value: object) -> TypeGuard[str]:
         return isinstance(value, str) and self.test(value)
 
     def check(self, value: object) -> str:
         if not self.ok(value):
             shown = f" {value!r}" if self.echo and isinstance(value, str) and len(value) <= 200 else ""
             raise InvalidInput(f"invalid {self.what}{shown}: {self.hint}")
-        assert isinstance(value, str)
         return value
 
 

@@ -226,7 +226,8 @@ def test_data_files_are_private_whatever_the_umask(server_factory: Callable[...,
     data_dir = tmp_path / "node"  # made by an earlier version or by hand, open to everyone
     (data_dir / "old-folder").mkdir(parents=True)
     (data_dir / "old-folder" / "notes.txt").write_text("written with umask 022")
-    for path, mode in ((data_dir, 0o755), (data_dir / "old-folder", 0o755), (data_dir / "old-folder" / "notes.txt", 0o644)):
+    for path, mode in ((data_dir, 0o755), (data_dir / "old-folder", 0o755),
+                       (data_dir / "old-folder" / "notes.txt", 0o644)):
         path.chmod(mode)
     old_umask = os.umask(0o022)  # the node inherits it
     try:
@@ -264,3 +265,60 @@ def test_passwords_shorter_than_twelve_characters_are_refused(server_factory: Ca
     assert node.request("PUT", "/api/v1/users/quinn", json={"version": version, "password": "a"}).status_code == 400
     assert _login(node, "quinn", "twelve-chars").status_code == 200  # the refused change changed nothing
     _intact(node, pid)
+
+
+# -- the rules themselves, without a node -------------------------------------------
+
+
+def test_name_rules_match_the_whole_text() -> None:
+    from backends.base import Invalid, check_key
+    from helios import names
+
+    for rule, good in ((names.DATASET, "abc"), (names.USERNAME, "vic"), (names.TOKEN_ID, "0" * 16),
+                       (names.OBJECT_ID, "0" * 12), (names.NODE_ID, "n-1")):
+        assert rule.ok(good) and rule.check(good) == good
+        for bad in (good + "\n", "\n" + good, good + "\r", good + " ", "", None, 7):
+            assert not rule.ok(bad), (rule.what, bad)
+    assert not names.TOKEN_NAME.ok("name\n") and names.TOKEN_NAME.ok("fluent-bit on web-3")
+    assert names.PASSWORD.ok("x" * 12) and not names.PASSWORD.ok("x" * 11) and not names.PASSWORD.ok("x" * 1025)
+    for key in ("a/b\n", "a\n/b", "a/.b", "a//b"):
+        try:
+            check_key(key)
+        except Invalid:
+            continue
+        raise AssertionError(f"{key!r} was taken as a store key")
+
+
+def test_login_throttle_backs_off_doubles_and_forgets() -> None:
+    from helios.control.throttle import LoginThrottle, TooManyLogins
+
+    now = [0.0]
+    throttle = LoginThrottle(user_failures=3, address_failures=100, backoff_s=1.0, backoff_max_s=8.0,
+                             clock=lambda: now[0], max_keys=50)
+
+    def wait() -> int:
+        try:
+            throttle.check("eve", "10.0.0.1")
+        except TooManyLogins as exc:
+            return exc.retry_after_s
+        return 0
+
+    for _ in range(2):
+        throttle.failed("eve", "10.0.0.1")
+        assert wait() == 0
+    waits = []
+    for _ in range(6):  # from the limit on: 1, 2, 4, 8, 8, 8 seconds
+        throttle.failed("eve", "10.0.0.1")
+        waits.append(wait())
+        now[0] += waits[-1]
+        assert wait() == 0
+    assert waits == [1, 2, 4, 8, 8, 8]
+    throttle.succeeded("eve")
+    throttle.failed("eve", "10.0.0.1")
+    assert wait() == 0  # a success starts the username's count again
+    now[0] += 4 * 8.0 + 1  # quiet for longer than 4 * backoff_max_s: forgotten
+    throttle.check("someone", "10.0.0.2")
+    assert len(throttle) == 0
+    for i in range(200):  # never more than max_keys names and addresses
+        throttle.failed(f"user-{i}", f"10.0.1.{i}")
+    assert len(throttle) == 50

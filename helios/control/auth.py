@@ -45,7 +45,8 @@ from helios.config import Config
 from helios.control.passwords import DEFAULT_LOG2_N, decoy_hash, hash_password, needs_rehash, verify_password
 from helios.control.plane import UNCHANGED, ControlPlane, Obj
 from helios.control.throttle import LoginThrottle, TooManyLogins
-from helios.errors import ConfigError, Conflict, Forbidden, InvalidInput, NotFound, StaleVersion, Unauthorized, Unavailable
+from helios.errors import (ConfigError, Conflict, Forbidden, InvalidInput, NotFound, StaleVersion, Unauthorized,
+                           Unavailable)
 from helios.keys import write_private
 
 __all__ = ["MAX_KDF_WAITING_PER_SLOT", "PERMISSIONS", "ROLES", "TOKEN_PREFIX", "Auth", "Principal", "check_version",
@@ -210,7 +211,8 @@ class Auth:
             await self._rehash(key, stored, password)
         now = int(time.time())
         expires = now + self.token_ttl_s
-        claims = {"sub": key, "uid": _uid(user), "gen": _generation(user), "role": user.doc["role"],  # type: ignore[index]
+        assert user.doc is not None
+        claims = {"sub": key, "uid": _uid(user), "gen": _generation(user), "role": user.doc["role"],
                   "iat": now, "exp": expires, "jti": secrets.token_hex(8)}
         return jwt.encode(claims, self._secret, algorithm="HS256"), expires
 
@@ -254,7 +256,7 @@ class Auth:
         generation = claims.get("gen")
         if type(generation) is not int or generation != _generation(user):
             raise Unauthorized("the session was ended by a password change; log in again")
-        return Principal(username, user.doc["role"])
+        return Principal(user.id, user.doc["role"])
 
     def _api_token(self, token: str) -> Principal:
         token_id, _, secret = token[len(TOKEN_PREFIX):].partition("_")
