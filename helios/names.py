@@ -7,6 +7,8 @@ trailing newline, and a dataset ``abc\\n`` once reached a store key and a
 
     rule.ok(value)       True if ``value`` is a str that follows the rule
     rule.check(value)    ``value``, or InvalidInput (a 400) saying what the rule is
+    rule.pattern         ``^…$`` for the OpenAPI document (in JSON Schema's ECMA
+                         regular expressions ``$`` is only the end of the text)
 
 The store's own key rule (segments of ``[A-Za-z0-9._-]``) stays in
 ``backends/base.py``, the backend boundary; every name below fits it.
@@ -33,6 +35,7 @@ class Rule:
     test: Callable[[str], bool]
     hint: str  # the rule in words, for the message
     echo: bool = True  # False for secrets: the message never repeats the value
+    pattern: str = ""  # the regular expression, for rules that are one (the OpenAPI document shows it)
 
     def ok(self, value: object) -> TypeGuard[str]:
         return isinstance(value, str) and self.test(value)
@@ -44,20 +47,20 @@ class Rule:
         return value
 
 
-def _whole(pattern: str) -> Callable[[str], bool]:
+def _regex(what: str, pattern: str, hint: str) -> Rule:
     compiled = re.compile(pattern)
-    return lambda text: compiled.fullmatch(text) is not None
+    return Rule(what, lambda text: compiled.fullmatch(text) is not None, hint, pattern=f"^{pattern}$")
 
 
-DATASET = Rule("dataset name", _whole(r"[a-z0-9][a-z0-9_-]{0,63}"),
-               "use 1-64 of a-z 0-9 _ -, starting with a letter or digit")
-USERNAME = Rule("username", _whole(r"[a-z0-9][a-z0-9_.@-]{0,63}"),
-                "use 1-64 of a-z 0-9 _ . @ -, starting with a letter or digit")
-TOKEN_ID = Rule("API token id", _whole(r"[0-9a-f]{16}"), "16 hex digits")
-OBJECT_ID = Rule("object id", _whole(r"[0-9a-f]{12}"), "12 hex digits")  # dashboards, monitors
+DATASET = _regex("dataset name", r"[a-z0-9][a-z0-9_-]{0,63}",
+                 "use 1-64 of a-z 0-9 _ -, starting with a letter or digit")
+USERNAME = _regex("username", r"[a-z0-9][a-z0-9_.@-]{0,63}",
+                  "use 1-64 of a-z 0-9 _ . @ -, starting with a letter or digit")
+TOKEN_ID = _regex("API token id", r"[0-9a-f]{16}", "16 hex digits")
+OBJECT_ID = _regex("object id", r"[0-9a-f]{12}", "12 hex digits")  # dashboards, monitors
 TOKEN_NAME = Rule("API token name", lambda text: 1 <= len(text) <= 128 and text.isprintable(),
                   "a printable string of 1 to 128 characters")
-NODE_ID = Rule("node id", _whole(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}"),
-               "use 1-64 ASCII letters, digits, '-', '_' or '.', not starting with '.'")
+NODE_ID = _regex("node id", r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}",
+                 "use 1-64 ASCII letters, digits, '-', '_' or '.', not starting with '.'")
 PASSWORD = Rule("password", lambda text: MIN_PASSWORD_CHARS <= len(text) <= MAX_PASSWORD_CHARS,
                 f"a password is a string of {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters", echo=False)
