@@ -226,12 +226,13 @@ class Auth:
             return {**current.doc, "password": new}  # same uid and generation: sessions go on
 
         try:
-            await self.control.commit("users", username, mutate, username)
+            obj = await self.control.commit("users", username, mutate, username)
         except Unavailable as exc:
             log.log(_log, logging.INFO, "could not store a stronger password hash now; the next login tries again",
                     username=username, error=str(exc))
             return
-        self.counters["password_rehashes"] += 1
+        if obj is not None and obj.doc is not None and obj.doc.get("password") == new:
+            self.counters["password_rehashes"] += 1
 
     def authenticate(self, header: str | None) -> Principal:
         if not header:
