@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 MAX_KEY_BYTES = 1024
-_SEGMENT = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
+_SEGMENT = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")  # always fullmatch: `$` would let "a\n" through
 
 
 class StoreError(Exception):
@@ -105,7 +105,7 @@ def check_key(key: str) -> str:
     if not isinstance(key, str) or not key or len(key.encode()) > MAX_KEY_BYTES:
         raise Invalid(f"invalid key {key!r}")
     for segment in key.split("/"):
-        if not _SEGMENT.match(segment):
+        if not _SEGMENT.fullmatch(segment):
             raise Invalid(f"invalid key {key!r}: segment {segment!r}")
     return key
 

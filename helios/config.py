@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from helios import names
 from helios.errors import ConfigError
 
 __all__ = ["OPTIONS", "Config", "add_serve_arguments", "load"]
@@ -24,6 +25,7 @@ class Option:
     default: Any
     parse: Callable[[str], Any]
     help: str
+    secret: bool = False  # an invalid value is never repeated in the message
 
     @property
     def flag(self) -> str:
@@ -65,10 +67,8 @@ def _optional_path(text: str) -> Path | None:
 
 
 def _node_id(text: str) -> str:
-    if not text:
-        return ""
-    if len(text) > 64 or not all(c.isascii() and (c.isalnum() or c in "-_.") for c in text) or text[0] == ".":
-        raise ValueError("use up to 64 letters, digits, '-', '_' or '.'")
+    if text and not names.NODE_ID.ok(text):
+        raise ValueError(names.NODE_ID.hint)
     return text
 
 
@@ -96,6 +96,21 @@ def _forward_listen(text: str) -> tuple[str, int] | None:
     return _listen(text.removeprefix("tcp://"))
 
 
+def _admin_password(text: str) -> str:
+    if text and not names.PASSWORD.ok(text):  # never echo it: the message says only the rule
+        raise ValueError(f"{names.PASSWORD.hint} (this one has {len(text)})")
+    return text
+
+
+def _int_between(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise ValueError(f"must be from {low} to {high}")
+        return value
+    return parse
+
+
 OPTIONS: tuple[Option, ...] = (
     Option("data_dir", "HELIOS_DATA_DIR", "./data", Path, "local data directory"),
     Option("listen", "HELIOS_LISTEN", "127.0.0.1:7300", _listen, "HOST:PORT to serve on (port 0 picks one)"),
@@ -114,8 +129,9 @@ OPTIONS: tuple[Option, ...] = (
            "JWT signing secret file (default <data-dir>/secrets/jwt.secret)"),
     Option("control_encryption", "HELIOS_CONTROL_ENCRYPTION", "aes-256-gcm", _encryption,
            "control-plane encryption: aes-256-gcm or none"),
-    Option("admin_password", "HELIOS_ADMIN_PASSWORD", "", str,
-           "password of the first admin user (default: generated and printed once)"),
+    Option("admin_password", "HELIOS_ADMIN_PASSWORD", "", _admin_password,
+           "password of the first admin user, 12 to 1024 characters (default: generated and printed once)",
+           secret=True),
     Option("max_body_bytes", "HELIOS_MAX_BODY_BYTES", 64 << 20, _positive_int,
            "largest accepted request body, as sent"),
     Option("max_decoded_bytes", "HELIOS_MAX_DECODED_BYTES", 256 << 20, _positive_int,
@@ -151,6 +167,19 @@ OPTIONS: tuple[Option, ...] = (
     Option("read_timeout_secs", "HELIOS_READ_TIMEOUT_SECS", 300.0, _positive_float,
            "a connection that sends nothing for this long is closed, even while its request runs "
            "(must exceed the query queue wait plus the query deadline)"),
+    Option("scrypt_log2_n", "HELIOS_SCRYPT_LOG2_N", 17, _int_between(14, 20),
+           "password hash cost: scrypt N = 2^this (r=8: 2^17 uses 128 MiB per hash); "
+           "weaker stored hashes are redone at the next successful login"),
+    Option("scrypt_concurrency", "HELIOS_SCRYPT_CONCURRENCY", 2, _int_between(1, 64),
+           "password hashes computed at once (each takes 128 * 2^log2_n * 8 bytes of memory)"),
+    Option("login_user_failures", "HELIOS_LOGIN_USER_FAILURES", 5, _positive_int,
+           "failed logins to one username before each further one is delayed (429)"),
+    Option("login_address_failures", "HELIOS_LOGIN_ADDRESS_FAILURES", 20, _positive_int,
+           "failed logins from one client address before each further one is delayed (429)"),
+    Option("login_backoff_secs", "HELIOS_LOGIN_BACKOFF_SECS", 1.0, _positive_float,
+           "first login delay once over a failure limit; it doubles with each further failure"),
+    Option("login_backoff_max_secs", "HELIOS_LOGIN_BACKOFF_MAX_SECS", 300.0, _positive_float,
+           "longest login delay; a name or address quiet for 4 times this is forgotten"),
 )
 
 
@@ -185,6 +214,12 @@ class Config:
     max_query_rows: int
     body_timeout_secs: float
     read_timeout_secs: float
+    scrypt_log2_n: int
+    scrypt_concurrency: int
+    login_user_failures: int
+    login_address_failures: int
+    login_backoff_secs: float
+    login_backoff_max_secs: float
 
     @property
     def secrets_dir(self) -> Path:
@@ -215,7 +250,8 @@ def load(args: argparse.Namespace | None = None, environ: dict[str, str] | None 
         try:
             values[option.name] = option.parse(raw)
         except ValueError as exc:
-            raise ConfigError(f"invalid {source}={raw!r}: {exc}") from None
+            shown = "(hidden)" if option.secret else repr(raw)
+            raise ConfigError(f"invalid {source}={shown}: {exc}") from None
     data_dir: Path = values["data_dir"]
     if values["flush_secs"] is None:
         values["flush_secs"] = max(0.05, values["block_sync_secs"] / 4)

@@ -46,6 +46,7 @@ from helios.replication.jobs import Maintenance
 from helios.replication.lease import JOBS, Lease
 from helios.replication.replicator import Replicator
 from helios.storage.engine import Engine
+from helios.storage.fsutil import UMASK, secure_data_dir
 
 __all__ = ["Node", "open_store", "serve"]
 
@@ -68,13 +69,16 @@ def _node_id(config: Config) -> str:
 class Node:
     def __init__(self, config: Config) -> None:
         self.config = config
-        config.data_dir.mkdir(parents=True, exist_ok=True)
+        tightened, examples = secure_data_dir(config.data_dir)  # 0700, nothing in it open to others
+        if tightened:
+            log.log(_log, logging.WARNING, "made the data directory private", path=str(config.data_dir),
+                    modes_changed=tightened, for_example=examples)
         self.node_id = _node_id(config)
         control_key = keys.load_or_create(config.control_key_path, "control key")
         jwt_secret = keys.load_or_create(config.jwt_secret_path, "JWT secret")
         sealer = Sealer(control_key, jwt_secret, config.control_encryption)
         self.control = ControlPlane(config.data_dir / "control", sealer, self.node_id)
-        self.auth = Auth(self.control, jwt_secret, config.token_ttl_secs)
+        self.auth = Auth.from_config(self.control, jwt_secret, config)
         self.engine = Engine(config.data_dir, self.node_id, memtable_rows=config.memtable_rows,
                              cache_bytes=config.cache_bytes)
         self.health = self.engine.health  # one report of what fails, shared by every background task
@@ -173,6 +177,7 @@ class Node:
             lines.append("# TYPE helios_store_requests_total counter")
             for name, count in sorted(self.store.counters.snapshot().items()):
                 lines.append(f'helios_store_requests_total{{backend="{self.store.name}",op="{name}"}} {count}')
+        lines += self.auth.metrics_lines()
         return "\n".join(lines) + "\n"
 
 
@@ -202,6 +207,7 @@ async def _watch_signals(shutdown: trio.Event, *, task_status: Any = trio.TASK_S
 
 async def serve(config: Config, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     """Run a node until SIGTERM/SIGINT (or the caller cancels), then drain and return."""
+    os.umask(UMASK)  # every folder and file this node makes is private (helios.storage.fsutil)
     store = await open_store(config)
     node = await trio.to_thread.run_sync(Node, config)
     await node.open(store)

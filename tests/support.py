@@ -22,6 +22,9 @@ REPO = Path(__file__).resolve().parent.parent
 # HELIOS_LOGHUB_DIR points elsewhere, e.g. for a clone in /tmp.
 LOGHUB = Path(os.environ.get("HELIOS_LOGHUB_DIR") or REPO.parent / "shared" / "data" / "loghub")
 ADMIN_PASSWORD = "test-admin-password"
+# Password hashes at N = 2^14 (about 70 ms) instead of the default 2^17 (about 0.5 s and 128 MiB), so that
+# the suite's many node starts and logins stay fast; tests about the hash cost set HELIOS_SCRYPT_LOG2_N.
+TEST_KDF_ENV = {"HELIOS_SCRYPT_LOG2_N": "14"}
 SYNC_SECS = 2.0  # HELIOS_BLOCK_SYNC_SECS of the multi-node tests (store_env)
 BASE_NS = 1_700_000_000_000_000_000  # 2023-11-14T22:13:20Z
 _LEVEL = re.compile(r"\b(INFO|WARN|WARNING|ERROR|FATAL|DEBUG|TRACE|notice|error|warn)\b")
@@ -101,6 +104,7 @@ class Server:
         base = os.environ if self.base_env is None else self.base_env
         env = {k: v for k, v in base.items() if not k.startswith("HELIOS_")}
         env.update({"HELIOS_ADMIN_PASSWORD": ADMIN_PASSWORD, "HELIOS_LOG_LEVEL": "info"})
+        env.update(TEST_KDF_ENV)
         env.update(self.env)
         program = self.program or [sys.executable, "-m", "helios"]
         return ([*program, "serve", "--data-dir", str(self.data_dir), "--listen", "127.0.0.1:0"], env)

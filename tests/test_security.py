@@ -218,7 +218,8 @@ def _secret(node: Server) -> bytes:
 def test_forged_tokens_are_refused(node: Server) -> None:
     secret = _secret(node)
     now = int(time.time())
-    good = {"sub": "admin", "role": "admin", "iat": now, "exp": now + 600}
+    admin = jwt.decode(node.token, options={"verify_signature": False})  # the user's uid and generation
+    good = {"sub": "admin", "uid": admin["uid"], "gen": admin["gen"], "role": "admin", "iat": now, "exp": now + 600}
     assert node.request("GET", "/api/v1/users", token=jwt.encode(good, secret, algorithm="HS256")).status_code == 200
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     viewer_session = make_user(node, "frank", "viewer")
@@ -241,6 +242,10 @@ def test_forged_tokens_are_refused(node: Server) -> None:
         "no iat": jwt.encode({k: v for k, v in good.items() if k != "iat"}, secret, algorithm="HS256"),
         "no sub": jwt.encode({k: v for k, v in good.items() if k != "sub"}, secret, algorithm="HS256"),
         "unknown user": jwt.encode({**good, "sub": "mallory"}, secret, algorithm="HS256"),
+        "no uid": jwt.encode({k: v for k, v in good.items() if k != "uid"}, secret, algorithm="HS256"),
+        "another uid": jwt.encode({**good, "uid": "0" * 16}, secret, algorithm="HS256"),
+        "no generation": jwt.encode({k: v for k, v in good.items() if k != "gen"}, secret, algorithm="HS256"),
+        "older generation": jwt.encode({**good, "gen": admin["gen"] - 1}, secret, algorithm="HS256"),
         "tampered payload": f"{header}.{tampered_payload}.{signature}",
         "truncated signature": viewer_session[:-4],
         "bad base64": "abc.def.ghi",
@@ -250,7 +255,8 @@ def test_forged_tokens_are_refused(node: Server) -> None:
         assert reply.status_code == 401, (case, reply.status_code, reply.text)
         assert reply.json()["error"]
     # A valid viewer session with an admin role claim gets only the viewer's rights.
-    claimed = jwt.encode({**good, "sub": "frank"}, secret, algorithm="HS256")
+    frank = jwt.decode(viewer_session, options={"verify_signature": False})
+    claimed = jwt.encode({**good, "sub": "frank", "uid": frank["uid"], "gen": frank["gen"]}, secret, algorithm="HS256")
     assert node.request("GET", "/api/v1/users", token=claimed).status_code == 403
 
 
@@ -360,10 +366,22 @@ def test_secret_files_are_private_and_loose_ones_are_reported(tmp_path: Path) ->
         assert secrets_dir.stat().st_mode & 0o777 == 0o700
         assert not any("readable by others" in line for line in server.logs)
         assert server.stop() == 0
+        # Inside the data directory a loose secret is made private again at start, and said so.
         (secrets_dir / "jwt.secret").chmod(0o644)
         server.start()
+        assert (secrets_dir / "jwt.secret").stat().st_mode & 0o777 == 0o600
+        tightened = [line for line in server.logs if "made the data directory private" in line]
+        assert tightened and "jwt.secret" in tightened[0]
+        assert server.stop() == 0
+        # A secret kept elsewhere is the operator's: it is reported, not changed.
+        outside = tmp_path / "elsewhere.secret"
+        outside.write_bytes((secrets_dir / "jwt.secret").read_bytes())
+        outside.chmod(0o644)
+        server.env["HELIOS_JWT_SECRET_PATH"] = str(outside)
+        server.start()
         warnings = [line for line in server.logs if "readable by others" in line]
-        assert warnings and "jwt.secret" in warnings[0] and "chmod 600" in warnings[0]
+        assert warnings and "elsewhere.secret" in warnings[0] and "chmod 600" in warnings[0]
+        assert outside.stat().st_mode & 0o777 == 0o644
     finally:
         if server.proc and server.proc.poll() is None:
             server.kill()

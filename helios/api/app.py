@@ -22,12 +22,12 @@ from werkzeug.exceptions import HTTPException
 from backends.base import StoreError
 from helios import log
 from helios.api import cluster, compat, health, ingest, query, resources, session, users
-from helios.api.common import DATASET_NAME, NODE_KEY, QUERIES_KEY, NodeApi, answer, validate_dataset
+from helios.api.common import NODE_KEY, QUERIES_KEY, NodeApi, answer, validate_dataset
 from helios.api.guard import ConnectionGuard
 from helios.errors import HeliosError, NotFound, from_store
 from helios.query.runner import QueryPool
 
-__all__ = ["BLUEPRINTS", "DATASET_NAME", "DRAIN_S", "create_app", "validate_dataset"]
+__all__ = ["BLUEPRINTS", "DRAIN_S", "create_app", "validate_dataset"]
 
 BLUEPRINTS: tuple[Blueprint, ...] = (
     health.bp, ingest.bp, query.bp, cluster.bp, session.bp, users.bp, resources.bp,

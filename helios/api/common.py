@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 import orjson
 from quart import Response, current_app, request
 
+from helios import names
 from helios.errors import InvalidInput
 
 if TYPE_CHECKING:
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
     from helios.supervisor import Health
 
 __all__ = [
-    "DATASET_NAME",
     "MAX_JSON_DEPTH",
     "NodeApi",
     "answer",
@@ -38,7 +38,6 @@ __all__ = [
     "whole_number",
 ]
 
-DATASET_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")  # always fullmatch: "$" alone accepts "abc\n"
 MAX_JSON_DEPTH = 32  # control-plane bodies (dashboards, monitors, users…) nest a few levels at most
 _DIGITS = re.compile(r"[0-9]{1,18}")  # ASCII only: str.isdigit() also accepts "²", which int() refuses
 NODE_KEY, QUERIES_KEY = "helios.node", "helios.queries"
@@ -82,11 +81,7 @@ async def principal(permission: str) -> Principal:
     return who
 
 
-def validate_dataset(name: object) -> str:
-    if not isinstance(name, str) or not DATASET_NAME.fullmatch(name):
-        raise InvalidInput(f"invalid dataset name {name!r}: use 1-64 of a-z 0-9 _ -, "
-                           "starting with a letter or digit")
-    return name
+validate_dataset = names.DATASET.check  # the rule is written once, in helios.names
 
 
 def _check_depth(doc: Any, limit: int) -> None:

@@ -24,7 +24,7 @@ import trio
 from quart import Blueprint, Response, request
 from werkzeug.exceptions import HTTPException
 
-from helios import timeutil
+from helios import names, timeutil
 from helios.control.auth import TOKEN_PREFIX, Auth
 from helios.errors import HeliosError, InvalidInput, Unauthorized
 from helios.ingest import elastic, loki, otlp, shipper
@@ -84,7 +84,7 @@ def blueprint(node: CompatNode) -> Blueprint:
 
     def dataset(default: str | None) -> str | None:
         name = request.args.get("dataset") or request.headers.get("X-Helios-Dataset") or default
-        if name is not None and not shipper.DATASET.match(name):
+        if name is not None and not names.DATASET.ok(name):
             raise InvalidInput(f"invalid dataset name {name!r}: use 1-64 of a-z 0-9 _ -, "
                                "starting with a letter or digit")
         return name

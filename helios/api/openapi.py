@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from helios import __version__
+from helios import __version__, names
 from helios.control.auth import ROLES
 
 __all__ = ["OPENAPI"]
 
 _ERROR = {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
 _BEARER = [{"bearer": []}]
+_PASSWORD = {"type": "string", "minLength": names.MIN_PASSWORD_CHARS, "maxLength": names.MAX_PASSWORD_CHARS}
 
 
 def _errors(*codes: int) -> dict[str, Any]:
@@ -70,10 +71,10 @@ OPENAPI: dict[str, Any] = {
             "responses": {"200": {"description": "a session token", "content": {"application/json": {
                 "schema": {"type": "object", "properties": {"token": {"type": "string"},
                                                             "expires_at": {"type": "string"}}}}}},
-                          **_errors(400, 401)}}},
+                          **_errors(400, 401, 429)}}},
         "/api/v1/ingest": {"post": {
             "parameters": [{"name": "dataset", "in": "query", "schema": {
-                "type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,63}$"}}],
+                "type": "string", "pattern": names.DATASET.pattern}}],
             "requestBody": {"required": True, "content": {
                 "application/x-ndjson": {"schema": {"type": "string"}},
                 "text/plain": {"schema": {"type": "string"}}}},
@@ -126,10 +127,10 @@ OPENAPI: dict[str, Any] = {
                            {"name": "kind", "in": "query", "schema": {"type": "string"}}],
             "responses": {"200": _ok("control-plane changes, newest first", array=True), **_errors(400, 401, 403)}}},
         **_collection("users", "name", {"type": "object", "required": ["username", "password"], "properties": {
-            "username": {"type": "string"}, "password": {"type": "string", "minLength": 8},
+            "username": {"type": "string", "pattern": names.USERNAME.pattern}, "password": _PASSWORD,
             "role": {"type": "string", "enum": list(ROLES)}}},
             {"type": "object", "required": ["version"], "properties": {
-                "version": {"type": "integer"}, "password": {"type": "string", "minLength": 8},
+                "version": {"type": "integer"}, "password": _PASSWORD,
                 "role": {"type": "string", "enum": list(ROLES)}}}),
         **_collection("tokens", "id", {"type": "object", "required": ["name", "role"], "properties": {
             "name": {"type": "string"}, "role": {"type": "string", "enum": list(ROLES)},

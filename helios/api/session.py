@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from quart import Blueprint, Response
+from quart import Blueprint, Response, request
 
 from helios import timeutil
 from helios.api.common import answer, json_body, node, principal
@@ -19,7 +19,7 @@ async def login() -> Response:
     username, password = doc.get("username"), doc.get("password")
     if not isinstance(username, str) or not isinstance(password, str):
         raise InvalidInput("send {\"username\": ..., \"password\": ...} as strings")
-    token, expires = await node().auth.login(username, password)
+    token, expires = await node().auth.login(username, password, request.remote_addr or "")
     return answer({"token": token, "expires_at": timeutil.format_ns(expires * 1_000_000_000)})
 
 

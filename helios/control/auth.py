@@ -1,10 +1,23 @@
-"""Authentication and authorisation: password hashes, login JWTs, API tokens, the role table.
+"""Authentication and authorisation: logins, sessions, API tokens, the role table.
 
-Passwords are hashed with scrypt (memory-hard; ``cryptography``) and checked
-in constant time, off the event loop. Logins return an HS256 JWT with
-``sub``, ``role``, ``iat``, ``exp`` and ``jti``; a JWT is only accepted while
-its user exists, with the role the user has now (a demoted user loses rights
-at once), and only if it was issued after the user's last password change.
+Passwords are scrypt hashes (``helios.control.passwords``), computed on a
+small thread limiter of their own (``scrypt_concurrency``), never on the
+request workers: a flood of logins queues there (at most
+``MAX_KDF_WAITING_PER_SLOT`` per slot, then 429) while ingest and queries go
+on. Failed logins are throttled per username and per client address
+(``helios.control.throttle``: 429 with ``Retry-After``), counted in
+``/metrics`` and logged by the node; they are *not* entries of the control
+log, which is replicated to every node and kept forever: an unauthenticated
+client must not be able to grow it. A successful login with a hash cheaper
+than the current cost rewrites it (one control-log entry, once).
+
+Logins return an HS256 JWT with ``sub``, ``uid``, ``gen``, ``role``,
+``iat``, ``exp`` and ``jti``. A JWT is accepted only while its user exists
+*as the same user*: ``uid`` is random per user record, so a name deleted and
+created again does not revive old sessions; ``gen`` counts the user's
+password changes, so a change ends every earlier session, however close in
+time. The role is read from the user now (a demoted user loses rights at
+once).
 
 API tokens are ``hlt_<id>_<secret>``: the id names the token object, the
 secret (32 random bytes) is shown once and stored only as its SHA-256 (a
@@ -15,12 +28,9 @@ who made it is deleted: tokens are service credentials, revoked explicitly.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import logging
-import os
-import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -29,19 +39,21 @@ from typing import Any
 
 import jwt
 import trio
-from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from helios import log, timeutil
+from helios import log, names, timeutil
+from helios.config import Config
+from helios.control.passwords import DEFAULT_LOG2_N, decoy_hash, hash_password, needs_rehash, verify_password
 from helios.control.plane import UNCHANGED, ControlPlane, Obj
-from helios.errors import Conflict, Forbidden, InvalidInput, NotFound, StaleVersion, Unauthorized
+from helios.control.throttle import LoginThrottle, TooManyLogins
+from helios.errors import (ConfigError, Conflict, Forbidden, InvalidInput, NotFound, StaleVersion, Unauthorized,
+                           Unavailable)
 from helios.keys import write_private
 
-__all__ = ["PERMISSIONS", "ROLES", "TOKEN_PREFIX", "Auth", "Principal", "check_version", "hash_password", "only_fields",
-           "require_version", "token_view", "user_view", "verify_password"]
+__all__ = ["MAX_KDF_WAITING_PER_SLOT", "PERMISSIONS", "ROLES", "TOKEN_PREFIX", "Auth", "Principal", "check_version",
+           "only_fields", "require_version", "token_view", "user_view"]
 
 TOKEN_PREFIX = "hlt_"
-MIN_PASSWORD, MAX_PASSWORD = 8, 1024
-_TOKEN_ID = re.compile(r"^[0-9a-f]{16}$")
+MAX_KDF_WAITING_PER_SLOT = 16  # logins queued for a hash slot beyond this answer 429 at once
 
 ROLES = ("admin", "editor", "viewer", "ingest")
 
@@ -67,37 +79,10 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "whoami": frozenset(ROLES),
 }
 
-_SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
-_USERNAME = re.compile(r"^[a-z0-9][a-z0-9_.@-]{0,63}$")
 _log = log.get("helios.auth")
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode().rstrip("=")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def hash_password(password: str) -> str:
-    salt = os.urandom(16)
-    digest = Scrypt(salt=salt, length=32, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P).derive(password.encode())
-    return f"scrypt${_SCRYPT_N}${_SCRYPT_R}${_SCRYPT_P}${_b64(salt)}${_b64(digest)}"
-
-
-def verify_password(password: str, stored: str) -> bool:
-    try:
-        scheme, n, r, p, salt, digest = stored.split("$")
-        if scheme != "scrypt":
-            return False
-        actual = Scrypt(salt=_unb64(salt), length=32, n=int(n), r=int(r), p=int(p)).derive(password.encode())
-    except (ValueError, TypeError):
-        return False
-    return hmac.compare_digest(actual, _unb64(digest))
-
-
-_DUMMY_HASH = hash_password(secrets.token_hex(8))  # equalises timing for unknown users
+_COUNTERS = (("helios_logins_total", "logins"), ("helios_login_failures_total", "login_failures"),
+             ("helios_login_throttled_total", "login_throttled"),
+             ("helios_password_rehashes_total", "password_rehashes"))
 
 
 @dataclass(frozen=True)
@@ -110,26 +95,28 @@ class Principal:
             raise Forbidden(f"the {self.role} role may not do this ({permission})")
 
 
-def _password(value: object) -> str:
-    if not isinstance(value, str) or not MIN_PASSWORD <= len(value) <= MAX_PASSWORD:
-        raise InvalidInput(f"a password is a string of {MIN_PASSWORD} to {MAX_PASSWORD} characters")
-    return value
-
-
 def _role(value: object) -> str:
     if value not in ROLES:
         raise InvalidInput(f"'role' must be one of {', '.join(ROLES)}")
     return str(value)
 
 
-def _username(value: object) -> str:
-    if not isinstance(value, str) or not _USERNAME.match(value):
-        raise InvalidInput("a username is 1-64 of a-z 0-9 _ . @ -, starting with a letter or digit")
-    return value
-
-
 def _token_hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _new_user(role: str, hashed: str) -> dict[str, Any]:
+    """A user record: ``uid`` names this user (not the name), ``generation`` counts password changes."""
+    return {"role": role, "password": hashed, "uid": secrets.token_hex(8), "generation": 0}
+
+
+def _uid(user: Obj) -> str:
+    # Records made before uids existed: the creation time tells incarnations of a name apart.
+    return str((user.doc or {}).get("uid") or f"created-{user.created_ns}")
+
+
+def _generation(user: Obj) -> int:
+    return int((user.doc or {}).get("generation", 0))
 
 
 def user_view(obj: Obj) -> dict[str, Any]:
@@ -150,25 +137,102 @@ def token_view(obj: Obj) -> dict[str, Any]:
 class Auth:
     """Who is calling, and the user and token objects of the control plane."""
 
-    def __init__(self, control: ControlPlane, jwt_secret: bytes, token_ttl_s: int) -> None:
+    def __init__(self, control: ControlPlane, jwt_secret: bytes, token_ttl_s: int, *,
+                 scrypt_log2_n: int = DEFAULT_LOG2_N, scrypt_concurrency: int = 2,
+                 throttle: LoginThrottle | None = None) -> None:
         self.control = control
         self._secret = jwt_secret
         self.token_ttl_s = token_ttl_s
+        self.scrypt_log2_n = scrypt_log2_n
+        if throttle is None:  # (not `throttle or ...`: an empty throttle has len 0)
+            throttle = LoginThrottle(user_failures=5, address_failures=20, backoff_s=1.0, backoff_max_s=300.0)
+        self.throttle = throttle
+        self.counters: dict[str, int] = dict.fromkeys((key for _, key in _COUNTERS), 0)
+        self._max_waiting = MAX_KDF_WAITING_PER_SLOT * scrypt_concurrency
+        self._kdf_slots = trio.CapacityLimiter(scrypt_concurrency)  # held while a hash runs, and queued on
+        self._kdf_threads = trio.CapacityLimiter(scrypt_concurrency)  # the threads: never trio's shared pool
+
+    @classmethod
+    def from_config(cls, control: ControlPlane, jwt_secret: bytes, config: Config) -> Auth:
+        throttle = LoginThrottle(user_failures=config.login_user_failures,
+                                 address_failures=config.login_address_failures,
+                                 backoff_s=config.login_backoff_secs,
+                                 backoff_max_s=max(config.login_backoff_secs, config.login_backoff_max_secs))
+        return cls(control, jwt_secret, config.token_ttl_secs, scrypt_log2_n=config.scrypt_log2_n,
+                   scrypt_concurrency=config.scrypt_concurrency, throttle=throttle)
+
+    async def _kdf(self, fn: Any, *args: Any) -> Any:
+        """Run a password hash on the dedicated limiter (callers hold no slot)."""
+        async with self._kdf_slots:
+            return await trio.to_thread.run_sync(fn, *args, limiter=self._kdf_threads)
+
+    def metrics_lines(self) -> list[str]:
+        lines: list[str] = []
+        for metric, key in _COUNTERS:
+            lines += [f"# TYPE {metric} counter", f"{metric} {self.counters[key]}"]
+        return [*lines, "# TYPE helios_login_throttle_keys gauge", f"helios_login_throttle_keys {len(self.throttle)}"]
 
     # -- sessions and tokens -------------------------------------------------
 
-    async def login(self, username: str, password: str) -> tuple[str, int]:
-        """Check a password (scrypt, off the event loop); return ``(jwt, expires_at unix seconds)``."""
-        user = self.control.get("users", username) if _USERNAME.match(username) else None
-        stored = user.doc["password"] if user is not None and user.doc else _DUMMY_HASH
-        ok = await trio.to_thread.run_sync(verify_password, password, stored)
+    def _check_throttle(self, key: str, address: str) -> None:
+        try:
+            self.throttle.check(key, address)
+        except TooManyLogins:
+            self.counters["login_throttled"] += 1
+            raise
+
+    async def login(self, username: str, password: str, address: str = "") -> tuple[str, int]:
+        """Check a password; return ``(jwt, expires_at unix seconds)``.
+
+        Raises TooManyLogins (429) while the username or ``address`` must
+        wait, or when too many logins already queue for a hash slot;
+        Unauthorized (401) for a wrong name or password. Whether the user
+        exists changes neither the answer nor the work done.
+        """
+        key = username if names.USERNAME.ok(username) else ""  # one key for every impossible name
+        self._check_throttle(key, address)
+        if self._kdf_slots.statistics().tasks_waiting >= self._max_waiting:
+            self.counters["login_throttled"] += 1
+            raise TooManyLogins("the node is busy checking other logins; try again", 1)
+        async with self._kdf_slots:
+            self._check_throttle(key, address)  # failures may have been counted while this one queued
+            user = self.control.get("users", key) if key else None
+            stored = user.doc["password"] if user is not None and user.doc else decoy_hash(self.scrypt_log2_n)
+            ok = await trio.to_thread.run_sync(verify_password, password, stored, limiter=self._kdf_threads)
         if user is None or not ok:
+            self.throttle.failed(key, address)
+            self.counters["login_failures"] += 1
+            log.log(_log, logging.WARNING, "failed login", username=key or "(not a valid username)",
+                    address=address)
             raise Unauthorized("wrong username or password")
+        self.throttle.succeeded(key)
+        self.counters["logins"] += 1
+        if needs_rehash(stored, self.scrypt_log2_n):
+            await self._rehash(key, stored, password)
         now = int(time.time())
         expires = now + self.token_ttl_s
-        claims = {"sub": username, "role": user.doc["role"], "iat": now, "exp": expires,  # type: ignore[index]
-                  "jti": secrets.token_hex(8)}
+        assert user.doc is not None
+        claims = {"sub": key, "uid": _uid(user), "gen": _generation(user), "role": user.doc["role"],
+                  "iat": now, "exp": expires, "jti": secrets.token_hex(8)}
         return jwt.encode(claims, self._secret, algorithm="HS256"), expires
+
+    async def _rehash(self, username: str, old: str, password: str) -> None:
+        """Store the password again at the current cost; a failure only leaves it for the next login."""
+        new = await self._kdf(hash_password, password, self.scrypt_log2_n)
+
+        def mutate(current: Obj | None) -> Any:
+            if current is None or current.doc is None or current.doc.get("password") != old:
+                return UNCHANGED  # deleted or changed meanwhile
+            return {**current.doc, "password": new}  # same uid and generation: sessions go on
+
+        try:
+            obj = await self.control.commit("users", username, mutate, username)
+        except Unavailable as exc:
+            log.log(_log, logging.INFO, "could not store a stronger password hash now; the next login tries again",
+                    username=username, error=str(exc))
+            return
+        if obj is not None and obj.doc is not None and obj.doc.get("password") == new:
+            self.counters["password_rehashes"] += 1
 
     def authenticate(self, header: str | None) -> Principal:
         if not header:
@@ -187,16 +251,17 @@ class Auth:
         except jwt.InvalidTokenError:
             raise Unauthorized("the token is not valid") from None
         username = claims.get("sub")
-        user = self.control.get("users", username) if isinstance(username, str) and _USERNAME.match(username) else None
-        if user is None or user.doc is None:
-            raise Unauthorized("the token's user no longer exists")
-        if not isinstance(claims["iat"], int) or claims["iat"] < user.doc.get("sessions_after", 0):
+        user = self.control.get("users", username) if names.USERNAME.ok(username) else None
+        if user is None or user.doc is None or claims.get("uid") != _uid(user):
+            raise Unauthorized("the token's user no longer exists; log in again")
+        generation = claims.get("gen")
+        if type(generation) is not int or generation != _generation(user):
             raise Unauthorized("the session was ended by a password change; log in again")
-        return Principal(username, user.doc["role"])
+        return Principal(user.id, user.doc["role"])
 
     def _api_token(self, token: str) -> Principal:
         token_id, _, secret = token[len(TOKEN_PREFIX):].partition("_")
-        obj = self.control.state("tokens", token_id) if _TOKEN_ID.match(token_id) else None
+        obj = self.control.state("tokens", token_id) if names.TOKEN_ID.ok(token_id) else None
         expected = obj.doc["hash"] if obj is not None and obj.doc else _token_hash(secrets.token_hex(16))
         if not hmac.compare_digest(_token_hash(secret), expected) or obj is None:
             if obj is not None and obj.doc is None:
@@ -216,7 +281,9 @@ class Auth:
         generated = not password
         if generated:
             password = secrets.token_urlsafe(18)
-        hashed = await trio.to_thread.run_sync(hash_password, password)
+        if not names.PASSWORD.ok(password):
+            raise ConfigError(f"HELIOS_ADMIN_PASSWORD: {names.PASSWORD.hint}")
+        hashed = await self._kdf(hash_password, password, self.scrypt_log2_n)
         created = False
 
         def mutate(current: Obj | None) -> Any:
@@ -224,7 +291,7 @@ class Auth:
             if current is not None or self.control.list("users"):
                 return UNCHANGED  # another node bootstrapped first
             created = True
-            return {"role": "admin", "password": hashed, "sessions_after": 0}
+            return _new_user("admin", hashed)
 
         await self.control.commit("users", "admin", mutate, by="bootstrap")
         if not created:
@@ -240,13 +307,13 @@ class Auth:
 
     async def create_user(self, body: dict[str, Any], by: Principal) -> Obj:
         only_fields(body, {"username", "password", "role"})
-        username, role = _username(body.get("username")), _role(body.get("role", "viewer"))
-        hashed = await trio.to_thread.run_sync(hash_password, _password(body.get("password")))
+        username, role = names.USERNAME.check(body.get("username")), _role(body.get("role", "viewer"))
+        hashed = await self._kdf(hash_password, names.PASSWORD.check(body.get("password")), self.scrypt_log2_n)
 
         def mutate(current: Obj | None) -> Any:
             if current is not None:
                 raise Conflict(f"user {username!r} exists")
-            return {"role": role, "password": hashed, "sessions_after": 0}
+            return _new_user(role, hashed)
 
         obj = await self.control.commit("users", username, mutate, by.name)
         assert obj is not None
@@ -256,7 +323,7 @@ class Auth:
         only_fields(body, {"version", "password", "role"})
         expected = require_version(body)
         role = _role(body["role"]) if "role" in body else None
-        hashed = (await trio.to_thread.run_sync(hash_password, _password(body["password"]))
+        hashed = (await self._kdf(hash_password, names.PASSWORD.check(body["password"]), self.scrypt_log2_n)
                   if "password" in body else None)
 
         def mutate(current: Obj | None) -> Any:
@@ -269,7 +336,8 @@ class Auth:
                 doc["role"] = role
             if hashed is not None:
                 doc["password"] = hashed
-                doc["sessions_after"] = int(time.time())
+                doc["generation"] = int(doc.get("generation", 0)) + 1  # ends every earlier session
+                doc.pop("sessions_after", None)  # the whole-second rule of earlier versions
             return doc
 
         obj = await self.control.commit("users", username, mutate, by.name)
@@ -295,9 +363,7 @@ class Auth:
     async def create_token(self, body: dict[str, Any], by: Principal) -> tuple[Obj, str]:
         """A new API token; the secret is returned here once and stored only as a hash."""
         only_fields(body, {"name", "role", "expires_days"})
-        name = body.get("name")
-        if not isinstance(name, str) or not 1 <= len(name) <= 128 or not name.isprintable():
-            raise InvalidInput("'name' is a printable string of 1 to 128 characters")
+        name = names.TOKEN_NAME.check(body.get("name"))
         role = _role(body.get("role"))
         days = body.get("expires_days")
         if days is not None and (not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= 3650):

@@ -10,12 +10,11 @@ fires once per cluster) is not built yet.
 
 from __future__ import annotations
 
-import re
 import secrets
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from helios import timeutil
+from helios import names, timeutil
 from helios.control.auth import Principal, check_version, only_fields, require_version
 from helios.control.plane import ControlPlane, Obj
 from helios.errors import HeliosError, InvalidInput, NotFound, StaleVersion
@@ -29,8 +28,6 @@ MAX_PANELS = 100
 MAX_TEXT = 200
 MAX_QUERY = 4096
 MAX_RETENTION_DAYS = 36_500
-_ID = re.compile(r"^[0-9a-f]{12}$")
-_DATASET = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 
 def _text(value: object, name: str, *, required: bool = True, limit: int = MAX_TEXT) -> str:
@@ -53,8 +50,8 @@ def _query(value: object, name: str) -> str:
 def _datasets(value: object, name: str) -> str | list[str] | None:
     if value is None:
         return None
-    names = [value] if isinstance(value, str) else value
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) and _DATASET.match(n) for n in names):
+    given = [value] if isinstance(value, str) else value
+    if not isinstance(given, list) or not given or not all(names.DATASET.ok(n) for n in given):
         raise InvalidInput(f"'{name}' is a dataset name or a non-empty list of names")
     return value  # type: ignore[return-value]
 
@@ -139,7 +136,7 @@ class Resource:
         return _view(obj)
 
     def get(self, control: ControlPlane, object_id: str) -> Obj:
-        obj = control.get(self.kind, object_id) if _ID.match(object_id) else None
+        obj = control.get(self.kind, object_id) if names.OBJECT_ID.ok(object_id) else None
         if obj is None:
             raise NotFound(f"no {self.singular} {object_id!r}")
         return obj

@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
-from helios import timeutil
+from helios import names, timeutil
 from helios.errors import IngestError, InvalidInput
 from helios.ingest import shipper
 
@@ -181,7 +181,7 @@ def _dataset_of(index: object) -> str | None:
     if not isinstance(index, str):
         return None
     name = index.replace(".", "-")
-    return name if shipper.DATASET.match(name) else None
+    return name if names.DATASET.ok(name) else None
 
 
 def _row(doc: dict[str, Any]) -> shipper.Row:

@@ -42,7 +42,7 @@ from typing import Any
 import msgpack
 import trio
 
-from helios import log, timeutil
+from helios import log, names, timeutil
 from helios.errors import HeliosError, InvalidInput
 from helios.ingest import shipper
 from helios.ingest.sink import DropLog, Ingest, Sink
@@ -166,7 +166,7 @@ def decode_message(message: Any) -> tuple[str, list[shipper.Row], int, str | Non
 
 def dataset_of(tag: str) -> str | None:
     name = tag.split(".", 1)[0].lower()
-    return name if shipper.DATASET.match(name) else None
+    return name if names.DATASET.ok(name) else None
 
 
 def _bytes(value: str | bytes) -> bytes:

@@ -18,7 +18,6 @@ rejects the record. Nesting deeper than ``MAX_DEPTH`` rejects the record.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from typing import Any, Iterable
 
@@ -28,12 +27,11 @@ import pyarrow as pa
 from helios.errors import InvalidInput
 from helios.ingest.records import MAX_FIELD_NAME, from_columns
 
-__all__ = ["DATASET", "MAX_DEPTH", "PROTOCOLS", "RENAMED", "Row", "check_depth", "clean_text", "count_drop",
+__all__ = ["MAX_DEPTH", "PROTOCOLS", "RENAMED", "Row", "check_depth", "clean_text", "count_drop",
            "count_rows", "field_name", "flatten_into", "metric_lines", "time_ns", "to_table"]
 
 MAX_DEPTH = 32  # nesting of maps/arrays/AnyValues inside one record
 PROTOCOLS = ("otlp", "loki", "elastic", "syslog", "forward")
-DATASET = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")  # the rule of helios.api.app.DATASET_NAME
 RENAMED = {"dataset": "_dataset", "_time": "__time", "_msg": "__msg"}
 
 Row = dict[str, Any]

@@ -36,7 +36,7 @@ import trio
 
 from helios import log
 from helios.errors import Unavailable
-from helios.storage.fsutil import fsync_dir
+from helios.storage.fsutil import FILE_MODE, fsync_dir
 
 __all__ = ["Wal", "decode_payload", "encode_payload"]
 
@@ -133,7 +133,7 @@ class Wal:
 
     def _open_segment(self, seq: int) -> None:
         path = self.directory / _segment_name(seq)
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, FILE_MODE)
         fsync_dir(self.directory)
         self._seq = seq
         self._offset = 0
