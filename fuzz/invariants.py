@@ -24,8 +24,11 @@ DAY_NS = 86_400 * 10**9
 
 
 class Violation(AssertionError):
-    """An invariant does not hold."""
+    """An invariant does not hold: ``invariant`` names which (e.g. "compare-and-swap", "no loss")."""
 
+    def __init__(self, invariant: str, detail: str) -> None:
+        super().__init__(f"{invariant}: {detail}")
+        self.invariant = invariant
 
 
 def _lease_of(job: str) -> str:
@@ -70,27 +73,28 @@ class Invariants:
         """Invariant 1: every node's manifest of every partition is the shared one."""
         differences = await self._differences()
         if differences:
-            raise Violation("convergence: " + "; ".join(differences[:5]))
+            raise Violation("convergence", "; ".join(differences[:5]))
 
     def check_no_loss(self, rows: dict[str, Counter[str]]) -> None:
         """Invariant 2: every acknowledged row is on every node, unless retention dropped its partition."""
         for name, counts in rows.items():
             lost = [uid for uid, key in self.acked.items() if not self.expired(key) and counts[uid] == 0]
             if lost:
-                raise Violation(f"no loss: {len(lost)} acknowledged rows missing on {name}, e.g. {lost[:3]}")
+                raise Violation("no loss", f"{len(lost)} acknowledged rows missing on {name}, e.g. {lost[:3]}")
             kept = [uid for uid, key in self.acked.items() if self.expired(key) and counts[uid]]
             if kept:
-                raise Violation(f"retention: {len(kept)} rows of dropped partitions still on {name}")
+                raise Violation("retention", f"{len(kept)} rows of dropped partitions still on {name}")
 
     def check_no_duplication(self, rows: dict[str, Counter[str]]) -> None:
         """Invariant 3: no row counted twice on any node (acknowledged or not)."""
         for name, counts in rows.items():
             doubled = [uid for uid, n in counts.items() if n > 1]
             if doubled:
-                raise Violation(f"no duplication: {len(doubled)} rows more than once on {name}, e.g. {doubled[:3]}")
+                raise Violation("no duplication",
+                                f"{len(doubled)} rows more than once on {name}, e.g. {doubled[:3]}")
             unknown = [uid for uid in counts if uid not in self.attempted]
             if unknown:
-                raise Violation(f"no invention: rows never ingested on {name}: {unknown[:3]}")
+                raise Violation("no invention", f"rows never ingested on {name}: {unknown[:3]}")
 
     async def check_manifest_chains(self) -> None:
         """Versions contiguous, each naming the previous as parent; leader epochs never go back."""
@@ -100,26 +104,26 @@ class Invariants:
             day = day_number(day_name)
             versions = sorted(await shared.list_versions(self.store, dataset, day))
             if versions and versions != list(range(versions[0], versions[-1] + 1)):
-                raise Violation(f"chain {dataset}/{day_name}: versions not contiguous: {versions}")
+                raise Violation("chain", f"{dataset}/{day_name}: versions not contiguous: {versions}")
             chain = [shared.SharedManifest.decode(await self.store.get(shared.version_key(dataset, day, v)))
                      for v in versions]
             for previous, current in zip(chain, chain[1:]):
                 if current.parent != previous.version or current.parent_commit != previous.commit_id:
-                    raise Violation(f"chain {dataset}/{day_name}: version {current.version} does not follow "
+                    raise Violation("chain", f"{dataset}/{day_name}: version {current.version} does not follow "
                                     f"{previous.version}")
                 for job, epoch in previous.epochs.items():
                     if current.epochs.get(job, 0) < epoch:
-                        raise Violation(f"fencing {dataset}/{day_name}: version {current.version} has {job} "
+                        raise Violation("fencing", f"{dataset}/{day_name}: version {current.version} has {job} "
                                         f"epoch {current.epochs.get(job, 0)} after {epoch}")
                 if current.job and current.epoch < previous.epochs.get(_lease_of(current.job), 0):
-                    raise Violation(f"fencing {dataset}/{day_name}: version {current.version} committed "
+                    raise Violation("fencing", f"{dataset}/{day_name}: version {current.version} committed "
                                     f"{current.job} with epoch {current.epoch} after epoch "
                                     f"{previous.epochs[_lease_of(current.job)]}")
             for version in chain:
                 if version.job:
                     job = _lease_of(version.job)
                     if holders.get((job, version.epoch)) != version.node:
-                        raise Violation(f"fencing {dataset}/{day_name}: version {version.version} by "
+                        raise Violation("fencing", f"{dataset}/{day_name}: version {version.version} by "
                                         f"{version.node} with epoch {version.epoch} of {job}, held by "
                                         f"{holders.get((job, version.epoch))}")
 
@@ -133,9 +137,9 @@ class Invariants:
 
     async def check_commit_ids(self) -> None:
         """Every acknowledged manifest commit is in its chain exactly once; every CAS key was created once."""
-        doubles = [key for key, writes in self.recorder.created.items() if len(writes) > 1]
+        doubles = self.recorder.doubles  # the recorder raises at the second create; this is the record
         if doubles:
-            raise Violation(f"compare-and-swap: {len(doubles)} keys created twice, e.g. {doubles[:2]}")
+            raise Violation("compare-and-swap", f"{len(doubles)} keys created twice, e.g. {doubles[:2]}")
         present: Counter[str] = Counter()
         oldest: dict[str, int] = {}
         async for info in list_all(self.store, "parts/"):
@@ -149,7 +153,7 @@ class Invariants:
             if version < oldest.get(partition, 0):
                 continue  # garbage-collected old version
             if present[commit_id] != 1:
-                raise Violation(f"commit ids: acknowledged commit {commit_id} ({partition} v{version}) "
+                raise Violation("commit ids", f"acknowledged commit {commit_id} ({partition} v{version}) "
                                 f"present {present[commit_id]} times")
 
     def check_one_leader_now(self) -> None:
@@ -157,7 +161,7 @@ class Invariants:
         for job in JOBS:
             leading = sorted(name for name, node in self.nodes.items() if node.alive and node.leases[job].is_leader)
             if len(leading) > 1:
-                raise Violation(f"leases: {leading} all lead {job} at time {trio.current_time():.3f}")
+                raise Violation("leases", f"{leading} all lead {job} at time {trio.current_time():.3f}")
         self.result.checks += 1
 
     async def watch_leaders(self) -> None:
@@ -169,7 +173,7 @@ class Invariants:
         """At most one node believed it led a job in any epoch."""
         for (job, epoch), nodes in self.beliefs.items():
             if len(nodes) > 1:
-                raise Violation(f"leases: {sorted(nodes)} all led {job} in epoch {epoch}")
+                raise Violation("leases", f"{sorted(nodes)} all led {job} in epoch {epoch}")
 
     async def check_all(self) -> None:
         rows = await self.rows_by_node()

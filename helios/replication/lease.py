@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import secrets
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 import trio
@@ -55,8 +55,14 @@ class Observation:
 
 
 class Lease:
-    def __init__(self, job: str, store: Backend | None, node_id: str, ttl_s: float) -> None:
+    def __init__(self, job: str, store: Backend | None, node_id: str, ttl_s: float, *,
+                 clock: Callable[[], int] = timeutil.now_ns,
+                 token_hex: Callable[[int], str] = secrets.token_hex) -> None:
+        """``clock`` (wall ns, only written into the record) and ``token_hex`` (the record's commit id)
+        are seams for the fuzzer; lease timing uses trio's clock, which the fuzzer mocks."""
         self.job = job
+        self._clock = clock
+        self._token_hex = token_hex
         self.store = store
         self.node_id = node_id
         self.ttl_s = ttl_s
@@ -151,8 +157,8 @@ class Lease:
     async def _take(self, epoch: int) -> None:
         assert self.store is not None
         started = trio.current_time()
-        record = {"holder": self.node_id, "epoch": epoch, "commit": secrets.token_hex(8),
-                  "at": timeutil.format_ns(timeutil.now_ns())}
+        record = {"holder": self.node_id, "epoch": epoch, "commit": self._token_hex(8),
+                  "at": timeutil.format_ns(self._clock())}
         try:
             await create_resolved(self.store, self._key(epoch), orjson.dumps(record))
         except Conflict:
