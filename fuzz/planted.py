@@ -13,6 +13,9 @@ Planted bugs (each names the invariant it must be caught by, ``CAUGHT_BY``):
   no added delay, as a refactor could write it: on memory ``get`` then
   ``put`` (one scheduling point between), on fs an existence check and the
   write in two worker-thread calls, on S3 a GET then an unconditional PUT.
+- ``racy-create-in-thread``: the same, but on fs the check and the write in
+  one worker thread (the window is the tmp write, some 0.1 ms: only real
+  threads overlapping in time can hit it); memory and S3 as ``racy-create``.
 - ``lost-append``: a manifest commit that, after losing a race, re-applies
   its change to the blocks it read first, dropping the concurrent append.
 - ``ignore-epoch``: leaders never step down and leader commits skip the
@@ -24,6 +27,7 @@ from __future__ import annotations
 import random
 import secrets
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Callable
 
 import trio
@@ -34,14 +38,14 @@ from backends.memory import MemoryBackend
 from helios.replication import shared
 from helios.replication.lease import Lease
 
-__all__ = ["BUGS", "CAUGHT_BY", "RacyFsBackend", "RacyMemoryBackend", "SeededTokens", "StubbornLease",
-           "blind_to_fences", "inline_threads", "lost_append_commit", "racy_s3_backend"]
+__all__ = ["BUGS", "CAUGHT_BY", "RacyFsBackend", "RacyFsThreadBackend", "RacyMemoryBackend", "SeededTokens",
+           "StubbornLease", "blind_to_fences", "inline_threads", "lost_append_commit", "racy_s3_backend"]
 
-BUGS = ("non-atomic-cas", "racy-create", "lost-append", "ignore-epoch")
+BUGS = ("non-atomic-cas", "racy-create", "racy-create-in-thread", "lost-append", "ignore-epoch")
 # The invariant each planted bug breaks (``Violation.invariant``): a control caught by another one
 # would mean the harness no longer tests what it claims to.
 CAUGHT_BY = {"non-atomic-cas": "compare-and-swap", "racy-create": "compare-and-swap",
-             "lost-append": "no loss", "ignore-epoch": "leases"}
+             "racy-create-in-thread": "compare-and-swap", "lost-append": "no loss", "ignore-epoch": "leases"}
 
 
 # -- racy-create: check-then-store inside the backend's own create, no added delay -------------
@@ -69,6 +73,16 @@ class RacyFsBackend(FsBackend):
             self.counters.add("conflicts")
             raise Conflict(key)
         await self.put(key, data)
+
+
+class RacyFsThreadBackend(FsBackend):
+    """Planted: an existence check, then a plain put, in one worker thread."""
+
+    def _create(self, path: Path, data: bytes) -> None:
+        if path.exists():
+            self.counters.add("conflicts")
+            raise Conflict(str(path))
+        self._put(path, data)
 
 
 def racy_s3_backend() -> type:

@@ -72,8 +72,9 @@ from helios.replication.replicator import Replicator
 from helios.storage.engine import Engine
 from helios.timeutil import day_number
 from fuzz.invariants import Invariants, Violation
-from fuzz.planted import (BUGS, CAUGHT_BY, RacyFsBackend, RacyMemoryBackend, SeededTokens, StubbornLease,
-                          blind_to_fences, inline_threads, lost_append_commit, racy_s3_backend)
+from fuzz.planted import (BUGS, CAUGHT_BY, RacyFsBackend, RacyFsThreadBackend, RacyMemoryBackend,
+                          SeededTokens, StubbornLease, blind_to_fences, inline_threads, lost_append_commit,
+                          racy_s3_backend)
 
 __all__ = ["BUGS", "CAUGHT_BY", "Result", "Violation", "loghub_dir", "run_schedule"]
 
@@ -103,6 +104,7 @@ class Result:
     lockstep_steps: int = 0
     contended: int = 0   # rendezvous releases of two or more creates at once
     same_key: int = 0    # ... of which two or more created the same key
+    gate_timeouts: int = 0  # rendezvous waits that gave up on a member (none expected on memory)
     violation: str | None = None
     invariant: str | None = None  # which invariant the violation broke ("unexpected": an exception)
     trace: list[str] = field(default_factory=list)
@@ -466,7 +468,7 @@ def run_schedule(backend: str, seed: int, *, bug: str | None = None, steps: int 
     run_sync = inline_threads if backend == "memory" else trio.to_thread.run_sync
     base = workdir or (Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir()))
     root = Path(tempfile.mkdtemp(prefix=f"helios-fuzz-{backend}-{seed}-", dir=base))
-    racy = bug == "racy-create"
+    racy = bug in ("racy-create", "racy-create-in-thread")
     trio._core._run._r.seed(seed)  # trio shuffles its run queue: make the shuffle repeatable
 
     async def main() -> None:
@@ -474,7 +476,8 @@ def run_schedule(backend: str, seed: int, *, bug: str | None = None, steps: int 
         if backend == "memory":
             inner = RacyMemoryBackend() if racy else MemoryBackend()
         elif backend == "fs":
-            inner = (RacyFsBackend if racy else FsBackend)(root / "store")
+            fs = {"racy-create": RacyFsBackend, "racy-create-in-thread": RacyFsThreadBackend}.get(bug or "")
+            inner = (fs or FsBackend)(root / "store")
         else:
             from backends.s3 import S3Backend
 
@@ -503,6 +506,7 @@ def run_schedule(backend: str, seed: int, *, bug: str | None = None, steps: int 
             result.faults = sum(n for k, n in faulty.counters.snapshot().items()
                                 if k.startswith(("injected", "lost")))
             result.contended, result.same_key = rendezvous.releases, rendezvous.same_key
+            result.gate_timeouts = rendezvous.timeouts
             for node in sim.nodes.values():
                 node.engine.close()
             await inner.aclose()

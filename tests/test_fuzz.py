@@ -17,10 +17,11 @@ sys.path.insert(0, str(REPO))  # the fuzz harness lives at the repo root, beside
 from fuzz.sim import CAUGHT_BY, Result, run_schedule  # noqa: E402
 
 SEEDS_TO_CATCH = 20
-# Each planted bug, on the backends it is planted in here: ``racy-create`` is a check-then-store inside
-# the backend's own create with no added delay, so it is tried on memory and on fs (real threads).
+# Each planted bug, on the backends it is tried on here: ``racy-create`` is a check-then-store inside
+# the backend's own create with no added delay, so it is tried on memory and on fs (real threads);
+# ``racy-create-in-thread`` differs from it on fs only.
 CONTROLS = [("non-atomic-cas", "memory"), ("racy-create", "memory"), ("racy-create", "fs"),
-            ("lost-append", "memory"), ("ignore-epoch", "memory")]
+            ("racy-create-in-thread", "fs"), ("lost-append", "memory"), ("ignore-epoch", "memory")]
 
 
 def _run_for(backend: str, seconds: float, *, at_least: int = 3, **kwargs: object) -> list[Result]:
