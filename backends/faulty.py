@@ -28,18 +28,21 @@ __all__ = ["FaultyBackend", "NonAtomicCreate", "Passthrough", "Rendezvous"]
 
 class Rendezvous:
     """Holds the creates of its member tasks until every member still running waits here; then
-    releases them all at once (woken in one scheduler batch): the worst case for a compare-and-swap.
+    releases them all at once (woken in one scheduler batch, in arrival order): the worst case for
+    a compare-and-swap.
 
     A member is a task inside ``member()``; other tasks pass straight through. A member that
     finishes, fails or is cancelled leaves, which may complete the group. ``max_wait_s`` (trio
-    time) bounds a wait in case a member never arrives (counted in ``timeouts``).
+    time) bounds a wait in case a member never arrives (counted in ``timeouts``). Waiters park in a
+    ``ParkingLot`` (first in, first out), not on an ``Event`` (a set: wake-up order by address),
+    so a seeded run wakes them in the same order every time.
     """
 
     def __init__(self, *, max_wait_s: float = 60.0) -> None:
         self.max_wait_s = max_wait_s
         self._members: set[trio.lowlevel.Task] = set()
         self._waiting: dict[trio.lowlevel.Task, str] = {}  # task -> the key it creates
-        self._release = trio.Event()
+        self._lot = trio.lowlevel.ParkingLot()
         self.releases = 0        # releases of two or more creates together
         self.same_key = 0        # ... of which two or more created one key
         self.timeouts = 0
@@ -60,26 +63,27 @@ class Rendezvous:
         if task not in self._members:
             return
         self._waiting[task] = key
-        release = self._release
-        self._maybe_release()
+        if self._maybe_release():  # the last to arrive: goes with the others, in the next batch
+            await trio.lowlevel.checkpoint()
+            return
         try:
             with trio.move_on_after(self.max_wait_s) as scope:
-                await release.wait()
+                await self._lot.park()
             if scope.cancelled_caught:
                 self.timeouts += 1
         finally:
             self._waiting.pop(task, None)
 
-    def _maybe_release(self) -> None:
+    def _maybe_release(self) -> bool:
         if not self._waiting or len(self._waiting) < len(self._members):
-            return
+            return False
         if len(self._waiting) > 1:
             self.releases += 1
             keys = list(self._waiting.values())
             self.same_key += len(set(keys)) < len(keys)
-        self._release.set()
-        self._release = trio.Event()
         self._waiting = {}
+        self._lot.unpark_all()
+        return True
 
 
 class FaultyBackend:

@@ -1,7 +1,8 @@
-"""The invariants of DESIGN §4, checked after a schedule has quiesced (and leases, all along).
+"""The invariants of DESIGN §4, checked after a schedule has quiesced (leases and creates, all along).
 
-A mixin of ``fuzz.sim.Simulation``: each ``check_*`` raises ``Violation``
-with what it found.
+``Invariants`` is a mixin of ``fuzz.sim.Simulation``: each ``check_*``
+raises ``Violation`` with what it found. ``Recorder`` sits under the faults
+and raises a compare-and-swap violation the moment a create has two winners.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from typing import Any, Callable
 import orjson
 import trio
 
-from backends.base import list_all
+from backends.base import Backend, list_all
+from backends.faulty import Passthrough
 from helios.replication import shared
 from helios.replication.lease import JOBS
 from helios.storage.blocks import load_block
 from helios.timeutil import day_number
 
-__all__ = ["Invariants", "Violation"]
+__all__ = ["Invariants", "Recorder", "Violation"]
 
 DAY_NS = 86_400 * 10**9
 
@@ -29,6 +31,37 @@ class Violation(AssertionError):
     def __init__(self, invariant: str, detail: str) -> None:
         super().__init__(f"{invariant}: {detail}")
         self.invariant = invariant
+
+
+class Recorder(Passthrough):
+    """Between the faults and the store: every create that returned, and every delete.
+
+    A create that returns for a key an earlier create made, with no delete of
+    it since or in flight, had two winners: raised at once as a violation of
+    compare-and-swap (while the schedule runs, before anything else can hide it).
+    """
+
+    def __init__(self, inner: Backend) -> None:
+        super().__init__(inner)
+        self.live: set[str] = set()
+        self.deleting: Counter[str] = Counter()
+        self.doubles: list[str] = []
+
+    async def create(self, key: str, data: bytes) -> None:
+        await self.inner.create(key, data)
+        if key in self.live and not self.deleting[key]:
+            self.doubles.append(key)
+            raise Violation("compare-and-swap", f"{key} created twice: a second create returned "
+                            f"at {trio.current_time():.6f}")
+        self.live.add(key)
+
+    async def delete(self, key: str) -> None:
+        self.deleting[key] += 1
+        try:
+            await self.inner.delete(key)
+        finally:
+            self.deleting[key] -= 1
+        self.live.discard(key)
 
 
 def _lease_of(job: str) -> str:
@@ -52,8 +85,6 @@ class Invariants:
 
     def wall(self) -> int: ...
 
-    async def _differences(self) -> list[str]: ...
-
     def expired(self, key: tuple[str, int]) -> bool:
         days = self.retention_days.get(key[0])
         return days is not None and (key[1] + 1) * DAY_NS <= self.wall() - days * DAY_NS
@@ -68,6 +99,33 @@ class Invariants:
                     counts.update(table.column("uid").to_pylist())
             out[name] = counts
         return out
+
+    async def shared_partitions(self) -> dict[tuple[str, int], shared.SharedManifest]:
+        out = {}
+        async for info in list_all(self.store, "_partitions/"):
+            _, dataset, day_name = info.key.split("/")
+            day = day_number(day_name)
+            out[(dataset, day)] = await shared.read_latest(self.store, dataset, day)
+        return out
+
+    async def _differences(self) -> list[str]:
+        found = []
+        parts = await self.shared_partitions()
+        for name, node in self.nodes.items():
+            for key, manifest in node.engine.manifests.items():
+                latest = parts.get(key)
+                if latest is None:
+                    found.append(f"{name} holds {key} which the store does not know")
+                elif latest.dropped:
+                    found.append(f"{name} still holds dropped {key}")
+                elif {b.id for b in manifest.blocks} != {b.id for b in latest.blocks}:
+                    found.append(f"{name} {key}: local blocks differ from shared version {latest.version}")
+            for key, latest in parts.items():
+                if not latest.dropped and latest.blocks and key not in node.engine.manifests:
+                    found.append(f"{name} lacks {key}")
+            if node.engine.memtable or node.engine.frozen:
+                found.append(f"{name} has unflushed rows")
+        return found
 
     async def check_convergence(self) -> None:
         """Invariant 1: every node's manifest of every partition is the shared one."""

@@ -1,6 +1,6 @@
 """``make fuzz``: run seeded schedules on memory, fs and S3 (moto) for FUZZ_SECONDS; replay one seed.
 
-    .venv/bin/python fuzz/run.py run [--seconds 60] [--backends memory,fs,s3] [--bug NAME]
+    .venv/bin/python fuzz/run.py run [--seconds 60] [--backends memory,fs,s3] [--bug NAME] [--schedules N]
     .venv/bin/python fuzz/run.py replay --backend memory --seed 123 [--bug NAME]
 
 ``--bug`` plants one of ``fuzz.planted.BUGS`` (default: $FUZZ_BUG, so
@@ -38,7 +38,8 @@ def _moto() -> tuple[object, dict[str, str]]:
     return server, env
 
 
-def run(seconds: float, backends: list[str], bug: str | None, first_seed: int) -> list[Result]:
+def run(seconds: float, backends: list[str], bug: str | None, first_seed: int,
+        max_schedules: int | None = None) -> list[Result]:
     results: list[Result] = []
     moto, s3_env = (None, None)
     if "s3" in backends:
@@ -49,7 +50,7 @@ def run(seconds: float, backends: list[str], bug: str | None, first_seed: int) -
             started = time.monotonic()
             deadline = started + seconds * SHARES[backend] / total
             seed = first_seed
-            while time.monotonic() < deadline:
+            while time.monotonic() < deadline and (max_schedules is None or seed - first_seed < max_schedules):
                 result = run_schedule(backend, seed, bug=bug, s3_env=s3_env)
                 results.append(result)
                 if result.violation:
@@ -89,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("--backends", default="memory,fs,s3")
     run_p.add_argument("--bug", choices=BUGS, default=os.environ.get("FUZZ_BUG") or None)
     run_p.add_argument("--first-seed", type=int, default=int(os.environ.get("FUZZ_FIRST_SEED", "1")))
+    run_p.add_argument("--schedules", type=int, help="at most this many schedules per backend")
     replay_p = sub.add_parser("replay")
     replay_p.add_argument("--backend", choices=("memory", "fs", "s3"), required=True)
     replay_p.add_argument("--seed", type=int, required=True)
@@ -111,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{result.same_key} same-key races, trace {result.digest}: {result.violation or 'ok'}")
         return 1 if result.violation else 0
     backends = [b for b in args.backends.split(",") if b]
-    results = run(args.seconds, backends, args.bug, args.first_seed)
+    results = run(args.seconds, backends, args.bug, args.first_seed, args.schedules)
     print(summary(results, backends))
     return 1 if any(r.violation for r in results) else 0
 

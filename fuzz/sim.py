@@ -60,8 +60,8 @@ import orjson
 import trio
 import trio.testing
 
-from backends.base import Backend, StoreError, list_all
-from backends.faulty import FaultyBackend, NonAtomicCreate, Passthrough, Rendezvous
+from backends.base import Backend, StoreError
+from backends.faulty import FaultyBackend, NonAtomicCreate, Rendezvous
 from backends.fs import FsBackend
 from backends.memory import MemoryBackend
 from helios.ingest.records import parse_ndjson
@@ -70,8 +70,7 @@ from helios.replication.jobs import Maintenance
 from helios.replication.lease import JOBS, Lease
 from helios.replication.replicator import Replicator
 from helios.storage.engine import Engine
-from helios.timeutil import day_number
-from fuzz.invariants import Invariants, Violation
+from fuzz.invariants import Invariants, Recorder, Violation
 from fuzz.planted import (BUGS, CAUGHT_BY, RacyFsBackend, RacyFsThreadBackend, RacyMemoryBackend,
                           SeededTokens, StubbornLease, blind_to_fences, inline_threads, lost_append_commit,
                           racy_s3_backend)
@@ -136,37 +135,6 @@ def _lines() -> list[str]:
 _LOGHUB: list[str] = []
 
 
-class Recorder(Passthrough):
-    """Between the faults and the store: every create that returned, and every delete.
-
-    A create that returns for a key an earlier create made, with no delete of
-    it since or in flight, had two winners: raised at once as a violation of
-    compare-and-swap (while the schedule runs, before anything else can hide it).
-    """
-
-    def __init__(self, inner: Backend) -> None:
-        super().__init__(inner)
-        self.live: set[str] = set()
-        self.deleting: Counter[str] = Counter()
-        self.doubles: list[str] = []
-
-    async def create(self, key: str, data: bytes) -> None:
-        await self.inner.create(key, data)
-        if key in self.live and not self.deleting[key]:
-            self.doubles.append(key)
-            raise Violation("compare-and-swap", f"{key} created twice: a second create returned "
-                            f"at {trio.current_time():.6f}")
-        self.live.add(key)
-
-    async def delete(self, key: str) -> None:
-        self.deleting[key] += 1
-        try:
-            await self.inner.delete(key)
-        finally:
-            self.deleting[key] -= 1
-        self.live.discard(key)
-
-
 class Incarnation:
     """One life of a simulated node between crashes: its objects and its cancellable tasks."""
 
@@ -187,16 +155,16 @@ class Incarnation:
                                 clock=wall, commit=sim.commit, run_sync=sim.run_sync, token_hex=token_hex)
         self.jobs.min_inputs = 2
         self.jobs.keep_versions = sim.keep_versions
-        self._scopes: set[trio.CancelScope] = set()
+        self._scopes: dict[trio.CancelScope, None] = {}  # in order: a crash cancels them in order
         self.alive = True
 
     async def guarded(self, fn: Callable[[], Awaitable[Any]]) -> Any:
         with trio.CancelScope() as scope:
-            self._scopes.add(scope)
+            self._scopes[scope] = None
             try:
                 return await fn()
             finally:
-                self._scopes.discard(scope)
+                self._scopes.pop(scope, None)
         return None
 
     async def wait_stopped(self) -> None:
@@ -428,32 +396,6 @@ class Simulation(Invariants):
                 break
             await trio.sleep(LEASE_TTL_S / 3)
 
-    async def shared_partitions(self) -> dict[tuple[str, int], shared.SharedManifest]:
-        out = {}
-        async for info in list_all(self.store, "_partitions/"):
-            _, dataset, day_name = info.key.split("/")
-            day = day_number(day_name)
-            out[(dataset, day)] = await shared.read_latest(self.store, dataset, day)
-        return out
-
-    async def _differences(self) -> list[str]:
-        found = []
-        parts = await self.shared_partitions()
-        for name, node in self.nodes.items():
-            for key, manifest in node.engine.manifests.items():
-                latest = parts.get(key)
-                if latest is None:
-                    found.append(f"{name} holds {key} which the store does not know")
-                elif latest.dropped:
-                    found.append(f"{name} still holds dropped {key}")
-                elif {b.id for b in manifest.blocks} != {b.id for b in latest.blocks}:
-                    found.append(f"{name} {key}: local blocks differ from shared version {latest.version}")
-            for key, latest in parts.items():
-                if not latest.dropped and latest.blocks and key not in node.engine.manifests:
-                    found.append(f"{name} lacks {key}")
-            if node.engine.memtable or node.engine.frozen:
-                found.append(f"{name} has unflushed rows")
-        return found
 
 def run_schedule(backend: str, seed: int, *, bug: str | None = None, steps: int | None = None,
                  s3_env: dict[str, str] | None = None, workdir: Path | None = None) -> Result:

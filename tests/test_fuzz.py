@@ -74,14 +74,18 @@ def test_every_planted_bug_has_a_control() -> None:
 
 
 def test_a_replay_reproduces_a_failing_seed_exactly() -> None:
-    """``fuzz/run.py run`` reports a violation with its replay command; the command repeats it, step for step."""
-    seed = _first_caught("lost-append").seed
-    found = subprocess.run([sys.executable, "fuzz/run.py", "run", "--backends", "memory", "--seconds", "0.01",
-                            "--bug", "lost-append", "--first-seed", str(seed)],
-                           cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert found.returncode == 1 and "1 violations" in found.stdout, found.stdout + found.stderr
-    violation = found.stderr.split(": ", 1)[1].split("\n")[0]
-    command = found.stderr.split("replay: ", 1)[1].split()
+    """``fuzz/run.py run`` reports each violation with its replay command; the command, run alone,
+    repeats it step for step — also for a seed that ran after others in the run's process (nothing
+    may carry over between schedules, e.g. wake-up orders by object address)."""
+    found = subprocess.run([sys.executable, "fuzz/run.py", "run", "--backends", "memory", "--seconds", "600",
+                            "--schedules", "3", "--bug", "lost-append", "--first-seed", "1"],
+                           cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert found.returncode == 1 and "memory 3 schedules" in found.stdout, found.stdout + found.stderr
+    reports = found.stderr.split("fuzz: VIOLATION on ")[1:]
+    assert reports and not reports[-1].startswith("memory seed 1:"), found.stderr
+    last = reports[-1]  # found after at least one other schedule ran in that process
+    violation = last.split(": ", 1)[1].split("\n")[0]
+    command = last.split("replay: ", 1)[1].split()
     assert command[:2] == [".venv/bin/python", "fuzz/run.py"]
     outputs = []
     for _ in range(2):
@@ -90,4 +94,5 @@ def test_a_replay_reproduces_a_failing_seed_exactly() -> None:
         assert done.returncode == 1, done.stderr
         outputs.append(done.stdout)
     assert outputs[0] == outputs[1], "two replays of one seed took different steps"
-    assert violation.split(": ", 1)[1] in outputs[0].splitlines()[-1]
+    assert violation in outputs[0].splitlines()[-2], (violation, outputs[0].splitlines()[-2:])
+
