@@ -1,11 +1,14 @@
 """``make fuzz``: run seeded schedules on memory, fs and S3 (moto) for FUZZ_SECONDS; replay one seed.
 
-    .venv/bin/python fuzz/run.py run [--seconds 60] [--backends memory,fs,s3] [--bug NAME]
+    .venv/bin/python fuzz/run.py run [--seconds 60] [--backends memory,fs,s3] [--bug NAME] [--schedules N]
     .venv/bin/python fuzz/run.py replay --backend memory --seed 123 [--bug NAME]
 
-Ends with one summary line, e.g.
-``fuzz: memory 900 schedules/30000 ops/5400 checks, fs 60 ..., s3 12 ..., 0 violations``;
-each violation prints its seed and the command that replays it. Exit status 1 on any violation.
+``--bug`` plants one of ``fuzz.planted.BUGS`` (default: $FUZZ_BUG, so
+``FUZZ_BUG=racy-create make fuzz`` must fail). Ends with one summary line, e.g.
+``fuzz: memory 900 schedules/30000 ops/5400 checks/..., fs 60 ..., s3 12 ..., 0 violations``;
+each violation prints its seed, the invariant it broke, the seconds into that
+backend's share it was found, and the command that replays it. Exit status 1
+on any violation.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ def _moto() -> tuple[object, dict[str, str]]:
     return server, env
 
 
-def run(seconds: float, backends: list[str], bug: str | None, first_seed: int) -> list[Result]:
+def run(seconds: float, backends: list[str], bug: str | None, first_seed: int,
+        max_schedules: int | None = None) -> list[Result]:
     results: list[Result] = []
     moto, s3_env = (None, None)
     if "s3" in backends:
@@ -43,13 +47,16 @@ def run(seconds: float, backends: list[str], bug: str | None, first_seed: int) -
     try:
         total = sum(SHARES[b] for b in backends)
         for backend in backends:
-            deadline = time.monotonic() + seconds * SHARES[backend] / total
+            started = time.monotonic()
+            deadline = started + seconds * SHARES[backend] / total
             seed = first_seed
-            while time.monotonic() < deadline:
+            while time.monotonic() < deadline and (max_schedules is None or seed - first_seed < max_schedules):
                 result = run_schedule(backend, seed, bug=bug, s3_env=s3_env)
                 results.append(result)
                 if result.violation:
                     print(f"fuzz: VIOLATION on {backend} seed {seed}: {result.violation}\n"
+                          f"  invariant: {result.invariant}; found {time.monotonic() - started:.1f} s into "
+                          f"the {backend} run\n"
                           f"  replay: {result.replay_command()}", file=sys.stderr)
                 seed += 1
     finally:
@@ -64,7 +71,9 @@ def summary(results: list[Result], backends: list[str]) -> str:
         mine = [r for r in results if r.backend == backend]
         parts.append(f"{backend} {len(mine)} schedules/{sum(r.ops for r in mine)} ops/"
                      f"{sum(r.checks for r in mine)} checks/{sum(r.faults for r in mine)} faults/"
-                     f"{sum(r.crashes for r in mine)} crashes")
+                     f"{sum(r.crashes for r in mine)} crashes/{sum(r.lockstep_steps for r in mine)} lockstep steps/"
+                     f"{sum(r.same_key for r in mine)} same-key races/"
+                     f"{sum(1 for r in mine if r.violation)} violations")
     violations = sum(1 for r in results if r.violation)
     return f"fuzz: {', '.join(parts)}, {violations} violations"
 
@@ -79,14 +88,17 @@ def main(argv: list[str] | None = None) -> int:
     run_p = sub.add_parser("run")
     run_p.add_argument("--seconds", type=float, default=float(os.environ.get("FUZZ_SECONDS", "60")))
     run_p.add_argument("--backends", default="memory,fs,s3")
-    run_p.add_argument("--bug", choices=BUGS)
+    run_p.add_argument("--bug", choices=BUGS, default=os.environ.get("FUZZ_BUG") or None)
     run_p.add_argument("--first-seed", type=int, default=int(os.environ.get("FUZZ_FIRST_SEED", "1")))
+    run_p.add_argument("--schedules", type=int, help="at most this many schedules per backend")
     replay_p = sub.add_parser("replay")
     replay_p.add_argument("--backend", choices=("memory", "fs", "s3"), required=True)
     replay_p.add_argument("--seed", type=int, required=True)
     replay_p.add_argument("--bug", choices=BUGS)
     replay_p.add_argument("--trace", action="store_true", help="print every step")
     args = parser.parse_args(argv)
+    if args.bug is not None and args.bug not in BUGS:
+        parser.error(f"FUZZ_BUG={args.bug!r}: one of {', '.join(BUGS)}")
     log.configure("critical")
     if args.command == "replay":
         moto, s3_env = _moto() if args.backend == "s3" else (None, None)
@@ -98,10 +110,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.trace:
             print("\n".join(result.trace))
         print(f"fuzz: {args.backend} seed {args.seed}: {result.ops} ops, {result.checks} checks, "
-              f"trace {result.digest}: {result.violation or 'ok'}")
+              f"{result.same_key} same-key races, trace {result.digest}: {result.violation or 'ok'}")
         return 1 if result.violation else 0
     backends = [b for b in args.backends.split(",") if b]
-    results = run(args.seconds, backends, args.bug, args.first_seed)
+    results = run(args.seconds, backends, args.bug, args.first_seed, args.schedules)
     print(summary(results, backends))
     return 1 if any(r.violation for r in results) else 0
 

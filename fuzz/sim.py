@@ -4,29 +4,42 @@ Several simulated nodes — each a real ``Engine`` (WAL, memtable, blocks),
 ``Replicator`` (uploader, puller), ``Lease`` per job and ``Maintenance``
 (compaction, GC, retention) on its own data dir — share one store (memory,
 fs, or S3 through moto) behind ``FaultyBackend`` (errors, latency, writes
-that land with the answer lost; races give the CAS its 409/412 conflicts).
-A seeded schedule runs steps of one to four concurrent operations: ingest
-into shared partitions, flush, upload, pull, lease ticks, compaction,
-retention, local GC, and crashes — a node's in-flight operations are
-cancelled at whatever await point they reached (between a block upload and
-the manifest swap, between the swap and the local record, mid-compaction…)
-and the node restarts from its data dir.
+that land with the answer lost, and a seeded 0–2 scheduling points before
+and after every call). A seeded schedule runs steps of concurrent
+operations: ingest into shared partitions, flush, upload, pull, lease ticks,
+compaction, retention, local GC, and crashes — a node's in-flight
+operations are cancelled at whatever await point they reached (between a
+block upload and the manifest swap, between the swap and the local record,
+mid-compaction…) and the node restarts from its data dir.
+
+Contention is driven on purpose. A third of the steps are *lockstep*: every
+node starts its operation at one instant (ship into one partition, upload,
+lease ticks, or shipping while the leader compacts or drops), with no
+latency, and a ``Rendezvous`` holds their creates until every node of the
+step waits at one, then releases them together: several nodes creating the
+same manifest version or lease epoch in one scheduler batch, then the
+seeded scheduling points decide who goes first. A create that returns for a
+key that already exists is caught at once by the ``Recorder`` under the
+faults ("compare-and-swap").
 
 Then faults stop, every node syncs, and the invariants are checked as named
-functions (``check_*``). A violation carries the seed and a replay command.
+functions (``check_*``). A violation names its invariant and carries the
+seed and a replay command.
 
-Time is trio's ``MockClock``; trio's scheduler is seeded; ``secrets`` is
-seeded. On the memory backend worker threads run inline, so a run is
-deterministic for its seed (``Result.digest`` is identical on replay). On fs
-and S3 the file and network I/O run for real (threads, sockets — the kernel's
-atomicity is what is being tested), so a replay repeats the same schedule
-but not necessarily the same interleaving.
+Seams, not patches: the production classes take their clock, randomness
+(``token_hex``), thread runner (``run_sync``) and manifest commit
+(``commit``) as constructor parameters; the simulation passes the mock wall
+clock, a seeded token generator, inline threads on memory, and a commit hook
+that records acknowledged commits (and plants ``lost-append`` /
+``ignore-epoch``). Time is trio's ``MockClock``; trio's scheduler is seeded.
+On the memory backend worker threads run inline, so a run is deterministic
+for its seed (``Result.digest`` is identical on replay). On fs and S3 the
+file and network I/O run for real (threads, sockets — the kernel's atomicity
+is what is being tested), so a replay repeats the same schedule but not
+necessarily the same interleaving.
 
-Planted bugs (``--bug``), for the negative controls:
-- ``non-atomic-cas``: create-if-absent done as check-then-put.
-- ``lost-append``: a manifest commit that, after losing a race, re-applies its
-  change to the blocks it read first, dropping the concurrent append.
-- ``ignore-epoch``: leaders never step down and compaction ignores the epoch fence.
+Planted bugs (``--bug``, see ``fuzz.planted``): ``non-atomic-cas``,
+``racy-create``, ``lost-append``, ``ignore-epoch``.
 """
 
 from __future__ import annotations
@@ -39,7 +52,6 @@ import shutil
 import tempfile
 import traceback
 from collections import Counter
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -48,24 +60,23 @@ import orjson
 import trio
 import trio.testing
 
-from backends.base import Backend, StoreError, list_all
-from backends.faulty import FaultyBackend, NonAtomicCreate, Passthrough
+from backends.base import Backend, StoreError
+from backends.faulty import FaultyBackend, NonAtomicCreate, Rendezvous
 from backends.fs import FsBackend
 from backends.memory import MemoryBackend
 from helios.ingest.records import parse_ndjson
-from helios.replication import jobs, shared
+from helios.replication import shared
 from helios.replication.jobs import Maintenance
 from helios.replication.lease import JOBS, Lease
 from helios.replication.replicator import Replicator
 from helios.storage.engine import Engine
-from helios.timeutil import day_number
-from fuzz.invariants import Invariants, Violation
-from fuzz.planted import (inline_threads, lost_append_commit, patched, recording_commit,
-                          seeded_secrets)
+from fuzz.invariants import Invariants, Recorder, Violation
+from fuzz.planted import (BUGS, CAUGHT_BY, RacyFsBackend, RacyFsThreadBackend, RacyMemoryBackend,
+                          SeededTokens, StubbornLease, blind_to_fences, inline_threads, lost_append_commit,
+                          racy_s3_backend)
 
-__all__ = ["BUGS", "Result", "Violation", "run_schedule"]
+__all__ = ["BUGS", "CAUGHT_BY", "Result", "Violation", "loghub_dir", "run_schedule"]
 
-BUGS = ("non-atomic-cas", "lost-append", "ignore-epoch")
 BASE_NS = 1_768_003_200 * 10**9  # 2026-01-10T00:00:00Z: the simulation's wall clock at time 0
 DAY_NS = 86_400 * 10**9
 RETENTION_DAYS = {"a": None, "r": 3}
@@ -75,6 +86,9 @@ REPO = Path(__file__).resolve().parent.parent
 # Mock time jumps once every task has been idle this long in real time. Memory runs have no real
 # I/O (worker threads run inline): jump at once. fs and S3 wait for real threads and sockets.
 AUTOJUMP_S = {"memory": 0.0, "fs": 0.001, "s3": 0.005}
+LOCKSTEP_SHARE = 0.35  # of the steps
+BURST_SHARE = 0.2      # every node the same operation, with latency (not aligned)
+REORDER = 2            # up to this many scheduling points before and after every store call
 
 
 @dataclass
@@ -86,7 +100,12 @@ class Result:
     checks: int = 0
     faults: int = 0
     crashes: int = 0
+    lockstep_steps: int = 0
+    contended: int = 0   # rendezvous releases of two or more creates at once
+    same_key: int = 0    # ... of which two or more created the same key
+    gate_timeouts: int = 0  # rendezvous waits that gave up on a member (none expected on memory)
     violation: str | None = None
+    invariant: str | None = None  # which invariant the violation broke ("unexpected": an exception)
     trace: list[str] = field(default_factory=list)
 
     @property
@@ -98,8 +117,13 @@ class Result:
         return f".venv/bin/python fuzz/run.py replay --backend {self.backend} --seed {self.seed}{bug}"
 
 
+def loghub_dir() -> Path:
+    """The Loghub samples the rows come from: ``tests/data/loghub`` in the repo, or $HELIOS_LOGHUB_DIR."""
+    return Path(os.environ.get("HELIOS_LOGHUB_DIR") or REPO / "tests" / "data" / "loghub")
+
+
 def _lines() -> list[str]:
-    root = Path(os.environ.get("HELIOS_LOGHUB_DIR", REPO.parent / "shared" / "data" / "loghub"))
+    root = loghub_dir()
     lines: list[str] = []
     for path in sorted(root.glob("*_2k.log")):
         lines += [line for line in path.read_text(encoding="utf-8").splitlines()[:200] if line.strip()]
@@ -111,43 +135,36 @@ def _lines() -> list[str]:
 _LOGHUB: list[str] = []
 
 
-class Recorder(Passthrough):
-    """Between the faults and the store: remembers every create that landed, and what it wrote."""
-
-    def __init__(self, inner: Backend) -> None:
-        super().__init__(inner)
-        self.created: dict[str, list[bytes]] = {}
-
-    async def create(self, key: str, data: bytes) -> None:
-        await self.inner.create(key, data)
-        self.created.setdefault(key, []).append(data)
-
-
 class Incarnation:
     """One life of a simulated node between crashes: its objects and its cancellable tasks."""
 
     def __init__(self, sim: Simulation, name: str) -> None:
         self.name = name
         self.directory = sim.root / name
-        wall = sim.wall
-        self.engine = Engine(self.directory, name, memtable_rows=10**9, cache_bytes=64 << 20, clock=wall)
-        self.replicator = Replicator(self.engine, sim.store, name, 0.1, clock=wall)
-        self.leases = {job: Lease(job, sim.store, name, LEASE_TTL_S) for job in JOBS}
+        wall, token_hex = sim.wall, sim.tokens.token_hex
+        self.engine = Engine(self.directory, name, memtable_rows=10**9, cache_bytes=64 << 20, clock=wall,
+                             run_sync=sim.run_sync, token_hex=token_hex)
+        self.replicator = Replicator(self.engine, sim.store, name, 0.1, clock=wall, commit=sim.commit,
+                                     run_sync=sim.run_sync)
+        lease = StubbornLease if sim.bug == "ignore-epoch" else Lease
+        self.leases: dict[str, Lease] = {job: lease(job, sim.store, name, LEASE_TTL_S, clock=wall,
+                                                    token_hex=token_hex) for job in JOBS}
         self.jobs = Maintenance(self.engine, sim.store, self.replicator, self.leases, name,
                                 retention_days=lambda dataset: RETENTION_DAYS.get(dataset),
-                                compaction_interval_s=1, retention_interval_s=1, gc_grace_s=GC_GRACE_S, clock=wall)
+                                compaction_interval_s=1, retention_interval_s=1, gc_grace_s=GC_GRACE_S,
+                                clock=wall, commit=sim.commit, run_sync=sim.run_sync, token_hex=token_hex)
         self.jobs.min_inputs = 2
         self.jobs.keep_versions = sim.keep_versions
-        self._scopes: set[trio.CancelScope] = set()
+        self._scopes: dict[trio.CancelScope, None] = {}  # in order: a crash cancels them in order
         self.alive = True
 
     async def guarded(self, fn: Callable[[], Awaitable[Any]]) -> Any:
         with trio.CancelScope() as scope:
-            self._scopes.add(scope)
+            self._scopes[scope] = None
             try:
                 return await fn()
             finally:
-                self._scopes.discard(scope)
+                self._scopes.pop(scope, None)
         return None
 
     async def wait_stopped(self) -> None:
@@ -163,9 +180,14 @@ class Incarnation:
 
 class Simulation(Invariants):
     def __init__(self, result: Result, rng: random.Random, root: Path, store: Backend, recorder: Recorder,
-                 faulty: FaultyBackend) -> None:
+                 faulty: FaultyBackend, rendezvous: Rendezvous, *, tokens: SeededTokens,
+                 run_sync: Callable[..., Awaitable[Any]]) -> None:
         self.result = result
+        self.bug = result.bug
         self.rng = rng
+        self.tokens = tokens
+        self.run_sync = run_sync
+        self.rendezvous = rendezvous
         self.root = root
         self.store = store
         self.recorder = recorder
@@ -187,11 +209,24 @@ class Simulation(Invariants):
     def trace(self, text: str) -> None:
         self.result.trace.append(f"{trio.current_time():.6f} {text}")
 
+    async def commit(self, store: Backend, dataset: str, day: int, node_id: str,
+                     change: Callable[[shared.SharedManifest], shared.SharedManifest | None], known: int = 0,
+                     **kwargs: Any) -> shared.SharedManifest:
+        """The ``commit`` seam of every node: ``shared.commit`` (or a planted one), seeded, recorded."""
+        if self.bug == "ignore-epoch":
+            change = blind_to_fences(change)
+        commit = lost_append_commit if self.bug == "lost-append" else shared.commit
+        result = await commit(store, dataset, day, node_id, change, known, token_hex=self.tokens.token_hex,
+                              **kwargs)
+        if result.node == node_id and result.commit_id:
+            self.acked_commits_where[result.commit_id] = (shared.partition_prefix(dataset, day), result.version)
+        return result
+
     # -- nodes -----------------------------------------------------------------
 
     async def start(self, name: str, nursery: trio.Nursery) -> Incarnation:
         node = Incarnation(self, name)
-        await trio.to_thread.run_sync(node.engine.open)
+        await self.run_sync(node.engine.open)
         nursery.start_soon(node.guarded, node.engine.wal.run)
         await trio.sleep(0)
         self.nodes[name] = node
@@ -263,7 +298,7 @@ class Simulation(Invariants):
     OPS: list[tuple[str, int]] = [("ingest", 30), ("flush", 14), ("upload", 14), ("pull", 14), ("tick", 14),
                                   ("compact", 7), ("retention", 3), ("gc", 4)]
 
-    async def run_op(self, name: str, what: str) -> None:
+    async def run_op(self, name: str, what: str, lockstep: bool = False) -> None:
         node = self.nodes[name]
         operation = getattr(self, f"op_{what}")
 
@@ -277,32 +312,55 @@ class Simulation(Invariants):
                 self.trace(f"{name} {what} fenced")
 
         self.result.ops += 1
-        await node.guarded(attempt)
+        if lockstep:
+            with self.rendezvous.member():
+                await node.guarded(attempt)
+        else:
+            await node.guarded(attempt)
+
+    LOCKSTEP: list[tuple[str, int]] = [("ship", 4), ("upload", 1), ("tick", 2), ("mixed", 3)]
+    MIXED = ("ship", "ship", "compact", "retention")
+    BURST = ("ship", "ship", "upload", "pull", "compact", "tick")
+
+    def _choose_step(self, names: list[str]) -> tuple[list[tuple[str, str]], bool]:
+        """The operations of one step, and whether it runs in lockstep."""
+        ops, weights = zip(*self.OPS)
+        roll = self.rng.random()
+        if roll < LOCKSTEP_SHARE:  # every node at one instant, creates released together
+            kinds, kind_weights = zip(*self.LOCKSTEP)
+            what = self.rng.choices(kinds, kind_weights)[0]
+            self.burst_target = (self.rng.choice(("a", "r")), self.rng.choice((0, 0, 0, 1, 4)))
+            if what == "mixed":  # shipping into one partition while the leaders compact and drop
+                return [(name, self.rng.choice(self.MIXED)) for name in names], True
+            return [(name, what) for name in names], True
+        if roll < LOCKSTEP_SHARE + BURST_SHARE:  # every node the same thing, at its own pace
+            what = self.rng.choice(self.BURST)
+            self.burst_target = (self.rng.choice(("a", "r")), self.rng.choice((0, 0, 1, 4)))
+            return [(name, what) for name in names], False
+        return [(self.rng.choice(names), self.rng.choices(ops, weights)[0])
+                for _ in range(self.rng.randint(1, 4))], False
 
     async def schedule(self, nursery: trio.Nursery, steps: int) -> None:
         names = list(self.nodes)
-        ops, weights = zip(*self.OPS)
+        latency_s = self.faulty.max_latency_s
         for _ in range(steps):
             await trio.sleep(self.rng.uniform(0, 1.0))
             self.burst_target = None
-            if self.rng.random() < 0.3:  # a burst: every node does the same thing at once
-                what = self.rng.choice(("ship", "ship", "upload", "pull", "compact", "tick"))
-                chosen = [(name, what) for name in names]
-                self.burst_target = (self.rng.choice(("a", "r")), self.rng.choice((0, 0, 1, 4)))
-            else:
-                chosen = [(self.rng.choice(names), self.rng.choices(ops, weights)[0])
-                          for _ in range(self.rng.randint(1, 4))]
+            chosen, lockstep = self._choose_step(names)
             crash = self.rng.choice(names) if self.rng.random() < 0.06 else None
             crash_after = self.rng.uniform(0, 0.05)
-            self.trace(f"step {chosen} crash={crash}")
+            self.trace(f"step {'lockstep ' if lockstep else ''}{chosen} crash={crash}")
+            self.result.lockstep_steps += lockstep
+            self.faulty.max_latency_s = 0.0 if lockstep else latency_s
             async with trio.open_nursery() as step:
                 for name, what in chosen:
-                    step.start_soon(self.run_op, name, what)
+                    step.start_soon(self.run_op, name, what, lockstep)
                 if crash is not None:
                     async def crash_later(name: str = crash) -> None:
                         await trio.sleep(crash_after)
                         self.nodes[name].crash()
                     step.start_soon(crash_later)
+            self.faulty.max_latency_s = latency_s
             if crash is not None:
                 await self.restart(crash, nursery)
             self.check_one_leader_now()
@@ -338,116 +396,78 @@ class Simulation(Invariants):
                 break
             await trio.sleep(LEASE_TTL_S / 3)
 
-    async def shared_partitions(self) -> dict[tuple[str, int], shared.SharedManifest]:
-        out = {}
-        async for info in list_all(self.store, "_partitions/"):
-            _, dataset, day_name = info.key.split("/")
-            day = day_number(day_name)
-            out[(dataset, day)] = await shared.read_latest(self.store, dataset, day)
-        return out
-
-    async def _differences(self) -> list[str]:
-        found = []
-        parts = await self.shared_partitions()
-        for name, node in self.nodes.items():
-            for key, manifest in node.engine.manifests.items():
-                latest = parts.get(key)
-                if latest is None:
-                    found.append(f"{name} holds {key} which the store does not know")
-                elif latest.dropped:
-                    found.append(f"{name} still holds dropped {key}")
-                elif {b.id for b in manifest.blocks} != {b.id for b in latest.blocks}:
-                    found.append(f"{name} {key}: local blocks differ from shared version {latest.version}")
-            for key, latest in parts.items():
-                if not latest.dropped and latest.blocks and key not in node.engine.manifests:
-                    found.append(f"{name} lacks {key}")
-            if node.engine.memtable or node.engine.frozen:
-                found.append(f"{name} has unflushed rows")
-        return found
 
 def run_schedule(backend: str, seed: int, *, bug: str | None = None, steps: int | None = None,
                  s3_env: dict[str, str] | None = None, workdir: Path | None = None) -> Result:
     """One schedule: simulate, quiesce, check. Returns the result; ``violation`` says what failed."""
+    if bug is not None and bug not in BUGS:
+        raise ValueError(f"unknown planted bug {bug!r}: one of {', '.join(BUGS)}")
     if not _LOGHUB:
         _LOGHUB.extend(_lines())
     result = Result(backend, seed, bug)
     rng = random.Random(f"{backend}/{seed}/{bug}")
+    tokens = SeededTokens(random.Random(f"secrets/{seed}/{bug}"))
+    run_sync = inline_threads if backend == "memory" else trio.to_thread.run_sync
     base = workdir or (Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir()))
     root = Path(tempfile.mkdtemp(prefix=f"helios-fuzz-{backend}-{seed}-", dir=base))
-    holder: list[Simulation] = []
-    inline = backend == "memory"
-    with ExitStack() as stack:
-        for name, fn in seeded_secrets(random.Random(f"secrets/{seed}/{bug}")).items():
-            stack.enter_context(patched(secrets, name, fn))
-        if inline:
-            stack.enter_context(patched(trio.to_thread, "run_sync", inline_threads))
-        commit = lost_append_commit(shared.commit) if bug == "lost-append" else shared.commit
-        stack.enter_context(patched(shared, "commit", recording_commit(holder, commit)))
-        if bug == "ignore-epoch":
-            stack.enter_context(patched(jobs, "fence", lambda current, lease_job, epoch: None))
-            stack.enter_context(patched(Lease, "is_leader", property(lambda self: self.epoch > 0)))
+    racy = bug in ("racy-create", "racy-create-in-thread")
+    trio._core._run._r.seed(seed)  # trio shuffles its run queue: make the shuffle repeatable
 
-            async def always(self: Lease, epoch: int) -> bool:
-                return True
-            stack.enter_context(patched(Lease, "still_leader", always))
+    async def main() -> None:
+        inner: Backend
+        if backend == "memory":
+            inner = RacyMemoryBackend() if racy else MemoryBackend()
+        elif backend == "fs":
+            fs = {"racy-create": RacyFsBackend, "racy-create-in-thread": RacyFsThreadBackend}.get(bug or "")
+            inner = (fs or FsBackend)(root / "store")
+        else:
+            from backends.s3 import S3Backend
 
-            async def never_step_down(self: Lease, original: Any = Lease.tick) -> None:
-                epoch = self.epoch
-                await original(self)
-                if epoch and not self.epoch:
-                    self.epoch = epoch  # keeps believing, with its old epoch
-            stack.enter_context(patched(Lease, "tick", never_step_down))
-        trio._core._run._r.seed(seed)  # trio shuffles its run queue: make the shuffle repeatable
-
-        async def main() -> None:
-            inner: Backend
-            if backend == "memory":
-                inner = MemoryBackend()
-            elif backend == "fs":
-                inner = FsBackend(root / "store")
-            else:
-                from backends.s3 import S3Backend
-
-                assert s3_env is not None
-                inner = await S3Backend.from_url(f"s3://helios-test/fuzz-{seed}-{secrets.token_hex(4)}", s3_env)
-            recorder = Recorder(NonAtomicCreate(inner) if bug == "non-atomic-cas" else inner)
-            faulty = FaultyBackend(recorder, seed=seed, error_rate=rng.choice([0.0, 0.02, 0.08]),
-                                   lost_answer_rate=rng.choice([0.0, 0.02, 0.05]),
-                                   max_latency_s=rng.choice([0.005, 0.02, 0.1]))
-            sim = Simulation(result, rng, root, faulty, recorder, faulty)
-            holder.append(sim)
-            try:
-                async with trio.open_nursery() as nursery:
-                    for i in range(rng.randint(2, 4)):
-                        await sim.start(f"n{i}", nursery)
-                    nursery.start_soon(sim.watch_leaders)
-                    await sim.schedule(nursery, steps or rng.randint(25, 60))
-                    await sim.quiesce()
-                    result.faults = sum(n for k, n in faulty.counters.snapshot().items()
-                                        if k.startswith(("injected", "lost")))
-                    await sim.check_all()
-                    nursery.cancel_scope.cancel()
-            except Violation as exc:
-                result.violation = str(exc)
-            finally:
-                for node in sim.nodes.values():
-                    node.engine.close()
-                await inner.aclose()
-
+            assert s3_env is not None
+            s3 = racy_s3_backend() if racy else S3Backend
+            inner = await s3.from_url(f"s3://helios-test/fuzz-{seed}-{secrets.token_hex(4)}", s3_env)
+        recorder = Recorder(NonAtomicCreate(inner) if bug == "non-atomic-cas" else inner)
+        rendezvous = Rendezvous()
+        faulty = FaultyBackend(recorder, seed=seed, error_rate=rng.choice([0.0, 0.02, 0.08]),
+                               lost_answer_rate=rng.choice([0.0, 0.02, 0.05]),
+                               max_latency_s=rng.choice([0.005, 0.02, 0.1]), reorder=REORDER,
+                               rendezvous=rendezvous)
+        sim = Simulation(result, rng, root, faulty, recorder, faulty, rendezvous, tokens=tokens, run_sync=run_sync)
         try:
-            trio.run(main, clock=trio.testing.MockClock(autojump_threshold=AUTOJUMP_S[backend]))
-        except BaseExceptionGroup as group:
-            found: BaseException = group.subgroup(Violation) or group
-            while isinstance(found, BaseExceptionGroup):
-                found = found.exceptions[0]
-            if isinstance(found, Violation):
-                result.violation = str(found)
-            else:  # an operation raised what a node's loop would not survive: a bug
-                where = traceback.extract_tb(found.__traceback__)[-1]
-                result.violation = (f"unexpected {type(found).__name__}: {found} "
-                                    f"at {Path(where.filename).name}:{where.lineno}")
+            async with trio.open_nursery() as nursery:
+                for i in range(rng.randint(2, 4)):
+                    await sim.start(f"n{i}", nursery)
+                nursery.start_soon(sim.watch_leaders)
+                await sim.schedule(nursery, steps or rng.randint(25, 60))
+                await sim.quiesce()
+                await sim.check_all()
+                nursery.cancel_scope.cancel()
+        except Violation as exc:
+            result.violation, result.invariant = str(exc), exc.invariant
         finally:
-            shutil.rmtree(root, ignore_errors=True)
+            result.faults = sum(n for k, n in faulty.counters.snapshot().items()
+                                if k.startswith(("injected", "lost")))
+            result.contended, result.same_key = rendezvous.releases, rendezvous.same_key
+            result.gate_timeouts = rendezvous.timeouts
+            for node in sim.nodes.values():
+                node.engine.close()
+            await inner.aclose()
+
+    try:
+        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=AUTOJUMP_S[backend]))
+    except BaseExceptionGroup as group:
+        found: BaseException = group.subgroup(Violation) or group
+        while isinstance(found, BaseExceptionGroup):
+            found = found.exceptions[0]
+        if isinstance(found, Violation):
+            result.violation, result.invariant = str(found), found.invariant
+        else:  # an operation raised what a node's loop would not survive: a bug
+            where = traceback.extract_tb(found.__traceback__)[-1]
+            result.violation = (f"unexpected {type(found).__name__}: {found} "
+                                f"at {Path(where.filename).name}:{where.lineno}")
+            result.invariant = "unexpected"
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
     if result.violation:
         result.trace.append(f"VIOLATION {result.violation}")
     return result

@@ -35,7 +35,7 @@ import logging
 import secrets
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import pyarrow as pa
 import trio
@@ -111,7 +111,13 @@ class Maintenance:
     def __init__(self, engine: Engine, store: Backend | None, replicator: Replicator | None,
                  leases: dict[str, Lease], node_id: str, *, retention_days: Callable[[str], int | None],
                  compaction_interval_s: float, retention_interval_s: float, gc_grace_s: float,
-                 clock: Callable[[], int] = timeutil.now_ns, health: Health | None = None) -> None:
+                 clock: Callable[[], int] = timeutil.now_ns, health: Health | None = None,
+                 commit: shared.CommitFn = shared.commit,
+                 run_sync: Callable[..., Awaitable[Any]] = trio.to_thread.run_sync,
+                 token_hex: Callable[[int], str] = secrets.token_hex) -> None:
+        """``clock`` (wall ns), ``commit`` (the manifest CAS), ``run_sync`` (runs blocking work off the
+        event loop) and ``token_hex`` (randomness of new block ids) are seams: production uses the
+        defaults, the fuzzer passes its own."""
         self.engine = engine
         self.store = store
         self.replicator = replicator
@@ -122,6 +128,9 @@ class Maintenance:
         self.retention_interval_s = retention_interval_s
         self.gc_grace_s = gc_grace_s
         self.clock = clock
+        self._commit = commit
+        self._run_sync = run_sync
+        self._token_hex = token_hex
         self.stats = JobStats()
         self.keep_versions = KEEP_VERSIONS
         self.min_inputs = MIN_INPUTS
@@ -172,17 +181,17 @@ class Maintenance:
                 assert self.store is not None
                 data = await self.store.get(shared.block_key(key[0], key[1], block.id))
                 tmp = directory / f".fetch-{block.id}"
-                await trio.to_thread.run_sync(tmp.write_bytes, data)
+                await self._run_sync(tmp.write_bytes, data)
                 try:
-                    return await trio.to_thread.run_sync(load_block, tmp, block)
+                    return await self._run_sync(load_block, tmp, block)
                 finally:
                     tmp.unlink(missing_ok=True)
-            return await trio.to_thread.run_sync(load_block, path, block)
+            return await self._run_sync(load_block, path, block)
 
         tables = [await table_of(b) for b in group]
         created = self.clock()
-        block_id = f"{created:x}-{self.node_id}-c{secrets.token_hex(4)}"
-        return await trio.to_thread.run_sync(
+        block_id = f"{created:x}-{self.node_id}-c{self._token_hex(4)}"
+        return await self._run_sync(
             lambda: build_block(directory, block_id, tables, dataset=key[0], day=key[1], node=self.node_id,
                                 created_ns=created))
 
@@ -198,7 +207,7 @@ class Maintenance:
                     self.stats.replans += 1
                     continue
                 new = replace(current, blocks=_swap(current.blocks, inputs, output))
-                await trio.to_thread.run_sync(new.save, self.engine.part_dir(key))
+                await self._run_sync(new.save, self.engine.part_dir(key))
                 self.engine.manifests[key] = new  # one step: inputs out, output in
             self.engine.retire([(key, b) for b in group])
             self._count(group)
@@ -214,7 +223,7 @@ class Maintenance:
         done = 0
         for group in plan_compaction(latest.blocks, min_inputs=self.min_inputs):
             output = await self._merge(key, group)
-            data = await trio.to_thread.run_sync((self.engine.part_dir(key) / output.filename).read_bytes)
+            data = await self._run_sync((self.engine.part_dir(key) / output.filename).read_bytes)
             await self.store.put(shared.block_key(dataset, day, output.id), data)
             inputs = {b.id for b in group}
             now = self.clock()
@@ -230,7 +239,7 @@ class Maintenance:
             committed = None
             if await lease.still_leader(epoch):
                 try:
-                    result = await shared.commit(self.store, dataset, day, self.node_id, swap)
+                    result = await self._commit(self.store, dataset, day, self.node_id, swap)
                     # The output's id is new: it is in the result only if our swap was committed.
                     committed = result if output.id in {b.id for b in result.blocks} else None
                 except shared.Fenced:
@@ -319,7 +328,7 @@ class Maintenance:
             return stamp(current, "compaction", epoch, "gc")
 
         try:
-            result = await shared.commit(self.store, dataset, day, self.node_id, prune)
+            result = await self._commit(self.store, dataset, day, self.node_id, prune)
             if result.job == "gc" and result.node == self.node_id and self.replicator is not None:
                 await self.replicator.announce(dataset, day, result.version)
         except shared.Fenced:
@@ -374,7 +383,7 @@ class Maintenance:
             return stamp(current, "retention", epoch, "retention")
 
         try:
-            result = await shared.commit(self.store, key[0], key[1], self.node_id, drop)
+            result = await self._commit(self.store, key[0], key[1], self.node_id, drop)
         except shared.Fenced:
             self.stats.fenced += 1
             return 0

@@ -31,7 +31,7 @@ import logging
 import re
 import secrets
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 import trio
@@ -59,10 +59,15 @@ class Observation:
 
 
 class Lease:
-    def __init__(self, job: str, store: Backend | None, node_id: str, ttl_s: float,
-                 health: Health | None = None) -> None:
+    def __init__(self, job: str, store: Backend | None, node_id: str, ttl_s: float, *,
+                 health: Health | None = None, clock: Callable[[], int] = timeutil.now_ns,
+                 token_hex: Callable[[int], str] = secrets.token_hex) -> None:
+        """``clock`` (wall ns, only written into the record) and ``token_hex`` (the record's commit id)
+        are seams for the fuzzer; lease timing uses trio's clock, which the fuzzer mocks."""
         self.job = job
         self.health = health if health is not None else Health()
+        self._clock = clock
+        self._token_hex = token_hex
         self.store = store
         self.node_id = node_id
         self.ttl_s = ttl_s
@@ -170,8 +175,8 @@ class Lease:
     async def _take(self, epoch: int) -> None:
         assert self.store is not None
         started = trio.current_time()
-        record = {"holder": self.node_id, "epoch": epoch, "commit": secrets.token_hex(8),
-                  "at": timeutil.format_ns(timeutil.now_ns())}
+        record = {"holder": self.node_id, "epoch": epoch, "commit": self._token_hex(8),
+                  "at": timeutil.format_ns(self._clock())}
         try:
             await create_resolved(self.store, self._key(epoch), orjson.dumps(record))
         except Conflict:

@@ -22,7 +22,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import trio
 
@@ -59,9 +59,15 @@ def _subject(dataset: str, day: int) -> str:
 
 class Replicator:
     def __init__(self, engine: Engine, store: Backend, node_id: str, interval_s: float,
-                 clock: Callable[[], int] = time.time_ns, health: Health | None = None) -> None:
+                 clock: Callable[[], int] = time.time_ns, *, health: Health | None = None,
+                 commit: shared.CommitFn = shared.commit,
+                 run_sync: Callable[..., Awaitable[Any]] = trio.to_thread.run_sync) -> None:
+        """``clock`` (wall ns), ``commit`` (the manifest CAS) and ``run_sync`` (runs blocking file work
+        off the event loop) are seams: production uses the defaults, the fuzzer passes its own."""
         self.engine = engine
         self.clock = clock
+        self._commit = commit
+        self._run_sync = run_sync
         self.store = store
         self.node_id = node_id
         self.interval_s = interval_s
@@ -126,7 +132,7 @@ class Replicator:
         # A retired block was appended before (its answer or its record was lost) and since replaced.
         todo = [b for b in pending if b.id not in present and b.id not in latest.retired]
         for block in todo:
-            data = await trio.to_thread.run_sync((directory / block.filename).read_bytes)
+            data = await self._run_sync((directory / block.filename).read_bytes)
             await self.store.put(shared.block_key(dataset, day, block.id), data)
         ids = {b.id for b in pending}
 
@@ -141,7 +147,7 @@ class Replicator:
             current.epoch, current.job = 0, ""
             return current
 
-        result = await shared.commit(self.store, dataset, day, self.node_id, append, latest=latest)
+        result = await self._commit(self.store, dataset, day, self.node_id, append, latest=latest)
         if result.dropped:
             for block in todo:  # put a moment ago and never referenced by any manifest: nobody reads them
                 await self.store.delete(shared.block_key(dataset, day, block.id))
@@ -166,7 +172,7 @@ class Replicator:
 
     async def _save(self, manifest: PartitionManifest, **changes: Any) -> PartitionManifest:
         new = replace(manifest, **changes)
-        await trio.to_thread.run_sync(new.save, self.engine.part_dir((new.dataset, new.day)))
+        await self._run_sync(new.save, self.engine.part_dir((new.dataset, new.day)))
         return new
 
     # -- puller ---------------------------------------------------------------
@@ -250,7 +256,7 @@ class Replicator:
                 data = await self.store.get(shared.block_key(dataset, day, block.id))
                 if len(data) != block.bytes or hashlib.sha256(data).hexdigest() != block.sha256:
                     raise _corrupt(dataset, day, block)
-                await trio.to_thread.run_sync(_write_block, directory, block, data)
+                await self._run_sync(_write_block, directory, block, data)
                 self.status.pulled_blocks += 1
         async with self.engine.part_lock(key):
             current = self.engine.manifests.get(key) or PartitionManifest(dataset=dataset, day=day)

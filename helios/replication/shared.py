@@ -24,7 +24,7 @@ from __future__ import annotations
 import secrets
 import copy
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from typing import Awaitable, Callable
 
 import orjson
 
@@ -32,7 +32,7 @@ from backends import Backend, Conflict, Corrupt, create_resolved, list_all
 from helios import timeutil
 from helios.storage.blocks import BlockEntry
 
-__all__ = ["CHANGES", "Fenced", "SharedManifest", "block_key", "change_key", "commit", "list_versions",
+__all__ = ["CHANGES", "CommitFn", "Fenced", "SharedManifest", "block_key", "change_key", "commit", "list_versions",
            "parse_change_key", "parse_index_key", "partition_prefix", "read_latest", "read_version", "version_key"]
 
 MAX_COMMIT_ATTEMPTS = 50
@@ -183,13 +183,18 @@ async def list_versions(store: Backend, dataset: str, day: int, after: int = 0) 
     return versions
 
 
+# The signature of ``commit``: what ``Replicator`` and ``Maintenance`` take as their ``commit`` seam.
+CommitFn = Callable[..., Awaitable[SharedManifest]]
+
+
 class Fenced(Exception):
     """A leader commit from an epoch older than one already recorded in the manifest."""
 
 
 async def commit(store: Backend, dataset: str, day: int, node_id: str,
                  change: Callable[[SharedManifest], SharedManifest | None],
-                 known: int = 0, *, latest: SharedManifest | None = None) -> SharedManifest:
+                 known: int = 0, *, latest: SharedManifest | None = None,
+                 token_hex: Callable[[int], str] = secrets.token_hex) -> SharedManifest:
     """Apply ``change`` to the newest version with compare-and-swap; returns the version now current.
 
     ``change`` gets the current version and returns the next one (version,
@@ -197,6 +202,7 @@ async def commit(store: Backend, dataset: str, day: int, node_id: str,
     nothing to do (then nothing is written). It is called again, on the newer
     version, after every lost race; it may raise (e.g. ``Fenced``) to give up.
     ``latest``: the newest version, just read by the caller (saves reading it again).
+    ``token_hex``: where commit ids come from (the fuzzer passes a seeded one).
     """
     current = latest if latest is not None else await read_latest(store, dataset, day, known)
     for _ in range(MAX_COMMIT_ATTEMPTS):
@@ -204,7 +210,7 @@ async def commit(store: Backend, dataset: str, day: int, node_id: str,
         if proposed is None:
             return current
         proposed = replace(proposed, version=current.version + 1, parent=current.version,
-                           commit_id=secrets.token_hex(12), parent_commit=current.commit_id, node=node_id)
+                           commit_id=token_hex(12), parent_commit=current.commit_id, node=node_id)
         if current.version == 0:
             await store.put(index_key(dataset, day), b"")
         try:

@@ -27,7 +27,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import pyarrow as pa
 import trio
@@ -70,13 +70,20 @@ class DatasetStats:
 
 class Engine:
     def __init__(self, root: Path, node_id: str, *, memtable_rows: int = 1_000_000,
-                 cache_bytes: int = 1 << 30, clock: Callable[[], int] = time.time_ns) -> None:
+                 cache_bytes: int = 1 << 30, clock: Callable[[], int] = time.time_ns,
+                 run_sync: Callable[..., Awaitable[Any]] = trio.to_thread.run_sync,
+                 token_hex: Callable[[int], str] = secrets.token_hex) -> None:
+        """``clock`` (wall ns), ``run_sync`` (runs blocking file work off the event loop, WAL included)
+        and ``token_hex`` (randomness of new block ids) are seams: production uses the defaults, the
+        fuzzer passes its own."""
         self.root = root
         self.node_id = node_id
         self.parts_dir = root / "parts"
-        self.wal = Wal(root / "wal")
+        self.wal = Wal(root / "wal", run_sync=run_sync)
         self.memtable_rows = memtable_rows
         self.clock = clock
+        self._run_sync = run_sync
+        self._token_hex = token_hex
         self.cache = BlockCache(cache_bytes)
         self.manifests: dict[PartKey, PartitionManifest] = {}
         self.memtable = Memtable()
@@ -169,7 +176,7 @@ class Engine:
         async with self._flush_lock:
             async with self.wal.lock:
                 if self.memtable:
-                    cut = await trio.to_thread.run_sync(self.wal.rotate)
+                    cut = await self._run_sync(self.wal.rotate)
                     self.frozen.append((cut, self.memtable))
                     self.memtable = Memtable()
             while self.frozen:
@@ -177,7 +184,7 @@ class Engine:
                 for key in list(frozen.parts):
                     await self._flush_part(key, frozen, cut)
                 self.frozen.pop(0)
-                await trio.to_thread.run_sync(self.wal.delete_through, cut)
+                await self._run_sync(self.wal.delete_through, cut)
                 self.flushes += 1
 
     @asynccontextmanager
@@ -204,15 +211,15 @@ class Engine:
     async def _flush_part(self, key: PartKey, frozen: Memtable, cut: int) -> None:
         part = frozen.parts[key]
         created = self.clock()
-        block_id = f"{created:x}-{self.node_id}-{secrets.token_hex(4)}"
+        block_id = f"{created:x}-{self.node_id}-{self._token_hex(4)}"
         directory = self.part_dir(key)
-        entry = await trio.to_thread.run_sync(
+        entry = await self._run_sync(
             lambda: build_block(directory, block_id, part.tables, dataset=key[0], day=key[1],
                                 node=self.node_id, created_ns=created))
         async with self.part_lock(key):
             old = self.manifests.get(key) or PartitionManifest(dataset=key[0], day=key[1])
             new = replace(old, wal_through=max(old.wal_through, cut), blocks=[*old.blocks, entry])
-            await trio.to_thread.run_sync(new.save, directory)
+            await self._run_sync(new.save, directory)
             # One step, no checkpoint: the rows move from the memtable to the block.
             self.manifests[key] = new
             del frozen.parts[key]
@@ -276,7 +283,7 @@ class Engine:
             if self._retired.pop(block_id, None) is None:
                 continue  # a concurrent pass took it
             if block_id not in live:
-                await trio.to_thread.run_sync(lambda: path.unlink(missing_ok=True))
+                await self._run_sync(lambda: path.unlink(missing_ok=True))
                 self.deleted_files += 1
         for directory in {path.parent for _, path in due}:
             if directory.is_dir() and not any(directory.iterdir()):
@@ -289,7 +296,7 @@ class Engine:
             manifest = self.manifests.pop(key, None)
             if manifest is None:
                 return False
-            await trio.to_thread.run_sync(lambda: (self.part_dir(key) / MANIFEST_NAME).unlink(missing_ok=True))
+            await self._run_sync(lambda: (self.part_dir(key) / MANIFEST_NAME).unlink(missing_ok=True))
         self.retire([(key, b) for b in manifest.blocks])
         log.log(_log, logging.INFO, "dropped a partition", dataset=key[0], day=timeutil.day_name(key[1]),
                 blocks=len(manifest.blocks), rows=manifest.rows, shared_version=shared_version)

@@ -28,7 +28,7 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Awaitable, Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.ipc as ipc
@@ -80,8 +80,11 @@ class _Pending:
 
 
 class Wal:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *,
+                 run_sync: Callable[..., Awaitable[Any]] = trio.to_thread.run_sync) -> None:
+        """``run_sync`` runs the blocking writes off the event loop (a seam for the fuzzer)."""
         self.directory = directory
+        self._run_sync = run_sync
         self.lock = trio.Lock()
         self._queue: list[_Pending] = []
         self._queued_bytes = 0
@@ -183,7 +186,7 @@ class Wal:
         data = b"".join(_frame(p.payload) for p in batch)
         async with self.lock:
             try:
-                await trio.to_thread.run_sync(self._write, data)
+                await self._run_sync(self._write, data)
             except OSError as exc:
                 error = Unavailable(f"could not write the write-ahead log: {exc.strerror}")
                 for pending in batch:
