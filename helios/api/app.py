@@ -21,8 +21,7 @@ from helios.api import control_api
 from helios.api.openapi import OPENAPI
 from helios.control.auth import Principal
 from helios.errors import HeliosError, InvalidInput, NotFound
-from helios.ingest.decode import decode_body
-from helios.ingest.records import parse_ndjson, parse_text
+from helios.ingest.request import BodyReader
 from helios.query.executor import execute, to_rows
 from helios.query.parser import parse
 
@@ -50,6 +49,7 @@ def create_app(node: Any) -> QuartTrio:
     app = QuartTrio("helios")
     app.config["MAX_CONTENT_LENGTH"] = node.config.max_body_bytes
     app.config["JSON_SORT_KEYS"] = False
+    reader = BodyReader.from_config(node.config)  # ingest limits and the node's ingest memory budget
 
     async def principal(permission: str) -> Principal:
         who = node.auth.authenticate(request.headers.get("Authorization"))
@@ -124,16 +124,9 @@ def create_app(node: Any) -> QuartTrio:
         # VictoriaLogs does), so `curl --data-binary @file` works unchanged.
         kind = (request.mimetype or "").lower()
         body = await request.get_data(cache=False)
-        limit = node.config.max_decoded_bytes
-        encoding = request.headers.get("Content-Encoding")
-        parser = parse_text if kind == "text/plain" else parse_ndjson
-        now = timeutil.now_ns()
-
-        def decode_and_parse() -> Any:
-            return parser(decode_body(body, encoding, limit), now)
-
-        table = await trio.to_thread.run_sync(decode_and_parse)
-        count = await node.engine.ingest(dataset, table)
+        async with reader.read(body, request.headers.get("Content-Encoding"), text=kind == "text/plain",
+                               now_ns=timeutil.now_ns()) as table:
+            count = await node.engine.ingest(dataset, table)
         node.counters["ingested_rows"] += count
         node.counters["ingest_requests"] += 1
         return _json({"ingested": count})

@@ -131,10 +131,15 @@ class Engine:
     # -- ingest -----------------------------------------------------------
 
     async def ingest(self, dataset: str, table: pa.Table) -> int:
-        """Durably append ``table`` (normalised) to ``dataset``; returns its row count."""
+        """Durably append ``table`` (normalised) to ``dataset``; returns its row count.
+
+        One request is one WAL frame (all or nothing). The payload is encoded
+        (and compressed) in a worker thread; a payload over the WAL's frame cap
+        raises ``PayloadTooLarge`` and nothing is written or acknowledged.
+        """
         if table.num_rows == 0:
             return 0
-        payload = encode_payload(dataset, table)
+        payload = await trio.to_thread.run_sync(encode_payload, dataset, table)
         await self.wal.append(payload, lambda: self._apply(dataset, table))
         return table.num_rows
 
