@@ -51,7 +51,7 @@ class BodyReader:
 
     def _decode_and_parse(self, body: bytes, encoding: str | None, text: bool, now_ns: int,
                           reservation: Reservation) -> pa.Table:
-        decoded = decode_body(body, encoding, self.limits.max_decoded_bytes, reservation.charge)
+        decoded = decode_body(body, encoding, self.limits.max_decoded_bytes, reservation)
         decoded_charge = 0 if decoded is body else len(decoded)
         parser = parse_text if text else parse_ndjson
         table = parser(decoded, now_ns, self.limits, reservation)
