@@ -19,10 +19,32 @@ from __future__ import annotations
 
 import threading
 from types import TracebackType
+from typing import Protocol
 
 from helios.errors import Unavailable
 
-__all__ = ["MemoryBudget", "Reservation"]
+__all__ = ["FREE", "MemoryBudget", "Meter", "Reservation"]
+
+
+class Meter(Protocol):
+    """Where a request charges the memory it makes (a ``Reservation``, or ``FREE``)."""
+
+    def charge(self, nbytes: int) -> None: ...
+
+    def refund(self, nbytes: int) -> None: ...
+
+
+class _Free:
+    """Charges nothing: for callers outside a request (tests, the fuzzer, replay)."""
+
+    def charge(self, nbytes: int) -> None:
+        return None
+
+    def refund(self, nbytes: int) -> None:
+        return None
+
+
+FREE: Meter = _Free()
 
 
 class MemoryBudget:

@@ -23,35 +23,20 @@ decoded straight into its buffer (``readinto``).
 from __future__ import annotations
 
 import zlib
-from typing import Iterator, Protocol
+from typing import Iterator
 
 import zstandard
 
 from helios.errors import InvalidInput, PayloadTooLarge
+from helios.ingest.budget import FREE, Meter
 
-__all__ = ["MAX_ZSTD_BLOCKS", "MAX_ZSTD_FRAMES", "Meter", "decode_body"]
+__all__ = ["MAX_ZSTD_BLOCKS", "MAX_ZSTD_FRAMES", "decode_body"]
 
 CHUNK_BYTES = 1 << 20
 MAX_ZSTD_FRAMES = 4096
 MAX_ZSTD_BLOCKS = 1 << 20  # a block holds up to 128 KiB: 256 MiB takes 2,048 of them
 _SKIPPABLE_LOW = 0x184D2A50
 _MAGIC = (0xFD2FB528).to_bytes(4, "little")
-
-
-class Meter(Protocol):
-    """Where a request charges the memory it makes (``budget.Reservation``)."""
-
-    def charge(self, nbytes: int) -> None: ...
-
-    def refund(self, nbytes: int) -> None: ...
-
-
-class _Free:
-    def charge(self, nbytes: int) -> None:
-        return None
-
-    def refund(self, nbytes: int) -> None:
-        return None
 
 
 def decode_body(body: bytes | bytearray, encoding: str | None, limit: int,
@@ -61,7 +46,7 @@ def decode_body(body: bytes | bytearray, encoding: str | None, limit: int,
     The decoded body is charged to ``meter`` (before it is allocated) and
     stays charged: the caller refunds it when it drops the body.
     """
-    meter = meter or _Free()
+    meter = meter or FREE
     name = (encoding or "identity").strip().lower()
     if name in ("", "identity"):
         if len(body) > limit:

@@ -27,18 +27,19 @@ from __future__ import annotations
 
 import io
 import re
-from typing import Iterable, Protocol
+from typing import Iterable
 
 import pyarrow as pa
 import pyarrow.json as pajson
 
 from helios.errors import InvalidInput, PayloadTooLarge
+from helios.ingest.budget import FREE, Meter
 from helios.ingest.limits import DEFAULT_LIMITS, IngestLimits, check_json_nesting
 from helios.ingest.normalise import (RESERVED, Fallback, check_utf8, empty_table, fast_fields, from_columns,
                                      ingest_times, line_of_row, normalise_fast, parse_exact)
 from helios.ingest.pieces import Piece, cut_after, pieces
 
-__all__ = ["RESERVED", "Meter", "empty_table", "from_columns", "parse_ndjson", "parse_text"]
+__all__ = ["RESERVED", "empty_table", "from_columns", "parse_ndjson", "parse_text"]
 
 NULL_CELL_BITS = 33  # a null string cell: a 32-bit offset and a validity bit
 RAW_CELL_BYTES = 9  # what pyarrow.json spends per cell at most (int64/double and a validity bit)
@@ -52,22 +53,6 @@ EXACT_BYTES_PER_KEY = 256  # orjson's memory per parsed key (measured: ~245 B)
 TEXT_CHUNK_BYTES = 4 << 20
 
 Body = bytes | bytearray
-
-
-class Meter(Protocol):
-    """Where a request charges the memory it makes (``budget.Reservation``)."""
-
-    def charge(self, nbytes: int) -> None: ...
-
-    def refund(self, nbytes: int) -> None: ...
-
-
-class _Free:
-    def charge(self, nbytes: int) -> None:
-        return None
-
-    def refund(self, nbytes: int) -> None:
-        return None
 
 
 def _parsed_too_large(limits: IngestLimits) -> str:
@@ -86,7 +71,7 @@ def parse_text(body: Body, now_ns: int, limits: IngestLimits = DEFAULT_LIMITS,
     Read in chunks of whole lines (``TEXT_CHUNK_BYTES``), so the per-line
     Python objects of one chunk at a time are alive, whatever the body's size.
     """
-    meter = meter or _Free()
+    meter = meter or FREE
     if len(body) + 12 * (body.count(b"\n") + 1) > limits.max_parsed_bytes:  # text, offsets, times
         raise PayloadTooLarge(_parsed_too_large(limits))
     arrays: list[pa.Array] = []
@@ -124,7 +109,7 @@ def parse_ndjson(body: Body, now_ns: int, limits: IngestLimits = DEFAULT_LIMITS,
     check_json_nesting(body, limits.max_nesting_depth)
     # Every line that starts with "{" is a record (or the request fails): a lower bound on rows.
     records_at_least = body.count(b"\n{") + (body[:1] == b"{")
-    builder = _Builder(body, now_ns, limits, meter or _Free(), records_at_least)
+    builder = _Builder(body, now_ns, limits, meter or FREE, records_at_least)
     position, line, failures, size = 0, 1, 0, FIRST_SPAN_BYTES
     while position < len(body):
         span = _next_span(body, position, line, size, builder.schema)
