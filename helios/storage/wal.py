@@ -59,7 +59,7 @@ _log = log.get("helios.wal")
 
 
 def encode_payload(dataset: str, table: pa.Table) -> bytes:
-    """One request's rows as a payload; CPU work (compression): call it from a worker thread."""
+    """One request's rows as a payload. CPU work (compression): large tables belong in a worker thread."""
     name = dataset.encode()
     sink = pa.BufferOutputStream()
     sink.write(struct.pack("<H", len(name)) + name)
