@@ -180,6 +180,14 @@ OPTIONS: tuple[Option, ...] = (
            "first login delay once over a failure limit; it doubles with each further failure"),
     Option("login_backoff_max_secs", "HELIOS_LOGIN_BACKOFF_MAX_SECS", 300.0, _positive_float,
            "longest login delay; a name or address quiet for 4 times this is forgotten"),
+    Option("max_parsed_bytes", "HELIOS_MAX_PARSED_BYTES", 256 << 20, _positive_int,
+           "largest ingest request once parsed (Arrow: every field of a request is a column for every row)"),
+    Option("max_fields", "HELIOS_MAX_FIELDS", 1000, _positive_int,
+           "most distinct fields (flattened names, _time and _msg included) in one ingest request"),
+    Option("max_nesting_depth", "HELIOS_MAX_NESTING_DEPTH", 32, _positive_int,
+           "deepest JSON nesting (objects and arrays) accepted in an ingest body"),
+    Option("ingest_memory_bytes", "HELIOS_INGEST_MEMORY_BYTES", 1 << 30, _positive_int,
+           "memory shared by all ingest requests while they decode and parse; past it: 503, retry"),
 )
 
 
@@ -220,6 +228,10 @@ class Config:
     login_address_failures: int
     login_backoff_secs: float
     login_backoff_max_secs: float
+    max_parsed_bytes: int
+    max_fields: int
+    max_nesting_depth: int
+    ingest_memory_bytes: int
 
     @property
     def secrets_dir(self) -> Path:
@@ -262,4 +274,21 @@ def load(args: argparse.Namespace | None = None, environ: dict[str, str] | None 
     if values["read_timeout_secs"] <= values["query_queue_secs"] + values["query_timeout_secs"]:
         raise ConfigError("HELIOS_READ_TIMEOUT_SECS must exceed HELIOS_QUERY_QUEUE_SECS + "
                           "HELIOS_QUERY_TIMEOUT_SECS, or a client waiting for a query would be cut off")
+    _check_ingest_limits(values)
     return Config(**values)
+
+
+def _check_ingest_limits(values: dict[str, Any]) -> None:
+    """One request at its limits must fit the budget, and its WAL record under the replay cap."""
+    from helios.storage.wal import MAX_FRAME_BYTES
+
+    if values["max_parsed_bytes"] > MAX_FRAME_BYTES // 2:
+        raise ConfigError(f"HELIOS_MAX_PARSED_BYTES={values['max_parsed_bytes']} is over "
+                          f"{MAX_FRAME_BYTES // 2}: a request's write-ahead log record must stay "
+                          f"well under its {MAX_FRAME_BYTES}-byte cap")
+    # A request holds its decoded body, its parsed pieces and, while joining them, the whole table.
+    needed = values["max_decoded_bytes"] + 2 * values["max_parsed_bytes"]
+    if values["ingest_memory_bytes"] < needed:
+        raise ConfigError(f"HELIOS_INGEST_MEMORY_BYTES={values['ingest_memory_bytes']} is below "
+                          f"HELIOS_MAX_DECODED_BYTES + 2 x HELIOS_MAX_PARSED_BYTES = {needed}: "
+                          "a request at its limits would never fit")

@@ -42,6 +42,7 @@ from helios.errors import ConfigError
 from helios.errors import Unavailable as ServiceUnavailable
 from helios.ingest import shipper
 from helios.ingest.listeners import Listeners
+from helios.ingest.request import BodyReader
 from helios.replication.jobs import Maintenance
 from helios.replication.lease import JOBS, Lease
 from helios.replication.replicator import Replicator
@@ -81,6 +82,7 @@ class Node:
         self.auth = Auth.from_config(self.control, jwt_secret, config)
         self.engine = Engine(config.data_dir, self.node_id, memtable_rows=config.memtable_rows,
                              cache_bytes=config.cache_bytes)
+        self.ingest_reader = BodyReader.from_config(config)  # limits + one memory budget for every ingest path
         self.health = self.engine.health  # one report of what fails, shared by every background task
         self.control.health = self.health
         self.ready = False

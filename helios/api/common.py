@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from helios.control.plane import ControlPlane
     from helios.query.runner import QueryPool
     from helios.storage.engine import Engine
+    from helios.ingest.request import BodyReader
     from helios.supervisor import Health
 
 __all__ = [
@@ -54,6 +55,7 @@ class NodeApi(Protocol):
     ready: bool
     counters: Counter[str]
     health: Health
+    ingest_reader: BodyReader
 
     def cluster(self) -> dict[str, object]: ...
 

@@ -20,7 +20,6 @@ import time
 from typing import Any, Awaitable, Callable, Protocol
 
 import orjson
-import trio
 from quart import Blueprint, Response, request
 from werkzeug.exceptions import HTTPException
 
@@ -28,7 +27,6 @@ from helios import names, timeutil
 from helios.control.auth import TOKEN_PREFIX, Auth
 from helios.errors import HeliosError, InvalidInput, Unauthorized
 from helios.ingest import elastic, loki, otlp, shipper
-from helios.ingest.decode import decode_body
 
 __all__ = ["CompatNode", "MediaTypeNotAcceptable", "UnsupportedMediaType", "bearer_header", "blueprint"]
 
@@ -44,6 +42,7 @@ class CompatNode(Protocol):
     config: Any
     control: Any
     counters: Any
+    ingest_reader: Any  # helios.ingest.request.BodyReader: the limits and budget of every ingest path
 
 
 def bearer_header(header: str | None) -> str | None:
@@ -130,17 +129,22 @@ def blueprint(node: CompatNode) -> Blueprint:
                                            "send application/x-protobuf or application/json")
             name = dataset("otel")
             raw = await body()
-            encoding = request.headers.get("Content-Encoding")
-            limit = node.config.max_decoded_bytes
             parser = otlp.parse_json if as_json else otlp.parse_protobuf
+            # The body guard only keeps parsers safe: the resourceLogs[].scopeLogs[].logRecords[] envelope
+            # plus three JSON levels per AnyValue level, twice over. A record nested past the record
+            # limit is then rejected alone, in partial_success, as OTLP expects.
+            otlp_depth = 8 + 6 * node.config.max_nesting_depth
             now = timeutil.now_ns()
 
-            def work() -> tuple[otlp.Export, Any]:
-                export = parser(decode_body(raw, encoding, limit))
+            def work(data: bytes) -> tuple[otlp.Export, Any]:
+                export = parser(data)
                 return export, shipper.to_table(export.rows, now)
 
-            export, table = await trio.to_thread.run_sync(work)
-            await store("otlp", {name: table})
+            async with node.ingest_reader.read_with(raw, request.headers.get("Content-Encoding"), work,
+                                                    json_depth=otlp_depth if as_json else None,
+                                                    size=lambda r: r[1].nbytes) as result:
+                export, table = result
+                await store("otlp", {name: table})
             if export.rejected:
                 shipper.count_drop(node.counters, "otlp", "rejected_records", export.rejected)
             return Response(otlp.response(export, as_json), status=200,
@@ -163,19 +167,18 @@ def blueprint(node: CompatNode) -> Blueprint:
                                            "(snappy) or application/json")
             name = dataset("loki")
             raw = await body()
-            encoding = request.headers.get("Content-Encoding")
             limit = node.config.max_decoded_bytes
             now = timeutil.now_ns()
+            as_json = kind == "application/json"
 
-            def work() -> Any:
-                if kind == "application/json":
-                    rows = loki.parse_json(decode_body(raw, encoding, limit))
-                else:
-                    rows = loki.parse_protobuf(loki.unsnappy(raw, limit))
+            def work(data: bytes) -> Any:
+                rows = loki.parse_json(data) if as_json else loki.parse_protobuf(loki.unsnappy(data, limit))
                 return shipper.to_table(rows, now)
 
-            table = await trio.to_thread.run_sync(work)
-            await store("loki", {name: table})
+            async with node.ingest_reader.read_with(raw, request.headers.get("Content-Encoding"), work,
+                                                    json_depth=8 if as_json else None,
+                                                    size=lambda t: t.nbytes) as table:
+                await store("loki", {name: table})
             return Response(b"", status=204)
 
         return await guarded("loki", render, handle)
@@ -226,16 +229,17 @@ def blueprint(node: CompatNode) -> Blueprint:
             if override is not None:
                 dataset(None)  # validates it
             raw = await body()
-            encoding = request.headers.get("Content-Encoding")
-            limit = node.config.max_decoded_bytes
             now = timeutil.now_ns()
 
-            def work() -> tuple[elastic.BulkPlan, dict[str, Any]]:
-                plan = elastic.parse_bulk(decode_body(raw, encoding, limit), index, override)
+            def work(data: bytes) -> tuple[elastic.BulkPlan, dict[str, Any]]:
+                plan = elastic.parse_bulk(data, index, override)
                 return plan, plan.tables(now)
 
-            plan, tables = await trio.to_thread.run_sync(work)
-            await store("elastic", tables)
+            async with node.ingest_reader.read_with(
+                    raw, request.headers.get("Content-Encoding"), work, json_depth=node.config.max_nesting_depth,
+                    size=lambda r: sum(t.nbytes for t in r[1].values())) as result:
+                plan, tables = result
+                await store("elastic", tables)
             failed = sum(1 for item in plan.items if next(iter(item.values()))["status"] >= 300)
             if failed:
                 shipper.count_drop(node.counters, "elastic", "rejected_items", failed)

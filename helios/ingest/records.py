@@ -1,246 +1,300 @@
-"""Request bodies to normalised record tables.
+"""Request bodies to normalised record tables (``normalise.py``), within the request's limits.
 
-A normalised table has ``_time`` (timestamp[ns, UTC], never null), ``_msg``
-(string, never null) and any number of other fields, each a nullable string
-column. Nested objects are flattened with dots; arrays are kept as their JSON
-text; numbers and booleans are kept as their text (VictoriaLogs' model: a
-field has no fixed type, numeric filters and aggregations parse on read).
+NDJSON is checked by the nesting guard (``limits.check_json_nesting``) before
+any parser sees it. It is then read in bounded steps, so that no step can blow
+up: an Arrow table has a cell for every field in every row, and a few KB of
+hostile JSON (many rows, each with other keys) would otherwise become GBs.
 
-NDJSON takes a vectorised path (``pyarrow.json``) and falls back to an exact
-per-line path (orjson) when the fast one cannot be used: a malformed line (to
-name it), a field whose type changes between lines, an array, or text that
-pyarrow would have turned into a timestamp. Both paths give the same table.
+- **Spans** (up to ``SPAN_BYTES`` of whole lines): once the request's fields
+  are known, ``pyarrow.json`` reads a span with that schema given and any
+  other field an error, in 1 MiB blocks on all cores. Its size is then known
+  before it is read (rows x fields), and the span is cut to keep it bounded.
+- **Pieces** (``pieces.py``): the first span, and any span the known schema
+  does not fit (a new field, a changed type, a line that is not an object),
+  is read piece by piece, each small enough that even unknown fields keep it
+  bounded; each takes the vectorised path or, if that cannot represent it
+  exactly, the per-line path. What pieces show extends the known schema.
+
+After every step the request's exact size as one table (its parts plus the
+null cells that joining them adds) is checked against ``max_parsed_bytes``
+(413) and its fields against ``max_fields`` (400), and the rows still to come
+(every line that starts with ``{``) are counted in: a request that must end
+too large stops at once. Everything made is charged to the request's memory
+``Meter`` (its share of the node's ingest budget) as it is made.
 """
 
 from __future__ import annotations
 
 import io
 import re
-from typing import Any, Iterable
+from typing import Iterable
 
-import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.json as pajson
 
-from helios import timeutil
-from helios.errors import IngestError, InvalidInput
+from helios.errors import InvalidInput, PayloadTooLarge
+from helios.ingest.budget import FREE, Meter
+from helios.ingest.limits import DEFAULT_LIMITS, IngestLimits, check_json_nesting
+from helios.ingest.normalise import (RESERVED, Fallback, check_utf8, empty_table, fast_fields, from_columns,
+                                     ingest_times, line_of_row, normalise_fast, parse_exact)
+from helios.ingest.pieces import Piece, cut_after, pieces
 
-__all__ = ["MAX_FIELDS", "RESERVED", "empty_table", "from_columns", "parse_ndjson", "parse_text"]
+__all__ = ["RESERVED", "empty_table", "from_columns", "parse_ndjson", "parse_text"]
 
-MAX_FIELDS = 1000
-MAX_FIELD_NAME = 256
-RESERVED = frozenset({"dataset"})  # the dataset name is a pseudo-field of every row
+NULL_CELL_BITS = 33  # a null string cell: a 32-bit offset and a validity bit
+RAW_CELL_BYTES = 9  # what pyarrow.json spends per cell at most (int64/double and a validity bit)
+FIRST_SPAN_BYTES = 256 << 10  # the first is read by pieces: the request's fields are learnt there
+SPAN_BYTES = 8 << 20  # spans double from FIRST_SPAN_BYTES up to this while the known schema fits
+SPAN_RAW_BYTES = 64 << 20  # rows x known fields x RAW_CELL_BYTES of one span, at most
+SPAN_FAILURES = 3  # spans the known schema did not fit before spans are given up for this body
+GROUP_BYTES = 32 << 20  # raw parts of one schema normalised together, at most about this much
+MAX_CHUNKS = 32  # a table with more chunks a column (many small pieces) is copied into one
+EXACT_BYTES_PER_KEY = 256  # orjson's memory per parsed key (measured: ~245 B)
+TEXT_CHUNK_BYTES = 4 << 20
 
-
-class _Fallback(Exception):
-    """The fast path cannot represent this body exactly; use the per-line path."""
-
-
-def empty_table() -> pa.Table:
-    return pa.table({"_time": pa.array([], timeutil.TIME_TYPE), "_msg": pa.array([], pa.string())})
-
-
-def _check_utf8(body: bytes) -> None:
-    """Reject a body that is not UTF-8, naming the line (pyarrow.json would accept it)."""
-    try:
-        body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise IngestError("not valid UTF-8", body.count(b"\n", 0, exc.start) + 1) from None
+Body = bytes | bytearray
 
 
-def parse_text(body: bytes, now_ns: int) -> pa.Table:
-    """``text/plain``: every non-blank line is one record's ``_msg``."""
-    _check_utf8(body)
-    raw = [line[:-1] if line.endswith(b"\r") else line for line in body.split(b"\n")]
-    raw = [line for line in raw if line.strip()]
-    msgs = pa.array(raw, pa.binary()).cast(pa.string())
-    return pa.table({"_time": _ingest_times(now_ns, len(raw)), "_msg": msgs})
+def _parsed_too_large(limits: IngestLimits) -> str:
+    return (f"the request is larger than {limits.max_parsed_bytes} bytes once parsed "
+            "(HELIOS_MAX_PARSED_BYTES; every field of a request is a column for every row): "
+            "send fewer rows or fewer distinct fields per request")
 
 
-def _ingest_times(now_ns: int, count: int) -> pa.Array:
-    """Ingest time for rows without ``_time``: ``now``, ``now+1ns``, … so line order survives."""
-    if count == 0:
-        return pa.array([], timeutil.TIME_TYPE)
-    steps = pc.cumulative_sum(pa.repeat(pa.scalar(1, pa.int64()), count))
-    return pc.add(steps, now_ns - 1).cast(timeutil.TIME_TYPE)
+# -- text ---------------------------------------------------------------------------
 
+
+def parse_text(body: Body, now_ns: int, limits: IngestLimits = DEFAULT_LIMITS,
+               meter: Meter | None = None) -> pa.Table:
+    """``text/plain``: every non-blank line is one record's ``_msg`` (one trailing CR dropped).
+
+    Read in chunks of whole lines (``TEXT_CHUNK_BYTES``), so the per-line
+    Python objects of one chunk at a time are alive, whatever the body's size.
+    """
+    meter = meter or FREE
+    if len(body) + 12 * (body.count(b"\n") + 1) > limits.max_parsed_bytes:  # text, offsets, times
+        raise PayloadTooLarge(_parsed_too_large(limits))
+    arrays: list[pa.Array] = []
+    position, line = 0, 1
+    while position < len(body):
+        end = cut_after(body, position, TEXT_CHUNK_BYTES)
+        chunk = body[position:end]
+        raw = [part[:-1] if part.endswith(b"\r") else part for part in chunk.split(b"\n")]
+        array = pa.array([part for part in raw if part.strip()], pa.binary())
+        try:
+            arrays.append(array.cast(pa.string()))
+        except pa.ArrowInvalid:
+            check_utf8(chunk, line)
+            raise
+        meter.charge(arrays[-1].nbytes)
+        position, line = end, line + chunk.count(b"\n")
+    msgs = pa.chunked_array(arrays, pa.string())  # one chunk per 4 MiB: no copy to join them
+    return pa.table({"_time": ingest_times(now_ns, len(msgs)), "_msg": msgs})
+
+
+# -- NDJSON -------------------------------------------------------------------------
 
 # A line that does not start an object (the first line is checked apart: a pattern that begins
 # with a literal newline is searched at memchr speed, ~3 GB/s; `(?:^|\n)` is 30 times slower).
 _FIRST_IS_OBJECT = re.compile(rb"[ \t\r\n]*\{")
 _LATER_NOT_OBJECT = re.compile(rb"\n[ \t\r]*[^{ \t\r\n]")
+_BLANK = re.compile(rb"[ \t\r\n\x0b\x0c]*")
 
 
-def parse_ndjson(body: bytes, now_ns: int) -> pa.Table:
+def parse_ndjson(body: Body, now_ns: int, limits: IngestLimits = DEFAULT_LIMITS,
+                 meter: Meter | None = None) -> pa.Table:
     """NDJSON: one JSON object per line; blank lines are skipped."""
-    if not body.strip():
+    if _BLANK.fullmatch(body):
         return empty_table()
-    _check_utf8(body)
-    if not _FIRST_IS_OBJECT.match(body) or _LATER_NOT_OBJECT.search(body):
-        # A line that does not start an object: the exact path names it. pyarrow must not see it:
-        # it reads a `null` line as an empty record, and a body that starts with one crashes it
-        # (pyarrow 26: segmentation fault, found by tests/test_input_fuzz.py).
-        return _parse_exact(body, now_ns)
-    try:
-        table = pajson.read_json(
-            io.BytesIO(body),
-            read_options=pajson.ReadOptions(block_size=max(1 << 20, min(len(body) + 1, 64 << 20))),
-        )
-        return _normalise_fast(table, body, now_ns)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, _Fallback):
-        return _parse_exact(body, now_ns)
-
-
-def _normalise_fast(table: pa.Table, body: bytes, now_ns: int) -> pa.Table:
-    rows = table.num_rows  # flattening a table of empty objects alone loses its row count
-    while any(pa.types.is_struct(field.type) for field in table.schema):
-        table = table.flatten()
-    columns: dict[str, pa.ChunkedArray] = {}
-    for name, column in zip(table.column_names, table.columns):
-        _check_name(name, line=None)
-        kind = column.type
-        if name == "_time":
-            columns[name] = column
-        elif pa.types.is_null(kind):
-            continue
-        elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
-            columns[name] = column.cast(pa.string())
-        elif pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
-            columns[name] = column.cast(pa.string())
-        else:  # timestamps pyarrow inferred from text, lists, …: keep the exact text
-            raise _Fallback(name)
-    return from_columns(columns, rows, now_ns, lambda row: _line_of_row(body, row))
-
-
-def _parse_exact(body: bytes, now_ns: int) -> pa.Table:
-    rows: list[dict[str, Any]] = []
-    lines: list[int] = []
-    for number, line in enumerate(body.split(b"\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            doc = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            raise IngestError(f"malformed JSON: {exc}", number) from None
-        if not isinstance(doc, dict):
-            raise IngestError(f"expected a JSON object, got {_json_kind(doc)}", number)
-        flat: dict[str, Any] = {}
-        _flatten(doc, "", flat, number)
-        rows.append(flat)
-        lines.append(number)
-    names: dict[str, None] = {}
-    for flat in rows:
-        names.update(dict.fromkeys(flat))
-    columns: dict[str, pa.Array] = {}
-    for name in names:
-        values = [flat.get(name) for flat in rows]
-        if name == "_time":
-            for index, value in enumerate(values):
-                if value is not None and (isinstance(value, (bool, float)) or not isinstance(value, (int, str))):
-                    raise IngestError("_time must be RFC 3339 text or integer nanoseconds", lines[index])
-            ints = [str(v) if isinstance(v, int) else v for v in values]
-            columns[name] = pa.array(ints, pa.string())
+    check_json_nesting(body, limits.max_nesting_depth)
+    # Every line that starts with "{" is a record (or the request fails): a lower bound on rows.
+    records_at_least = body.count(b"\n{") + (body[:1] == b"{")
+    builder = _Builder(body, now_ns, limits, meter or FREE, records_at_least)
+    position, line, failures, size = 0, 1, 0, FIRST_SPAN_BYTES
+    while position < len(body):
+        span = _next_span(body, position, line, size, builder.schema)
+        raw = None
+        if builder.schema is not None and failures < SPAN_FAILURES:
+            raw = _read_span(body, span, builder)
+            failures += raw is None
+        if raw is not None:
+            builder.add_raw(span, raw)
+            size = min(2 * size, SPAN_BYTES)  # spans fit: take larger ones
         else:
-            columns[name] = _render(values)
-    return from_columns(columns, len(rows), now_ns, lambda row: lines[row])
+            for piece in pieces(body, span.start, span.end, span.first_line):
+                builder.add_piece(piece)
+            size = FIRST_SPAN_BYTES  # a failed span costs its pieces: start small again
+        position, line = span.end, span.first_line + span.rows
+    return builder.finish()
 
 
-def from_columns(columns: dict[str, Any], num_rows: int, now_ns: int, line_of: Any) -> pa.Table:
-    """Assemble a normalised table from flattened columns; ``_time`` parsed, defaults filled."""
-    if len(columns) > MAX_FIELDS:
-        raise InvalidInput(f"a request may carry at most {MAX_FIELDS} distinct fields")
-    raw_time = columns.pop("_time", None)
-    defaults = _ingest_times(now_ns, num_rows)
-    if raw_time is None:
-        times = defaults
-    else:
+def _next_span(body: Body, start: int, line: int, size: int, schema: pa.Schema | None) -> Piece:
+    """Whole lines from ``start``: about ``size`` bytes, fewer if the known fields make them big."""
+    end = cut_after(body, start, size)
+    newlines = body.count(b"\n", start, end)
+    if schema is not None:  # bound rows x known fields; a span shrinks down to one line
+        fields = max(1, _leaves(schema))
+        while newlines > 1 and newlines * fields * RAW_CELL_BYTES > SPAN_RAW_BYTES:
+            end = cut_after(body, start, (end - start) // 2)
+            newlines = body.count(b"\n", start, end)
+    return Piece(start, end, line, newlines, wide=False)
+
+
+def _leaves(schema: pa.Schema) -> int:
+    count, stack = 0, [field.type for field in schema]
+    while stack:
+        kind = stack.pop()
+        if pa.types.is_struct(kind):
+            stack.extend(child.type for child in kind)
+        else:
+            count += 1
+    return count
+
+
+def _read_span(body: Body, span: Piece, builder: _Builder) -> pa.Table | None:
+    """A span read with the known schema (no other field can appear), or None if it does not fit."""
+    data = body[span.start : span.end]
+    if not _FIRST_IS_OBJECT.match(data) or _LATER_NOT_OBJECT.search(data):
+        return None
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None  # the pieces name the line
+    try:
+        raw = pajson.read_json(io.BytesIO(data), read_options=pajson.ReadOptions(block_size=1 << 20),
+                               parse_options=pajson.ParseOptions(explicit_schema=builder.schema,
+                                                                 unexpected_field_behavior="error"))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    return raw.select(sorted(raw.column_names))
+
+
+class _Builder:
+    """The parts of one request, normalised, with its exact size as one table kept within limits."""
+
+    def __init__(self, body: Body, now_ns: int, limits: IngestLimits, meter: Meter,
+                 records_at_least: int) -> None:
+        self.body = body
+        self.now_ns = now_ns
+        self.limits = limits
+        self.meter = meter
+        self.records_at_least = records_at_least
+        self.schema: pa.Schema | None = None  # the raw fields seen so far (what spans are read with)
+        self.tables: list[pa.Table] = []
+        self.names: dict[str, None] = {}
+        self.rows = 0
+        self.nbytes = 0  # of the normalised parts, as they are
+        self.present_cells = 0  # sum of rows x columns over the normalised parts
+        self.group: list[tuple[Piece, pa.Table]] = []  # raw parts of one schema, not yet normalised
+        self.group_bytes = 0
+
+    # -- reading ------------------------------------------------------------------
+
+    def add_piece(self, piece: Piece) -> None:
+        data = self.body[piece.start : piece.end]
+        if _BLANK.fullmatch(data):
+            return
+        check_utf8(data, piece.first_line)
+        if piece.wide or not _FIRST_IS_OBJECT.match(data) or _LATER_NOT_OBJECT.search(data):
+            # One line with very many keys (pyarrow would build a column per key), or a line that
+            # is not an object: the exact path names it. pyarrow must not see it: it reads a `null`
+            # line as an empty record, and a body that starts with one crashes it (pyarrow 26:
+            # segmentation fault, found by tests/test_input_fuzz.py).
+            self.add_exact(data, piece)
+            return
         try:
-            parsed = timeutil.parse_column(raw_time)
-            times = pc.if_else(pc.is_null(parsed), defaults, parsed) if parsed.null_count else parsed
-        except ValueError:
-            row = _first_bad_time(raw_time)
-            raise IngestError("_time must be RFC 3339 text or integer nanoseconds", line_of(row)) from None
-    msg = columns.pop("_msg", None)
-    if msg is None:
-        msg = pa.array([""] * num_rows, pa.string())
-    else:
-        msg = pc.fill_null(msg.cast(pa.string()), "")
-    out = {"_time": times, "_msg": msg}
-    out.update(columns)
-    return pa.table(out)
+            raw = pajson.read_json(io.BytesIO(data), read_options=pajson.ReadOptions(
+                use_threads=False, block_size=max(1 << 16, len(data) + 1)))
+            # Sorted, so parts whose keys come in another order share a schema (and a group).
+            raw = raw.select(sorted(raw.column_names))
+            if self.schema is None or not raw.schema.equals(self.schema):
+                self.note_fields(fast_fields(raw.schema))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, Fallback):
+            self.add_exact(data, piece)
+            return
+        self._learn(raw.schema)
+        self.add_raw(piece, raw)
 
+    def _learn(self, schema: pa.Schema) -> None:
+        if self.schema is None:
+            self.schema = schema
+        elif not schema.equals(self.schema):
+            try:
+                merged = pa.unify_schemas([self.schema, schema])
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                return  # a field whose type changes: spans will not fit; pieces read the rest
+            self.schema = merged.remove_metadata()
+            self.schema = pa.schema(sorted(self.schema, key=lambda field: field.name))
 
-def _first_bad_time(values: Any) -> int:
-    for row, value in enumerate(values.to_pylist()):
-        if value is None:
-            continue
+    def add_raw(self, part: Piece, raw: pa.Table) -> None:
+        """A fast-path part; consecutive parts of one schema are normalised together."""
+        if self.group and (self.group_bytes >= GROUP_BYTES or not raw.schema.equals(self.group[0][1].schema)):
+            self._flush_group()
+        nbytes = raw.nbytes
+        self.meter.charge(nbytes)  # returned once the group is normalised
+        self.group.append((part, raw))
+        self.group_bytes += nbytes
+
+    def _flush_group(self) -> None:
+        first, last = self.group[0][0], self.group[-1][0]
+        raw = pa.concat_tables([table for _, table in self.group]) if len(self.group) > 1 else self.group[0][1]
+        raw_bytes, self.group, self.group_bytes = self.group_bytes, [], 0
+        span = self.body[first.start : last.end]
+        table = normalise_fast(raw, self.now_ns + self.rows,
+                               lambda row: first.first_line - 1 + line_of_row(span, row))
+        del raw
+        self.meter.refund(raw_bytes)
+        self._add(table)
+
+    def add_exact(self, data: Body, piece: Piece) -> None:
+        if self.group:
+            self._flush_group()  # rows stay in body order
+        transient = EXACT_BYTES_PER_KEY * data.count(b":") + 2 * len(data)
+        if transient > self.limits.max_parsed_bytes:
+            raise PayloadTooLarge(f"line {piece.first_line}: {_parsed_too_large(self.limits)}")
+        self.meter.charge(transient)
         try:
-            timeutil.parse_column(pa.array([value]))
-        except ValueError:
-            return row
-    return 0
+            table = parse_exact(data, piece.first_line, self.now_ns + self.rows, self.limits.max_fields)
+        finally:
+            self.meter.refund(transient)
+        self._add(table)
 
+    # -- limits -------------------------------------------------------------------
 
-def _line_of_row(body: bytes, row: int) -> int:
-    seen = -1
-    for number, line in enumerate(body.split(b"\n"), 1):
-        if line.strip():
-            seen += 1
-            if seen == row:
-                return number
-    return 1
+    def note_fields(self, names: Iterable[str]) -> None:
+        """Fields the request has; stop early (400 or 413) once they make it too large."""
+        self.names.update(dict.fromkeys(names))
+        if len(self.names) > self.limits.max_fields:
+            raise InvalidInput(f"a request may carry at most {self.limits.max_fields} distinct fields "
+                               "(HELIOS_MAX_FIELDS)")
+        # Every record still to come will have a cell (if only a null) for every field seen so far.
+        rows_to_come = max(0, self.records_at_least - self.rows)
+        if self.size_bytes() + rows_to_come * len(self.names) * NULL_CELL_BITS // 8 > self.limits.max_parsed_bytes:
+            raise PayloadTooLarge(_parsed_too_large(self.limits))
 
+    def size_bytes(self) -> int:
+        """The request so far as one table: its parts plus the null cells that joining them adds."""
+        missing = len(self.names) * self.rows - self.present_cells
+        return self.nbytes + missing * NULL_CELL_BITS // 8
 
-def _flatten(doc: dict[str, Any], prefix: str, out: dict[str, Any], line: int) -> None:
-    for key, value in doc.items():
-        name = prefix + key
-        if isinstance(value, dict):
-            if value:
-                _flatten(value, name + ".", out, line)
-            continue
-        _check_name(name, line)
-        if isinstance(value, list):
-            value = orjson.dumps(value).decode()
-        out[name] = value
+    def _add(self, table: pa.Table) -> None:
+        self.meter.charge(table.nbytes)
+        self.tables.append(table)
+        self.rows += table.num_rows
+        self.nbytes += table.nbytes
+        self.present_cells += table.num_rows * table.num_columns
+        self.note_fields(table.column_names)
 
-
-def _check_name(name: str, line: int | None) -> None:
-    problem = None
-    if not name:
-        problem = "a field name is empty"
-    elif len(name) > MAX_FIELD_NAME:
-        problem = f"a field name is longer than {MAX_FIELD_NAME} characters"
-    elif name in RESERVED:
-        problem = f"the field name {name!r} is reserved (it names the dataset of each row); rename it"
-    if problem is None:
-        return
-    if line is None:
-        raise _Fallback(name)  # the exact path names the line
-    raise IngestError(problem, line)
-
-
-def _render(values: Iterable[Any]) -> pa.Array:
-    """Scalars to their text; floats rendered by Arrow, as on the fast path."""
-    values = list(values)
-    if all(v is None or isinstance(v, str) for v in values):
-        return pa.array(values, pa.string())
-    floats = [(i, v) for i, v in enumerate(values) if isinstance(v, float)]
-    rendered = [
-        None if v is None else v if isinstance(v, str)
-        else ("true" if v else "false") if isinstance(v, bool) else str(v)
-        for v in values
-    ]
-    if floats:
-        texts = pa.array([v for _, v in floats], pa.float64()).cast(pa.string()).to_pylist()
-        for (index, _), text in zip(floats, texts):
-            rendered[index] = text
-    return pa.array(rendered, pa.string())
-
-
-def _json_kind(doc: object) -> str:
-    if isinstance(doc, bool):
-        return "a boolean"
-    if isinstance(doc, (int, float)):
-        return "a number"
-    return {list: "an array", str: "a string"}.get(type(doc), "null")
+    def finish(self) -> pa.Table:
+        if self.group:
+            self._flush_group()
+        if not self.tables:
+            return empty_table()
+        self.meter.charge(self.size_bytes() - self.nbytes)  # the null cells joining the parts adds
+        table = pa.concat_tables(self.tables, promote_options="default") if len(self.tables) > 1 else self.tables[0]
+        self.tables = []
+        if max(column.num_chunks for column in table.columns) > MAX_CHUNKS:
+            self.meter.charge(self.size_bytes())  # a copy, then the parts are gone
+            table = table.combine_chunks()
+            self.meter.refund(self.nbytes)
+        return table

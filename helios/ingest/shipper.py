@@ -24,13 +24,15 @@ from typing import Any, Iterable
 import orjson
 import pyarrow as pa
 
-from helios.errors import InvalidInput
-from helios.ingest.records import MAX_FIELD_NAME, from_columns
+from helios.errors import InvalidInput, PayloadTooLarge
+from helios.ingest.normalise import MAX_FIELD_NAME, from_columns
 
 __all__ = ["MAX_DEPTH", "PROTOCOLS", "RENAMED", "Row", "check_depth", "clean_text", "count_drop",
            "count_rows", "field_name", "flatten_into", "metric_lines", "time_ns", "to_table"]
 
 MAX_DEPTH = 32  # nesting of maps/arrays/AnyValues inside one record
+MAX_FIELDS = 1000  # distinct fields in one request (HELIOS_MAX_FIELDS' default)
+MAX_CELLS = 10_000_000  # rows × distinct fields of one request, before it becomes a table
 PROTOCOLS = ("otlp", "loki", "elastic", "syslog", "forward")
 RENAMED = {"dataset": "_dataset", "_time": "__time", "_msg": "__msg"}
 
@@ -109,11 +111,21 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def to_table(rows: list[Row], now_ns: int) -> pa.Table:
-    """Rows → the normalised table of ``records`` (``_time``, ``_msg``, text fields)."""
+def to_table(rows: list[Row], now_ns: int, *, max_fields: int = MAX_FIELDS) -> pa.Table:
+    """Rows → the normalised table of ``records`` (``_time``, ``_msg``, text fields).
+
+    Bounded like ``/api/v1/ingest``: at most ``max_fields`` distinct fields, and
+    at most ``MAX_CELLS`` cells (rows × fields: every field is a cell of every
+    row once it is a table), so sparse fields cannot blow one request up.
+    """
     names: dict[str, None] = {}
     for row in rows:
         names.update(dict.fromkeys(row))
+    if len(names) > max_fields:
+        raise InvalidInput(f"a request may carry at most {max_fields} distinct fields (HELIOS_MAX_FIELDS)")
+    if len(names) * len(rows) > MAX_CELLS:
+        raise PayloadTooLarge(f"{len(rows)} records with {len(names)} distinct fields make more than "
+                              f"{MAX_CELLS} cells; send smaller batches")
     columns: dict[str, Any] = {}
     for name in names:
         values = [row.get(name) for row in rows]

@@ -43,6 +43,7 @@ from helios.supervisor import Health
 __all__ = ["DatasetStats", "Engine", "Source"]
 
 _log = log.get("helios.storage")
+ENCODE_IN_THREAD_BYTES = 1 << 20  # smaller tables encode faster than a thread hop
 
 
 @dataclass(frozen=True)
@@ -141,10 +142,19 @@ class Engine:
     # -- ingest -----------------------------------------------------------
 
     async def ingest(self, dataset: str, table: pa.Table) -> int:
-        """Durably append ``table`` (normalised) to ``dataset``; returns its row count."""
+        """Durably append ``table`` (normalised) to ``dataset``; returns its row count.
+
+        One request is one WAL frame (all or nothing). The payload is encoded
+        (and compressed) in a worker thread unless the table is small; a payload
+        over the WAL's frame cap raises ``PayloadTooLarge`` and nothing is
+        written or acknowledged.
+        """
         if table.num_rows == 0:
             return 0
-        payload = encode_payload(dataset, table)
+        if table.nbytes > ENCODE_IN_THREAD_BYTES:
+            payload = await trio.to_thread.run_sync(encode_payload, dataset, table)
+        else:
+            payload = encode_payload(dataset, table)
         await self.wal.append(payload, lambda: self._apply(dataset, table))
         return table.num_rows
 

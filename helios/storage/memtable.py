@@ -9,7 +9,7 @@ import pyarrow.compute as pc
 
 from helios import timeutil
 
-__all__ = ["Memtable", "PartKey", "split_by_day"]
+__all__ = ["Memtable", "PartKey", "drop_null_columns", "split_by_day"]
 
 PartKey = tuple[str, int]  # (dataset, UTC day number)
 
@@ -34,6 +34,14 @@ def split_by_day(table: pa.Table) -> list[tuple[int, pa.Table]]:
     return [(day, table.filter(pc.equal(days, day))) for day in sorted(distinct)]
 
 
+def drop_null_columns(table: pa.Table) -> pa.Table:
+    """Without the fields no row of ``table`` has (a day's slice of a request often lacks some):
+    an absent field reads as null everywhere, and an all-null column costs 4 bytes a row."""
+    empty = [name for name, column in zip(table.column_names, table.columns)
+             if name not in ("_time", "_msg") and column.null_count == len(column)]
+    return table.drop_columns(empty) if empty else table
+
+
 class Memtable:
     def __init__(self) -> None:
         self.parts: dict[PartKey, MemPart] = {}
@@ -45,6 +53,7 @@ class Memtable:
             self.add_piece((dataset, day), piece)
 
     def add_piece(self, key: PartKey, piece: pa.Table) -> None:
+        piece = drop_null_columns(piece)
         part = self.parts.setdefault(key, MemPart())
         bounds = pc.min_max(piece.column("_time").cast(pa.int64()))
         low, high = bounds["min"].as_py(), bounds["max"].as_py()
