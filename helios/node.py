@@ -148,6 +148,8 @@ class Node:
             f"helios_control_log_entries {self.control.applied}",
             "# TYPE helios_memtable_rows gauge",
             f"helios_memtable_rows {engine.memtable.rows + sum(m.rows for _, m in engine.frozen)}",
+            "# TYPE helios_memtable_bytes gauge",
+            f"helios_memtable_bytes {engine.memtable.nbytes + sum(m.nbytes for _, m in engine.frozen)}",
             "# TYPE helios_block_cache_hits_total counter",
             f"helios_block_cache_hits_total {engine.cache.hits}",
             "# TYPE helios_block_cache_misses_total counter",
