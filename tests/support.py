@@ -18,9 +18,9 @@ import httpx
 import orjson
 
 REPO = Path(__file__).resolve().parent.parent
-# The Loghub samples live in ../shared beside the checkout (as CI lays them out);
-# HELIOS_LOGHUB_DIR points elsewhere, e.g. for a clone in /tmp.
-LOGHUB = Path(os.environ.get("HELIOS_LOGHUB_DIR") or REPO.parent / "shared" / "data" / "loghub")
+# The Loghub samples ship in the repo (tests/data/loghub, with the dataset's LICENSE and
+# citation), so a clone with nothing beside it runs the suite; HELIOS_LOGHUB_DIR overrides.
+LOGHUB = Path(os.environ.get("HELIOS_LOGHUB_DIR") or REPO / "tests" / "data" / "loghub")
 ADMIN_PASSWORD = "test-admin-password"
 SYNC_SECS = 2.0  # HELIOS_BLOCK_SYNC_SECS of the multi-node tests (store_env)
 BASE_NS = 1_700_000_000_000_000_000  # 2023-11-14T22:13:20Z
@@ -49,7 +49,7 @@ def loghub_records() -> list[Record]:
     """The 20,000 Loghub lines as records, spread over three UTC days, in a fixed order."""
     records = []
     files = sorted(LOGHUB.glob("*_2k.log"))
-    assert len(files) == 10, f"Loghub data missing under {LOGHUB}: set HELIOS_LOGHUB_DIR"
+    assert len(files) == 10, f"Loghub data missing under {LOGHUB} (tests/data/loghub, or HELIOS_LOGHUB_DIR)"
     index = 0
     for path in files:
         service = path.name.split("_")[0].lower()
