@@ -215,8 +215,8 @@ class Server:
     @property
     def token(self) -> str:
         if self._token is None:
-            reply = httpx.post(f"{self.url}/api/v1/auth/login",
-                               json={"username": "admin", "password": ADMIN_PASSWORD})
+            reply = httpx.post(f"{self.url}/api/v1/auth/login",  # scrypt: slow on a loaded machine
+                               json={"username": "admin", "password": ADMIN_PASSWORD}, timeout=60.0)
             assert reply.status_code == 200, reply.text
             self._token = reply.json()["token"]
         return self._token
@@ -249,7 +249,7 @@ class Server:
         assert reply.status_code == 200, reply.text
         return {d["name"]: d for d in reply.json()}
 
-    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> int:
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = SETTLE_S) -> int:
         assert self.proc is not None
         self.proc.send_signal(sig)
         code = self.proc.wait(timeout=timeout_s)
