@@ -1,4 +1,7 @@
-"""Shared by the benchmarks: Loghub bodies with fresh timestamps and a real node."""
+"""Shared by the benchmarks: a real node, and Loghub bodies with fresh timestamps.
+
+The Loghub lines come from tests/data/loghub (tests/support.py), inside the checkout.
+"""
 
 from __future__ import annotations
 

@@ -18,14 +18,22 @@ import httpx
 import orjson
 
 REPO = Path(__file__).resolve().parent.parent
-# The Loghub samples live in ../shared beside the checkout (as CI lays them out);
-# HELIOS_LOGHUB_DIR points elsewhere, e.g. for a clone in /tmp.
-LOGHUB = Path(os.environ.get("HELIOS_LOGHUB_DIR") or REPO.parent / "shared" / "data" / "loghub")
+# The Loghub samples ship in the repo (tests/data/loghub, with the dataset's LICENSE and
+# citation), so a clone with nothing beside it runs the suite; HELIOS_LOGHUB_DIR overrides.
+LOGHUB = Path(os.environ.get("HELIOS_LOGHUB_DIR") or REPO / "tests" / "data" / "loghub")
 ADMIN_PASSWORD = "test-admin-password"
 # Password hashes at N = 2^14 (about 70 ms) instead of the default 2^17 (about 0.5 s and 128 MiB), so that
 # the suite's many node starts and logins stay fast; tests about the hash cost set HELIOS_SCRYPT_LOG2_N.
 TEST_KDF_ENV = {"HELIOS_SCRYPT_LOG2_N": "14"}
 SYNC_SECS = 2.0  # HELIOS_BLOCK_SYNC_SECS of the multi-node tests (store_env)
+# How long a test waits for something that must happen eventually (convergence, compaction,
+# a leader). A failure bound, not a speed claim: tests that claim a speed (the visibility
+# bound, lease takeover) measure it and assert it separately, so this can be generous
+# enough for a loaded 2-core machine without hiding a slow mechanism.
+SETTLE_S = 60.0
+# API tokens are hlt_<id>_<secret>: the id is 16 hex digits, the secret 43 URL-safe base64
+# characters, which may themselves contain "_" (helios/control/auth.py).
+TOKEN_FORM = re.compile(r"hlt_(?P<id>[0-9a-f]{16})_(?P<secret>[A-Za-z0-9_-]{43})")
 BASE_NS = 1_700_000_000_000_000_000  # 2023-11-14T22:13:20Z
 _LEVEL = re.compile(r"\b(INFO|WARN|WARNING|ERROR|FATAL|DEBUG|TRACE|notice|error|warn)\b")
 
@@ -52,7 +60,7 @@ def loghub_records() -> list[Record]:
     """The 20,000 Loghub lines as records, spread over three UTC days, in a fixed order."""
     records = []
     files = sorted(LOGHUB.glob("*_2k.log"))
-    assert len(files) == 10, f"Loghub data missing under {LOGHUB}: set HELIOS_LOGHUB_DIR"
+    assert len(files) == 10, f"Loghub data missing under {LOGHUB} (tests/data/loghub, or HELIOS_LOGHUB_DIR)"
     index = 0
     for path in files:
         service = path.name.split("_")[0].lower()
@@ -74,7 +82,26 @@ def ndjson(records: list[Record]) -> bytes:
     return b"\n".join(orjson.dumps(r.doc()) for r in records) + b"\n"
 
 
-def wait_until(predicate: Callable[[], Any], timeout_s: float = 20.0, what: str = "condition") -> Any:
+def token_parts(token: str) -> tuple[str, str]:
+    """The (id, secret) of an API token; the secret is everything after the id, ``_`` included."""
+    match = TOKEN_FORM.fullmatch(token)
+    assert match, f"not an API token of the form hlt_<16 hex>_<43 base64url>: {token!r}"
+    return match["id"], match["secret"]
+
+
+def typical(samples: list[float]) -> float:
+    """The median of several timing samples.
+
+    A speed bound is asserted on it, so one sample delayed by a loaded machine
+    does not fail the run, while a mechanism that misses the bound (most
+    samples late) still does.
+    """
+    ordered = sorted(samples)
+    return ordered[len(ordered) // 2]
+
+
+def wait_until(predicate: Callable[[], Any], timeout_s: float = SETTLE_S, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something true (returned), or fail after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while True:
         value = predicate()
@@ -83,6 +110,49 @@ def wait_until(predicate: Callable[[], Any], timeout_s: float = 20.0, what: str 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
         time.sleep(0.05)
+
+
+def cluster(node: Server) -> dict[str, Any]:
+    """The node's ``GET /api/v1/cluster``."""
+    reply = node.request("GET", "/api/v1/cluster")
+    assert reply.status_code == 200, reply.text
+    return reply.json()
+
+
+def metric(node: Server, name: str) -> float:
+    """One unlabelled sample of the node's ``/metrics``."""
+    for line in node.request("GET", "/metrics").text.splitlines():
+        key, _, value = line.partition(" ")
+        if key == name:
+            return float(value)
+    raise AssertionError(f"no metric {name}")
+
+
+def passes(node: Server, read: Callable[[dict[str, Any]], Any], count: int = 2,
+           timeout_s: float = SETTLE_S, what: str = "a pass") -> None:
+    """Wait until the stamp ``read(cluster(node))`` has changed ``count`` times.
+
+    With ``count=2`` at least one whole pass of that loop began and ended after
+    the call: whatever it was going to do to the state seen at the call, it has done.
+    """
+    for _ in range(count):
+        before = read(cluster(node))
+        wait_until(lambda: read(cluster(node)) != before, timeout_s=timeout_s, what=what)
+
+
+def settled(nodes: list[Server], timeout_s: float = SETTLE_S) -> None:
+    """Wait until no node has rows to flush or blocks to upload, then for two more pulls on each.
+
+    What a test awaits instead of sleeping "a while" before it checks that
+    nothing more arrives: every flush, upload and pull that could still change
+    an answer has happened.
+    """
+    for node in nodes:
+        wait_until(lambda node=node: metric(node, "helios_memtable_rows") == 0
+                   and cluster(node)["sync"]["pending_uploads"] == 0, timeout_s=timeout_s,
+                   what="every row flushed and uploaded")
+    for node in nodes:
+        passes(node, lambda info: info["sync"]["last_pull"], timeout_s=timeout_s, what="a pull pass")
 
 
 @dataclass
@@ -116,7 +186,7 @@ class Server:
         done = subprocess.run(argv, env=env, cwd=self.data_dir.parent, capture_output=True, timeout=timeout_s)
         return done.returncode, done.stderr.decode(errors="replace")
 
-    def start(self, timeout_s: float = 30.0) -> Server:
+    def start(self, timeout_s: float = SETTLE_S) -> Server:
         argv, env = self._command()
         self.logs = []
         self._token = None
@@ -149,8 +219,8 @@ class Server:
     @property
     def token(self) -> str:
         if self._token is None:
-            reply = httpx.post(f"{self.url}/api/v1/auth/login",
-                               json={"username": "admin", "password": ADMIN_PASSWORD})
+            reply = httpx.post(f"{self.url}/api/v1/auth/login",  # scrypt: slow on a loaded machine
+                               json={"username": "admin", "password": ADMIN_PASSWORD}, timeout=60.0)
             assert reply.status_code == 200, reply.text
             self._token = reply.json()["token"]
         return self._token
@@ -183,7 +253,7 @@ class Server:
         assert reply.status_code == 200, reply.text
         return {d["name"]: d for d in reply.json()}
 
-    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> int:
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = SETTLE_S) -> int:
         assert self.proc is not None
         self.proc.send_signal(sig)
         code = self.proc.wait(timeout=timeout_s)

@@ -89,5 +89,5 @@ def test_binary_replicates_through_s3(binary: Path, clean_env: dict[str, str], m
     assert node.ingest(ndjson(records[:500]), dataset="s3").status_code == 200
     wait_until(lambda: node.request("GET", "/api/v1/cluster").json()["sync"]["last_upload"] is not None
                and node.request("GET", "/api/v1/cluster").json()["sync"]["pending_uploads"] == 0,
-               timeout_s=20, what="the upload to S3")
+               what="the upload to S3")
     assert node.stop() == 0

@@ -55,7 +55,7 @@ def test_kill9_under_concurrent_ingest_and_flushes(server_factory, records: list
     lock = threading.Lock()
 
     def writer(url: str, token: str, stop: threading.Event) -> None:
-        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=10) as client:
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as client:
             while not stop.is_set():
                 with lock:
                     batch = next(next_batch)

@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator
 import orjson
 import pytest
 
-from support import SYNC_SECS, MotoServer, Record, Server, ndjson, wait_until
+from support import MotoServer, Record, Server, cluster, ndjson, passes, settled, wait_until
 
 LEASE = 2.0
 JOBS = ("compaction", "retention", "monitors")
@@ -23,12 +23,6 @@ def env(store_env: dict[str, str]) -> dict[str, str]:
     return {**store_env, **FAST}
 
 
-def cluster(node: Server) -> dict[str, Any]:
-    reply = node.request("GET", "/api/v1/cluster")
-    assert reply.status_code == 200, reply.text
-    return reply.json()
-
-
 def self_leaders(nodes: list[Server], job: str) -> list[str]:
     """The node ids of the nodes that consider themselves the job's leader right now."""
     out = []
@@ -37,6 +31,24 @@ def self_leaders(nodes: list[Server], job: str) -> list[str]:
         if info["leaders"][job] == info["node_id"]:
             out.append(info["node_id"])
     return out
+
+
+def overlapping_leaders(nodes: list[Server], job: str) -> list[str]:
+    """The node ids that led the job at one same moment (more than one is a violation).
+
+    A sample asks the nodes one after another, so a handover between two answers
+    (the old leader steps down on its own clock, then another takes over) would
+    look like two leaders. An earlier claimant that still claims after the last
+    one answered did lead at the same moment as it.
+    """
+    claimants = []
+    for node in nodes:
+        info = cluster(node)
+        if info["leaders"][job] == info["node_id"]:
+            claimants.append((node, info["node_id"]))
+    if len(claimants) <= 1:
+        return [node_id for _, node_id in claimants]
+    return [node_id for node, node_id in claimants[:-1] if self_leaders([node], job)] + [claimants[-1][1]]
 
 
 def store_objects(env: dict[str, str], moto: MotoServer | None, prefix: str) -> Iterator[tuple[str, bytes]]:
@@ -99,24 +111,26 @@ def test_one_leader_per_job_and_takeover_after_kill(server_factory: Callable[...
                                                     env: dict[str, str]) -> None:
     nodes = [server_factory(name, **env) for name in ("a", "b", "c")]
     for job in JOBS:
-        wait_until(lambda job=job: len(self_leaders(nodes, job)) == 1, timeout_s=6 * LEASE, what=f"a {job} leader")
+        wait_until(lambda job=job: len(self_leaders(nodes, job)) == 1, what=f"a {job} leader")
     deadline = time.monotonic() + 2 * LEASE
     while time.monotonic() < deadline:  # samples over two lease periods: never two leaders
         for job in JOBS:
-            assert len(self_leaders(nodes, job)) <= 1
+            assert len(overlapping_leaders(nodes, job)) <= 1, job
     leader_id = self_leaders(nodes, "compaction")[0]
     leader = next(n for n in nodes if cluster(n)["node_id"] == leader_id)
     others = [n for n in nodes if n is not leader]
     wait_until(lambda: all(cluster(n)["leaders"]["compaction"] == leader_id for n in others),
-               timeout_s=4 * LEASE, what="every node to see the leader")
+               what="every node to see the leader")
     leader.kill()
     killed = time.monotonic()
-    wait_until(lambda: len(self_leaders(others, "compaction")) == 1, timeout_s=6 * LEASE, what="a new leader")
+    wait_until(lambda: len(self_leaders(others, "compaction")) == 1, what="a new leader")
     takeover = time.monotonic() - killed
     print(f"takeover after kill -9: {takeover:.2f} s with a {LEASE} s lease")
-    assert takeover <= 2.5 * LEASE + 1.0, takeover
+    # About two lease periods (1.5 without a change seen, ticks every third), plus slack for
+    # the polling round trips and a loaded machine.
+    assert takeover <= 2.5 * LEASE + 2.0, takeover
     for job in JOBS:
-        wait_until(lambda job=job: len(self_leaders(others, job)) == 1, timeout_s=6 * LEASE, what=f"{job} leader")
+        wait_until(lambda job=job: len(self_leaders(others, job)) == 1, what=f"{job} leader")
         assert leader_id not in self_leaders(others, job)
 
 
@@ -163,13 +177,13 @@ def test_compaction_keeps_answers_exact_during_ingest(server_factory: Callable[.
             assert node.count(dataset="c") <= acked
     acked = ingest_small_batches([a, b], part, "c", 100, during)
     for node in (a, b):
-        wait_until(lambda node=node: node.count(dataset="c") == acked, timeout_s=8 * SYNC_SECS, what="convergence")
+        wait_until(lambda node=node: node.count(dataset="c") == acked, what="convergence")
     reference = answers(a, "c")  # whatever compaction has done so far, every later answer is the same
 
     def compacted_with_same_answers() -> bool:
         assert answers(a, "c") == reference and answers(b, "c") == reference
         return blocks(a, "c") <= 6 and blocks(b, "c") <= 6
-    wait_until(compacted_with_same_answers, timeout_s=30, what="compaction to converge")
+    wait_until(compacted_with_same_answers, what="compaction to converge")
     assert sum(cluster(n)["jobs"]["compactions"] for n in (a, b)) > 0
     expected_total = [orjson.dumps({"n": acked})]
     assert reference[0] == expected_total
@@ -180,11 +194,11 @@ def test_compaction_keeps_answers_exact_during_ingest(server_factory: Callable[.
     # Replaced blocks leave the store after the grace period; manifests stay well-formed.
     moto = moto_of(env, request)
     wait_until(lambda: len([k for k, _ in store_objects(env, moto, "parts/c/") if "/blocks/" in k]) <= 6,
-               timeout_s=30, what="replaced blocks to be deleted from the store")
+               what="replaced blocks to be deleted from the store")
     assert check_manifest_chains(env, moto) > 0
     for node in (a, b):
         wait_until(lambda node=node: len(list((node.data_dir / "parts" / "c").rglob("*.parquet"))) <= 6,
-                   timeout_s=30, what="local copies of replaced blocks to be deleted")
+                   what="local copies of replaced blocks to be deleted")
     assert answers(a, "c") == reference and answers(b, "c") == reference
 
 
@@ -192,27 +206,26 @@ def test_a_paused_leader_commits_nothing_stale(server_factory: Callable[..., Ser
                                                records: list[Record], request: pytest.FixtureRequest) -> None:
     small = {**env, "HELIOS_MEMTABLE_ROWS": "100"}
     nodes = [server_factory(name, **small) for name in ("a", "b", "c")]
-    wait_until(lambda: len(self_leaders(nodes, "compaction")) == 1, timeout_s=6 * LEASE, what="a leader")
+    wait_until(lambda: len(self_leaders(nodes, "compaction")) == 1, what="a leader")
     leader_id = self_leaders(nodes, "compaction")[0]
     leader = next(n for n in nodes if cluster(n)["node_id"] == leader_id)
     others = [n for n in nodes if n is not leader]
     acked = ingest_small_batches(others, records[:3000], "p", 100)
-    wait_until(lambda: cluster(leader)["jobs"]["compactions"] > 0, timeout_s=20, what="the leader to compact")
+    wait_until(lambda: cluster(leader)["jobs"]["compactions"] > 0, what="the leader to compact")
     assert leader.proc is not None
     leader.proc.send_signal(signal.SIGSTOP)
     try:
-        wait_until(lambda: len(self_leaders(others, "compaction")) == 1, timeout_s=6 * LEASE, what="a new leader")
+        wait_until(lambda: len(self_leaders(others, "compaction")) == 1, what="a new leader")
         acked += ingest_small_batches(others, records[3000:6000], "p", 100)
-        wait_until(lambda: any(cluster(n)["jobs"]["compactions"] > 0 for n in others), timeout_s=20,
+        wait_until(lambda: any(cluster(n)["jobs"]["compactions"] > 0 for n in others),
                    what="the new leader to compact")
     finally:
         leader.proc.send_signal(signal.SIGCONT)
     new_leader = self_leaders(others, "compaction")[0]
-    wait_until(lambda: cluster(leader)["leaders"]["compaction"] == new_leader, timeout_s=6 * LEASE,
-               what="the resumed node to step down")
+    wait_until(lambda: cluster(leader)["leaders"]["compaction"] == new_leader, what="the resumed node to step down")
     assert self_leaders(nodes, "compaction") == [new_leader]
     for node in nodes:
-        wait_until(lambda node=node: node.count(dataset="p") == acked, timeout_s=10 * SYNC_SECS, what="convergence")
+        wait_until(lambda node=node: node.count(dataset="p") == acked, what="convergence")
     reference = answers(nodes[0], "p")
     assert all(answers(n, "p") == reference for n in nodes[1:])
     assert check_manifest_chains(env, moto_of(env, request)) > 0
@@ -227,14 +240,15 @@ def test_retention_drops_old_partitions_everywhere(server_factory: Callable[...,
                                                    records: list[Record], request: pytest.FixtureRequest) -> None:
     day = 86_400 * 10**9
     now = time.time_ns()
-    old, recent = now - 10 * day, now - 3_600 * 10**9
+    old = (now - 10 * day) // day * day + day // 2  # noon: every old row (0.6 s of them) on one day
+    recent = now - 3_600 * 10**9
     a = server_factory("a", **env)
     b = server_factory("b", **env)
     assert a.ingest(_timed(records[:300], old, "old"), dataset="r").status_code == 200
     assert a.ingest(_timed(records[300:500], recent, "recent"), dataset="r").status_code == 200
     for node in (a, b):
-        wait_until(lambda node=node: node.count(dataset="r") == 500, timeout_s=4 * SYNC_SECS, what="replication")
-    wait_until(lambda: len(self_leaders([a, b], "retention")) == 1, timeout_s=6 * LEASE, what="a retention leader")
+        wait_until(lambda node=node: node.count(dataset="r") == 500, what="replication")
+    wait_until(lambda: len(self_leaders([a, b], "retention")) == 1, what="a retention leader")
     follower = b if self_leaders([a, b], "retention") == [cluster(a)["node_id"]] else a
     leader = a if follower is b else b
     # The follower gets more old rows and dies before it can flush or upload them: they wait in its WAL.
@@ -242,15 +256,17 @@ def test_retention_drops_old_partitions_everywhere(server_factory: Callable[...,
     follower.kill()
     reply = leader.request("PUT", "/api/v1/datasets/r", json={"retention_days": 3})
     assert reply.status_code == 200 and reply.json()["retention_days"] == 3
-    wait_until(lambda: leader.count(dataset="r") == 200, timeout_s=6 * SYNC_SECS, what="the leader to drop")
+    wait_until(lambda: leader.count(dataset="r") == 200, what="the leader to drop")
     follower.start()  # replays the late rows: they must not bring the partition back
     for node in (a, b):
-        wait_until(lambda node=node: node.count(dataset="r") == 200, timeout_s=6 * SYNC_SECS, what="the drop")
+        wait_until(lambda node=node: node.count(dataset="r") == 200, what="the drop")
     moto = moto_of(env, request)
     old_day = time.strftime("%Y-%m-%d", time.gmtime(old / 1e9))
     wait_until(lambda: not [k for k, _ in store_objects(env, moto, f"parts/r/{old_day}/blocks/")],
-               timeout_s=30, what="the old partition's blocks to leave the store")
-    time.sleep(3 * SYNC_SECS)  # flushes, uploads and pulls come and go: still dropped
+               what="the old partition's blocks to leave the store")
+    # Flushes, uploads, pulls and a whole retention pass come and go: still dropped.
+    settled([a, b])
+    passes(leader, lambda info: info["jobs"]["last_retention"], what="a retention pass")
     for node in (a, b):
         assert node.count(dataset="r") == 200
         assert node.count("tag:recent", dataset="r") == 200
@@ -267,13 +283,12 @@ def test_single_node_compacts_and_applies_retention(server_factory: Callable[...
     assert cluster(node)["leaders"] == {job: cluster(node)["node_id"] for job in JOBS}
     assert 'helios_leader{job="compaction"} 1' in node.request("GET", "/metrics").text
     acked = ingest_small_batches([node], records[:3000], "s", 100)
-    wait_until(lambda: blocks(node, "s") <= 6 and node.count(dataset="s") == acked, timeout_s=30,
-               what="local compaction")
+    wait_until(lambda: blocks(node, "s") <= 6 and node.count(dataset="s") == acked, what="local compaction")
     now = time.time_ns()
     assert node.ingest(_timed(records[:50], now - 30 * 86_400 * 10**9, "old"), dataset="s2").status_code == 200
     assert node.ingest(_timed(records[:70], now, "new"), dataset="s2").status_code == 200
     assert node.request("PUT", "/api/v1/datasets/s2", json={"retention_days": 7}).status_code == 200
-    wait_until(lambda: node.count(dataset="s2") == 70, timeout_s=20, what="local retention")
+    wait_until(lambda: node.count(dataset="s2") == 70, what="local retention")
     assert node.count(dataset="s") == acked
     metrics = node.request("GET", "/metrics").text
     assert "helios_compactions_total 0" not in metrics and "helios_dropped_partitions_total 0" not in metrics

@@ -12,7 +12,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from support import ADMIN_PASSWORD, Server
+from support import ADMIN_PASSWORD, Server, token_parts, wait_until
 
 ROLES = ("admin", "editor", "viewer", "ingest")
 EVERYONE = set(ROLES)
@@ -143,7 +143,7 @@ def test_api_tokens_are_shown_once_and_revocable(node: Server) -> None:
     listed = node.request("GET", "/api/v1/tokens").json()
     assert any(t["id"] == made["id"] for t in listed)
     assert all("token" not in t and "hash" not in t for t in listed)
-    assert token.split("_")[-1] not in node.request("GET", "/api/v1/tokens").text
+    assert token_parts(token)[1] not in node.request("GET", "/api/v1/tokens").text
     assert node.request("DELETE", f"/api/v1/tokens/{made['id']}").json() == {"deleted": made["id"]}
     refused = node.ingest(b'{"_msg": "after revocation"}\n', dataset="ci", token=token)
     assert refused.status_code == 401 and "revoked" in refused.json()["error"]
@@ -177,8 +177,10 @@ def test_login_failures_and_session_rules(node: Server) -> None:
     assert demoted.status_code == 200 and demoted.json()["role"] == "viewer"
     assert node.request("POST", "/api/v1/dashboards", token=session, json={"title": "t"}).status_code == 403
     assert node.request("GET", "/api/v1/dashboards", token=session).status_code == 200
-    # A password change ends earlier sessions.
-    time.sleep(1.1)  # sessions are stamped in whole seconds (JWT iat)
+    # A password change ends earlier sessions. Sessions are stamped in whole seconds (JWT iat) and
+    # a change ends those stamped before its second: the clock must first leave the session's second.
+    issued = jwt.decode(session, options={"verify_signature": False})["iat"]
+    wait_until(lambda: int(time.time()) > issued, timeout_s=5, what="the session's second to pass")
     changed = node.request("PUT", "/api/v1/users/carol",
                            json={"version": demoted.json()["version"], "password": "carol-password-2"})
     assert changed.status_code == 200
