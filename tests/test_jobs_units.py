@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 import trio
 import trio.testing
@@ -162,3 +165,76 @@ def test_local_gc_waits_for_the_grace_period_and_for_running_queries(tmp_path: P
         engine.close()
 
     trio.run(main, clock=clock)
+
+
+class _SlowBeats:
+    """A store whose next beat write (``put``) or beat read (``get``) answers ``delay_s`` late (simulated)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.put_delay_s, self.get_delay_s = inner, 0.0, 0.0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def put(self, key: str, data: bytes) -> None:
+        if key.endswith(".beat") and self.put_delay_s:
+            delay, self.put_delay_s = self.put_delay_s, 0.0
+            await trio.sleep(delay)
+        await self.inner.put(key, data)
+
+    async def get(self, key: str) -> bytes:
+        data = await self.inner.get(key)  # read now, answered late: an old value arrives after a newer write
+        if key.endswith(".beat") and self.get_delay_s:
+            delay, self.get_delay_s = self.get_delay_s, 0.0
+            await trio.sleep(delay)
+        return data
+
+
+@pytest.mark.parametrize("slow", ["holder's beat write", "observer's beat read"])
+def test_slow_store_answers_never_make_two_leaders(slow: str) -> None:
+    """A renewal that returns after its lease ran out, and a read that returns an old beat late,
+    must not leave two nodes leading at once (found by the flake hunt; each made 1-3 s of overlap)."""
+
+    ttl = 3.0
+
+    async def main() -> list[float]:
+        store = MemoryBackend()
+        wrapped = _SlowBeats(store)
+        holder = Lease("monitors", wrapped if slow.startswith("holder") else store, "h", ttl)
+        observer = Lease("monitors", wrapped if slow.startswith("observer") else store, "o", ttl)
+        await holder.tick()
+        await observer.tick()
+        await trio.sleep(1.0)
+        await holder.tick()
+        await observer.tick()
+        await trio.sleep(2.85)
+        both: list[float] = []
+
+        async def sample() -> None:
+            while True:
+                if holder.is_leader and observer.is_leader:
+                    both.append(trio.current_time())
+                await trio.sleep(0.01)
+
+        async def watch() -> None:
+            while True:
+                await observer.tick()
+                await trio.sleep(0.1)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sample)
+            if slow.startswith("holder"):
+                wrapped.put_delay_s = 1.7  # the renewal starts inside the lease and lands after it
+                nursery.start_soon(watch)
+                await holder.tick()
+            else:
+                wrapped.get_delay_s = 1.7  # the observer's read answers the old beat 1.7 s late
+                nursery.start_soon(observer.tick)
+                await trio.sleep(0.05)
+                await holder.tick()  # a fresh beat lands while that read is in flight
+            await trio.sleep(3.0)
+            nursery.cancel_scope.cancel()
+        return both
+
+    both = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert not both, f"two leaders from t={both[0]:.2f} to t={both[-1]:.2f}"

@@ -104,9 +104,16 @@ class Lease:
     async def tick(self) -> None:
         """One pass: renew if holding; otherwise watch, and take over a stale lease."""
         assert self.store is not None
-        before = trio.current_time()  # a renewal counts from before it was written: conservative
+        # Timing rules (all on this node's monotonic clock; see the module docstring):
+        # - a renewal counts from before it was written (``before``), and only if the write returned
+        #   while the previous renewal was still valid: a beat that lands later may land after
+        #   another node, seeing no change for the stale period, has taken the next epoch;
+        # - a change counts as seen when the read that saw it returned (``now``), and "unchanged
+        #   since" is judged at the *start* of the latest read (``before``): a slow read can return
+        #   an old beat after a newer one was written, so only its start is known to be "after".
+        before = trio.current_time()
         seen = await self._observe()
-        now = trio.current_time()  # an observation counts from after it was read: conservative
+        now = trio.current_time()
         if seen is None:
             await self._take(1)
             return
@@ -120,6 +127,11 @@ class Lease:
                 self._beat += 1
                 await self.store.put(self._key(self.epoch) + ".beat", orjson.dumps(
                     {"holder": self.node_id, "epoch": self.epoch, "beat": self._beat}))
+                if trio.current_time() >= self._valid_until:  # the beat may have landed too late
+                    log.log(_log, logging.INFO, "a lease renewal returned too late; stepping down",
+                            job=self.job, epoch=self.epoch)
+                    self.epoch = 0
+                    return
                 self._valid_until = before + self.ttl_s
                 return
         if self.epoch and seen.epoch > self.epoch:
@@ -129,7 +141,7 @@ class Lease:
         if seen != self._seen:
             self._seen, self._seen_at = seen, now
             return
-        if now - self._seen_at >= self.ttl_s * STALE_FACTOR:
+        if before - self._seen_at >= self.ttl_s * STALE_FACTOR:
             await self._take(seen.epoch + 1)
 
     async def _observe(self) -> Observation | None:
