@@ -9,6 +9,7 @@
        ├─ control-plane sync (with --shared-store)
        ├─ leases: compaction, retention, monitors (a node without a store holds them all)
        ├─ maintenance: compaction + store GC (leader), retention (leader + local), local GC
+       ├─ monitors: evaluation and webhook delivery (leader), live status (everyone)
        └─ hypercorn server (trio worker) ── quart-trio app ── Node
 
 Shutdown: stop accepting, drain requests (hypercorn), flush the memtable
@@ -35,10 +36,12 @@ from helios import __version__, keys, log, timeutil
 from helios.api.app import create_app
 from helios.config import Config
 from helios.control.auth import Auth
-from helios.control.objects import dataset_retention
+from helios.control.objects import MONITORS, dataset_retention
 from helios.control.plane import ControlPlane, Sealer
 from helios.errors import ConfigError
 from helios.errors import Unavailable as ServiceUnavailable
+from helios.monitors.allow import WebhookPolicy
+from helios.monitors.service import MonitorService
 from helios.replication.jobs import Maintenance
 from helios.replication.lease import JOBS, Lease
 from helios.replication.replicator import Replicator
@@ -81,6 +84,7 @@ class Node:
         self.replicator: Replicator | None = None
         self.leases: dict[str, Lease] = {}
         self.jobs: Maintenance | None = None
+        self.monitors: MonitorService | None = None
         self.started_ns = time.time_ns()
         self.counters: Counter[str] = Counter()
 
@@ -160,6 +164,8 @@ class Node:
                       "# TYPE helios_gc_deleted_files_total counter",
                       f"helios_gc_deleted_files_total {self.engine.deleted_files}"]
         lines += self.health.metrics_lines()
+        if self.monitors is not None:
+            lines += self.monitors.metrics_lines()
         if self.replicator is not None:
             lines += ["# TYPE helios_uploaded_blocks_total counter",
                       f"helios_uploaded_blocks_total {self.replicator.status.uploaded_blocks}",
@@ -206,6 +212,11 @@ async def serve(config: Config, *, task_status: Any = trio.TASK_STATUS_IGNORED) 
                             compaction_interval_s=config.compaction_interval_secs,
                             retention_interval_s=config.retention_interval_secs,
                             gc_grace_s=config.gc_grace_secs, health=node.health)
+    node.monitors = MonitorService(node.control, node.engine, node.leases["monitors"], store, node_id=node.node_id,
+                                   lag_s=config.block_sync_secs, retry_s=config.monitor_retry_secs,
+                                   policy=WebhookPolicy(config.monitor_webhook_allow), health=node.health,
+                                   status_poll_s=max(0.5, config.block_sync_secs / 2))
+    MONITORS.hooks = node.monitors  # monitor views and webhook checks (one node per process)
     shutdown = trio.Event()
     app = create_app(node)
     try:
@@ -219,9 +230,11 @@ async def serve(config: Config, *, task_status: Any = trio.TASK_STATUS_IGNORED) 
             for lease in node.leases.values():
                 await nursery.start(lease.run)
             await nursery.start(node.jobs.run)
+            await nursery.start(node.monitors.run)
             async with trio.open_nursery() as server:
                 binds = await server.start(partial(hypercorn.trio.serve, app, _hypercorn_config(config),
                                                    shutdown_trigger=shutdown.wait))
+                node.monitors.base_url = config.public_url or binds[0]
                 node.ready = True
                 log.log(_log, logging.INFO, "listening", urls=binds, node_id=node.node_id,
                         data_dir=str(config.data_dir), version=__version__, pid=os.getpid())

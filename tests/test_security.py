@@ -41,6 +41,9 @@ MATRIX: list[tuple[str, str, Any, set[str]]] = [
     ("GET", f"/api/v1/monitors/{MISSING}", None, READERS),
     ("PUT", f"/api/v1/monitors/{MISSING}", {"name": "x", "version": 1}, EDITORS),
     ("DELETE", f"/api/v1/monitors/{MISSING}", None, EDITORS),
+    ("GET", f"/api/v1/monitors/{MISSING}/history", None, READERS),
+    ("POST", f"/api/v1/monitors/{MISSING}/test", None, EDITORS),
+    ("POST", f"/api/v1/monitors/{MISSING}/secret", None, EDITORS),
     ("GET", "/api/v1/settings", None, READERS),
     ("PUT", "/api/v1/settings", {"version": "stale"}, ADMIN),
     ("GET", "/api/v1/users", None, ADMIN),
@@ -110,6 +113,9 @@ def test_every_endpoint_in_the_api_document_is_in_the_matrix(node: Server) -> No
 
     def template(path: str) -> str:
         path = path.split("?")[0]
+        for action in ("history", "test", "secret"):  # /api/v1/monitors/{id}/<action>
+            if path.startswith("/api/v1/monitors/") and path.endswith("/" + action):
+                return "/api/v1/monitors/{id}/" + action
         for prefix, name in [("/api/v1/dashboards/", "{id}"), ("/api/v1/monitors/", "{id}"),
                              ("/api/v1/users/", "{name}"), ("/api/v1/tokens/", "{id}"),
                              ("/api/v1/datasets/", "{name}")]:

@@ -112,7 +112,7 @@ def register(app: QuartTrio, node: Any, principal: Callable[[str], Awaitable[Pri
 
         async def create(resource: Any = resource, write: str = write) -> Response:
             who = await principal(write)
-            return _json(resource.view(await resource.create(control, await json_body(), who)), 201)
+            return _json(resource.created_view(await resource.create(control, await json_body(), who)), 201)
 
         async def get_one(object_id: str, resource: Any = resource, read: str = read) -> Response:
             await principal(read)

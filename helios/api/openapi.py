@@ -148,6 +148,15 @@ OPENAPI: dict[str, Any] = {
             "condition": {"type": "object", "required": ["op", "threshold"], "properties": {
                 "op": {"type": "string", "enum": [">", ">=", "<", "<=", "==", "!="]},
                 "threshold": {"type": "number"}}},
-            "webhook": {"type": "string", "nullable": True}, "enabled": {"type": "boolean"}}}, "same"),
+            "webhook": {"type": "string", "nullable": True}, "enabled": {"type": "boolean"},
+            "for": {"type": "string", "nullable": True}, "repeat": {"type": "string", "nullable": True}}}, "same"),
+        "/api/v1/monitors/{id}/history": {"get": {"parameters": [_path_param("id")], "responses": {
+            "200": _ok("transitions newest first, with value, window and delivery", array=True),
+            **_errors(401, 403, 404)}}},
+        "/api/v1/monitors/{id}/test": {"post": {"parameters": [_path_param("id")], "responses": {
+            "200": _ok("one signed test notification sent now: id, delivered, status, error"),
+            **_errors(400, 401, 403, 404)}}},
+        "/api/v1/monitors/{id}/secret": {"post": {"parameters": [_path_param("id")], "responses": {
+            "200": _ok("a new webhook secret, shown this once"), **_errors(401, 403, 404, 503)}}},
     },
 }
