@@ -10,6 +10,7 @@
        ├─ leases: compaction, retention, monitors (a node without a store holds them all)
        ├─ maintenance: compaction + store GC (leader), retention (leader + local), local GC
        ├─ monitors: evaluation and webhook delivery (leader), live status (everyone)
+       ├─ live tail dispatcher (matches new rows against open tails)
        └─ hypercorn server (trio worker) ── quart-trio app ── Node
 
 Shutdown: stop accepting, drain requests (hypercorn), flush the memtable
@@ -46,6 +47,8 @@ from helios.replication.jobs import Maintenance
 from helios.replication.lease import JOBS, Lease
 from helios.replication.replicator import Replicator
 from helios.storage.engine import Engine
+from helios.supervisor import supervise
+from helios.tail import TailHub
 
 __all__ = ["Node", "open_store", "serve"]
 
@@ -78,6 +81,9 @@ class Node:
         self.engine = Engine(config.data_dir, self.node_id, memtable_rows=config.memtable_rows,
                              cache_bytes=config.cache_bytes)
         self.health = self.engine.health  # one report of what fails, shared by every background task
+        self.tail = TailHub(self.engine, self.node_id, max_streams=config.tail_max_streams,
+                            buffer_rows=config.tail_buffer_rows)
+        self.engine.on_ingest = self.tail.publish
         self.control.health = self.health
         self.ready = False
         self.store: Backend | None = None
@@ -166,6 +172,7 @@ class Node:
         lines += self.health.metrics_lines()
         if self.monitors is not None:
             lines += self.monitors.metrics_lines()
+        lines += self.tail.metrics_lines()
         if self.replicator is not None:
             lines += ["# TYPE helios_uploaded_blocks_total counter",
                       f"helios_uploaded_blocks_total {self.replicator.status.uploaded_blocks}",
@@ -198,6 +205,12 @@ async def _watch_signals(shutdown: trio.Event, *, task_status: Any = trio.TASK_S
             return
 
 
+async def _close_tails_on(shutdown: trio.Event, tail: TailHub) -> None:
+    """Open tails end when the node shuts down, so the server's drain does not wait for them."""
+    await shutdown.wait()
+    tail.close_all()
+
+
 async def serve(config: Config, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     """Run a node until SIGTERM/SIGINT (or the caller cancels), then drain and return."""
     store = await open_store(config)
@@ -206,12 +219,14 @@ async def serve(config: Config, *, task_status: Any = trio.TASK_STATUS_IGNORED) 
     if store is not None:
         node.replicator = Replicator(node.engine, store, node.node_id,
                                      interval_s=max(0.05, config.block_sync_secs / 8), health=node.health)
+        node.replicator.on_pulled = node.tail.publish_blocks
     node.leases = {job: Lease(job, store, node.node_id, config.lease_secs, health=node.health) for job in JOBS}
     node.jobs = Maintenance(node.engine, store, node.replicator, node.leases, node.node_id,
                             retention_days=node.retention_days,
                             compaction_interval_s=config.compaction_interval_secs,
                             retention_interval_s=config.retention_interval_secs,
                             gc_grace_s=config.gc_grace_secs, health=node.health)
+    node.jobs.min_block_age_s = config.block_sync_secs  # see helios.tail: peers pull a block before it is compacted
     node.monitors = MonitorService(node.control, node.engine, node.leases["monitors"], store, node_id=node.node_id,
                                    lag_s=config.block_sync_secs, retry_s=config.monitor_retry_secs,
                                    policy=WebhookPolicy(config.monitor_webhook_allow), health=node.health,
@@ -231,6 +246,8 @@ async def serve(config: Config, *, task_status: Any = trio.TASK_STATUS_IGNORED) 
                 await nursery.start(lease.run)
             await nursery.start(node.jobs.run)
             await nursery.start(node.monitors.run)
+            nursery.start_soon(partial(supervise, node.health, "tail", node.tail.dispatch, interval_s=0.01))
+            nursery.start_soon(_close_tails_on, shutdown, node.tail)
             async with trio.open_nursery() as server:
                 binds = await server.start(partial(hypercorn.trio.serve, app, _hypercorn_config(config),
                                                    shutdown_trigger=shutdown.wait))

@@ -29,6 +29,7 @@ MATRIX: list[tuple[str, str, Any, set[str]]] = [
     ("POST", "/api/v1/ingest?dataset=matrix", b'{"_msg": "matrix"}\n', INGEST),
     ("POST", "/api/v1/query", {"q": "*", "limit": 1}, READERS),
     ("GET", "/api/v1/query?q=*&limit=1", None, READERS),
+    ("GET", "/api/v1/tail?q=* | stats count()", None, READERS),  # allowed roles get 400: no stream is left open
     ("GET", "/api/v1/datasets", None, READERS),
     ("PUT", "/api/v1/datasets/matrix", {"retention_days": None}, EDITORS),
     ("GET", "/api/v1/dashboards", None, READERS),

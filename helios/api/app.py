@@ -18,7 +18,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from helios import __version__, log, timeutil
-from helios.api import control_api, monitor_routes
+from helios.api import control_api, monitor_routes, tail
 from helios.api.openapi import OPENAPI
 from helios.control.auth import Principal
 from helios.errors import HeliosError, InvalidInput, NotFound
@@ -198,6 +198,7 @@ def create_app(node: Any) -> QuartTrio:
 
     control_api.register(app, node, principal, json_body, validate_dataset)
     monitor_routes.register(app, node, principal)
+    tail.register(app, node, principal, validate_dataset)
 
     @app.route("/<path:rest>", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
     async def unknown(rest: str) -> Response:

@@ -95,6 +95,14 @@ OPENAPI: dict[str, Any] = {
                 "type": "object", "properties": {"rows": {"type": "array", "items": {"type": "object"}},
                                                  "stats": {"type": "object"}}}}}},
                 **_errors(400, 401, 403)}}},
+        "/api/v1/tail": {"get": {
+            "parameters": [{"name": "q", "in": "query", "required": True, "schema": {"type": "string"}},
+                           {"name": "dataset", "in": "query", "schema": {"type": "string"}},
+                           {"name": "backfill", "in": "query", "schema": {"type": "integer", "minimum": 0,
+                                                                          "maximum": 10000}}],
+            "responses": {"200": {"description": "server-sent events: 'data: {row}' per row, 'event: dropped' "
+                                                 "with a count, keep-alive comments", "content": {
+                "text/event-stream": {"schema": {"type": "string"}}}}, **_errors(400, 401, 403, 503)}}},
         "/api/v1/datasets": {"get": {"responses": {
             "200": {"description": "datasets as this node sees them", "content": {"application/json": {
                 "schema": {"type": "array", "items": {"type": "object", "properties": {

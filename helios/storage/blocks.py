@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,8 @@ from helios import timeutil
 from helios.storage.bloom import Bloom, block_terms
 from helios.storage.fsutil import write_atomic
 
-__all__ = ["BlockEntry", "BlockIndex", "CorruptBlock", "build_block", "load_block", "load_index"]
+__all__ = ["BlockEntry", "BlockIndex", "CorruptBlock", "build_block", "is_compacted", "load_block", "load_index",
+           "new_block_id"]
 
 FORMAT = 1
 _META_INFO = b"helios.block"
@@ -32,6 +34,17 @@ _META_BLOOM = b"helios.bloom"
 
 class CorruptBlock(Exception):
     """A block's bytes do not match its manifest entry."""
+
+
+def new_block_id(created_ns: int, node: str, *, compacted: bool = False) -> str:
+    """``<created ns, hex>-<node>-<8 random hex>``; a compaction output's last part starts with ``c``."""
+    return f"{created_ns:x}-{node}-{'c' if compacted else ''}{secrets.token_hex(4)}"
+
+
+def is_compacted(block_id: str) -> bool:
+    """Whether a block is a compaction output (its rows were all in earlier blocks)."""
+    last = block_id.rsplit("-", 1)[-1]
+    return len(last) == 9 and last[0] == "c"
 
 
 @dataclass(frozen=True)
