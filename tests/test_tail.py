@@ -251,3 +251,30 @@ def test_tail_rules_backfill_roles_and_bounds(server_factory: Callable[..., Serv
     assert again.status == 200
     assert node.stop() == 0  # open tails end when the node shuts down; the drain does not wait for them
 
+
+
+def test_helios_tail_follows_the_stream(server_factory: Callable[..., Server]) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    node = server_factory("cli", HELIOS_BLOCK_SYNC_SECS="2")
+    assert node.ingest(batch("old", 0, 3), dataset="tail").status_code == 200
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HELIOS_")}
+    with subprocess.Popen([sys.executable, "-m", "helios", "tail", "--url", node.url, "--token", node.token,
+                           "--dataset", "tail", "--backfill", "2", "tailrow | fields _msg, dataset"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True) as proc:
+        try:
+            assert proc.stdout is not None
+            lines = [proc.stdout.readline().strip() for _ in range(2)]
+            assert lines == ["tail tailrow old-1", "tail tailrow old-2"]
+            assert node.ingest(batch("new", 0, 1), dataset="tail").status_code == 200
+            assert node.ingest(b'{"_msg": "tailrow not this dataset"}\n', dataset="other").status_code == 200
+            assert node.ingest(batch("new", 1, 1), dataset="tail").status_code == 200
+            assert [proc.stdout.readline().strip() for _ in range(2)] == ["tail tailrow new-0", "tail tailrow new-1"]
+        finally:
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=30) == 0
+    bad = subprocess.run([sys.executable, "-m", "helios", "tail", "--url", node.url, "--token", node.token,
+                          "* | stats count()"], capture_output=True, text=True, env=env, timeout=60)
+    assert bad.returncode == 1 and "400" in bad.stderr
