@@ -147,19 +147,23 @@ class Post:
 class Receiver:
     """Records every POST; ``down()`` closes the port (connections refused), ``up()`` reopens it."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, slow: bool = False) -> None:
         self.port = 0
         self.posts: list[Post] = []
+        self.release = threading.Event()  # a slow receiver answers once this is set (or after 30 s)
+        self.slow = slow
         self._server: ThreadingHTTPServer | None = None
         self.up()
 
     def up(self) -> None:
-        posts = self.posts
+        posts, receiver = self.posts, self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 (the stdlib's name)
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 posts.append(Post({k.lower(): v for k, v in self.headers.items()}, body))
+                if receiver.slow:
+                    receiver.release.wait(30)
                 self.send_response(200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -294,6 +298,30 @@ def test_webhooks_outside_the_allow_list_are_refused(server_factory: Callable[..
     code, err = Server(node.data_dir, {"HELIOS_MONITOR_WEBHOOK_ALLOW": "http://nope"}).refused()
     assert code == 2 and "HELIOS_MONITOR_WEBHOOK_ALLOW" in err
     assert receiver.posts == []
+
+
+def test_a_slow_receiver_delays_no_other_monitor(server_factory: Callable[..., Server],
+                                                  receiver: Receiver) -> None:
+    slow = Receiver(slow=True)
+    try:
+        node = server_factory("busy", HELIOS_BLOCK_SYNC_SECS="1")
+        held = node.request("POST", "/api/v1/monitors", json={**monitor_body(slow), "name": "slow"}).json()
+        node.request("POST", "/api/v1/monitors", json={**monitor_body(receiver), "name": "fast"})
+        assert node.ingest(rows(2, "busy"), dataset="mon").status_code == 200
+        wait_until(lambda: slow.posts, timeout_s=SCHEDULE_S + 1 + 20, what="the slow receiver to be holding a request")
+        held_at = time.monotonic()
+        wait_until(lambda: receiver.real(), timeout_s=30, what="the other monitor's notification")
+        waited = time.monotonic() - held_at
+        print(f"the other monitor was notified {waited:.2f} s after the slow receiver started to hold")
+        assert waited < 10.0, "the other monitor waited for the slow receiver's attempt to time out"
+        assert history(node, held["id"])[0]["delivery"] == "pending"
+        slow.release.set()
+        wait_until(lambda: history(node, held["id"])[0]["delivery"] == "delivered", timeout_s=60,
+                   what="the slow receiver's notification delivered")
+        assert len({p.doc["id"] for p in slow.posts}) == 1  # retries after the timeout carry the same id
+    finally:
+        slow.release.set()
+        slow.down()
 
 
 # -- a cluster -------------------------------------------------------------------------

@@ -168,7 +168,9 @@ class Maintenance:
         return done
 
     def _settled(self, blocks: list[BlockEntry]) -> list[BlockEntry]:
-        """The blocks old enough to compact (``min_block_age_s``)."""
+        """The blocks old enough to compact (``min_block_age_s``; 0: all of them)."""
+        if not self.min_block_age_s:
+            return blocks
         horizon = self.clock() - int(self.min_block_age_s * 1e9)
         return [b for b in blocks if b.created_ns <= horizon]
 
