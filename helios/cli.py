@@ -1,4 +1,4 @@
-"""The ``helios`` command: serve, ingest, query, user, token, version."""
+"""The ``helios`` command: serve, ingest, query, tail, user, token, version."""
 
 from __future__ import annotations
 
@@ -170,6 +170,52 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tail(args: argparse.Namespace) -> int:
+    """``helios tail 'query'``: follow ``GET /api/v1/tail`` and print each row as it arrives (Ctrl-C ends)."""
+    import httpx
+
+    client = _client(args)
+    params: dict[str, Any] = {"q": args.q}
+    if args.dataset:
+        params["dataset"] = args.dataset
+    if args.backfill:
+        params["backfill"] = args.backfill
+    try:
+        # Keep-alives come every 15 s: a minute of silence means the node is gone.
+        with client.stream("GET", "/api/v1/tail", params=params, timeout=httpx.Timeout(60.0, connect=5.0)) as reply:
+            if reply.status_code != 200:
+                reply.read()
+                print(f"helios: tail failed: {_error_text(reply)}", file=sys.stderr)
+                return 1
+            event = "message"
+            for line in reply.iter_lines():
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: "):
+                    if event == "dropped":
+                        dropped = orjson.loads(line[6:])["dropped"]
+                        print(f"helios: {dropped} rows dropped here: this reader was too slow", file=sys.stderr)
+                    else:
+                        print(line[6:] if args.json else _tail_line(orjson.loads(line[6:])), flush=True)
+                    event = "message"
+    except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:  # `helios tail … | head`
+        return 0
+    except httpx.HTTPError as exc:
+        print(f"helios: the tail ended: {exc}", file=sys.stderr)
+        return 1
+    print("helios: the node ended the tail (shutting down)", file=sys.stderr)
+    return 0
+
+
+def _tail_line(row: dict[str, Any]) -> str:
+    """``<time> <dataset> <message> key=value …`` (whichever of them the row has)."""
+    parts = [str(row[k]) for k in ("_time", "dataset", "_msg") if k in row]
+    parts += [f"{k}={v}" for k, v in row.items() if k not in ("_time", "dataset", "_msg")]
+    return " ".join(parts)
+
+
 def _admin_call(client: Any, method: str, path: str, body: Any = None) -> Any:
     reply = client.request(method, path, json=body)
     if reply.status_code >= 400:
@@ -262,6 +308,13 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--limit", type=int, default=100)
     query.add_argument("--json", action="store_true", help="print the JSON response")
     query.set_defaults(func=cmd_query)
+    tail = sub.add_parser("tail", help="follow matching rows live as they arrive (Ctrl-C to stop)")
+    _client_arguments(tail)
+    tail.add_argument("q", help="filters, optionally '| fields a, b', e.g. 'level:ERROR service:api'")
+    tail.add_argument("--dataset", help="a dataset or a comma-separated list (default: all)")
+    tail.add_argument("--backfill", type=int, default=0, help="first print the newest N matching rows")
+    tail.add_argument("--json", action="store_true", help="print each row as its JSON")
+    tail.set_defaults(func=cmd_tail)
     user = sub.add_parser("user", help="manage users (admin)")
     _client_arguments(user)
     user.add_argument("action", choices=("list", "add", "set", "delete"))

@@ -72,6 +72,18 @@ def _node_id(text: str) -> str:
     return text
 
 
+def _webhook_allow(text: str) -> tuple[str, ...]:
+    from helios.monitors.allow import parse_allow  # the policy's own parser, so both agree
+
+    return parse_allow(text)
+
+
+def _public_url(text: str) -> str:
+    if text and not (text.startswith(("http://", "https://")) and len(text) > 8):
+        raise ValueError("expected an http:// or https:// URL")
+    return text.rstrip("/")
+
+
 def _log_level(text: str) -> str:
     if text.lower() not in ("debug", "info", "warning", "error"):
         raise ValueError("expected debug, info, warning or error")
@@ -188,6 +200,16 @@ OPTIONS: tuple[Option, ...] = (
            "deepest JSON nesting (objects and arrays) accepted in an ingest body"),
     Option("ingest_memory_bytes", "HELIOS_INGEST_MEMORY_BYTES", 1 << 30, _positive_int,
            "memory shared by all ingest requests while they decode and parse; past it: 503, retry"),
+    Option("monitor_webhook_allow", "HELIOS_MONITOR_WEBHOOK_ALLOW", "*", _webhook_allow,
+           "where monitor webhooks may go: comma-separated CIDRs, hosts, *.domains or *; '!' denies"),
+    Option("monitor_retry_secs", "HELIOS_MONITOR_RETRY_SECS", 3600.0, _positive_float,
+           "how long a monitor notification is retried before it is given up"),
+    Option("public_url", "HELIOS_PUBLIC_URL", "", _public_url,
+           "this node's URL as users reach it, for links in notifications (default: the listen address)"),
+    Option("tail_max_streams", "HELIOS_TAIL_MAX_STREAMS", 64, _positive_int,
+           "most live-tail streams open at once on this node"),
+    Option("tail_buffer_rows", "HELIOS_TAIL_BUFFER_ROWS", 10_000, _positive_int,
+           "rows buffered per live-tail stream before a slow reader gets an 'event: dropped'"),
 )
 
 
@@ -232,6 +254,11 @@ class Config:
     max_fields: int
     max_nesting_depth: int
     ingest_memory_bytes: int
+    monitor_webhook_allow: tuple[str, ...]
+    monitor_retry_secs: float
+    public_url: str
+    tail_max_streams: int
+    tail_buffer_rows: int
 
     @property
     def secrets_dir(self) -> Path:

@@ -10,6 +10,8 @@
        ├─ leases: compaction, retention, monitors (a node without a store holds them all)
        ├─ maintenance: compaction + store GC (leader), retention (leader + local), local GC
        ├─ listeners: syslog TCP/UDP, Fluent forward (with --syslog-listen / --forward-listen)
+       ├─ monitors: evaluation and webhook delivery (leader), live status (everyone)
+       ├─ live tail dispatcher (matches new rows against open tails)
        └─ hypercorn server (trio worker) ── quart-trio app ── Node
 
 Shutdown: stop accepting, drain requests (hypercorn), flush the memtable
@@ -36,18 +38,22 @@ from helios import __version__, keys, log, timeutil
 from helios.api.app import create_app
 from helios.config import Config
 from helios.control.auth import Auth
-from helios.control.objects import dataset_retention
+from helios.control.objects import MONITORS, dataset_retention
 from helios.control.plane import ControlPlane, Sealer
 from helios.errors import ConfigError
 from helios.errors import Unavailable as ServiceUnavailable
 from helios.ingest import shipper
 from helios.ingest.listeners import Listeners
 from helios.ingest.request import BodyReader
+from helios.monitors.allow import WebhookPolicy
+from helios.monitors.service import MonitorService
 from helios.replication.jobs import Maintenance
 from helios.replication.lease import JOBS, Lease
 from helios.replication.replicator import Replicator
 from helios.storage.engine import Engine
 from helios.storage.fsutil import UMASK, secure_data_dir
+from helios.supervisor import supervise
+from helios.tail import TailHub
 
 __all__ = ["Node", "open_store", "serve"]
 
@@ -84,12 +90,16 @@ class Node:
                              cache_bytes=config.cache_bytes)
         self.ingest_reader = BodyReader.from_config(config)  # limits + one memory budget for every ingest path
         self.health = self.engine.health  # one report of what fails, shared by every background task
+        self.tail = TailHub(self.engine, self.node_id, max_streams=config.tail_max_streams,
+                            buffer_rows=config.tail_buffer_rows)
+        self.engine.on_ingest = self.tail.publish
         self.control.health = self.health
         self.ready = False
         self.store: Backend | None = None
         self.replicator: Replicator | None = None
         self.leases: dict[str, Lease] = {}
         self.jobs: Maintenance | None = None
+        self.monitors: MonitorService | None = None
         self.started_ns = time.time_ns()
         self.counters: Counter[str] = Counter()
 
@@ -171,6 +181,9 @@ class Node:
                       "# TYPE helios_gc_deleted_files_total counter",
                       f"helios_gc_deleted_files_total {self.engine.deleted_files}"]
         lines += self.health.metrics_lines()
+        if self.monitors is not None:
+            lines += self.monitors.metrics_lines()
+        lines += self.tail.metrics_lines()
         if self.replicator is not None:
             lines += ["# TYPE helios_uploaded_blocks_total counter",
                       f"helios_uploaded_blocks_total {self.replicator.status.uploaded_blocks}",
@@ -209,6 +222,12 @@ async def _watch_signals(shutdown: trio.Event, *, task_status: Any = trio.TASK_S
             return
 
 
+async def _close_tails_on(shutdown: trio.Event, tail: TailHub) -> None:
+    """Open tails end when the node shuts down, so the server's drain does not wait for them."""
+    await shutdown.wait()
+    tail.close_all()
+
+
 async def serve(config: Config, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     """Run a node until SIGTERM/SIGINT (or the caller cancels), then drain and return."""
     os.umask(UMASK)  # every folder and file this node makes is private (helios.storage.fsutil)
@@ -218,12 +237,19 @@ async def serve(config: Config, *, task_status: Any = trio.TASK_STATUS_IGNORED) 
     if store is not None:
         node.replicator = Replicator(node.engine, store, node.node_id,
                                      interval_s=max(0.05, config.block_sync_secs / 8), health=node.health)
+        node.replicator.on_pulled = node.tail.publish_blocks
     node.leases = {job: Lease(job, store, node.node_id, config.lease_secs, health=node.health) for job in JOBS}
     node.jobs = Maintenance(node.engine, store, node.replicator, node.leases, node.node_id,
                             retention_days=node.retention_days,
                             compaction_interval_s=config.compaction_interval_secs,
                             retention_interval_s=config.retention_interval_secs,
                             gc_grace_s=config.gc_grace_secs, health=node.health)
+    node.jobs.min_block_age_s = config.block_sync_secs  # see helios.tail: peers pull a block before it is compacted
+    node.monitors = MonitorService(node.control, node.engine, node.leases["monitors"], store, node_id=node.node_id,
+                                   lag_s=config.block_sync_secs, retry_s=config.monitor_retry_secs,
+                                   policy=WebhookPolicy(config.monitor_webhook_allow), health=node.health,
+                                   status_poll_s=max(0.5, config.block_sync_secs / 2))
+    MONITORS.hooks = node.monitors  # monitor views and webhook checks (one node per process)
     shutdown = trio.Event()
     app = create_app(node, shutdown=shutdown)
     try:
@@ -239,9 +265,13 @@ async def serve(config: Config, *, task_status: Any = trio.TASK_STATUS_IGNORED) 
                 await nursery.start(lease.run)
             await nursery.start(node.jobs.run)
             await nursery.start(listeners.run)
+            await nursery.start(node.monitors.run)
+            nursery.start_soon(partial(supervise, node.health, "tail", node.tail.dispatch, interval_s=0.01))
+            nursery.start_soon(_close_tails_on, shutdown, node.tail)
             async with trio.open_nursery() as server:
                 binds = await server.start(partial(hypercorn.trio.serve, app, _hypercorn_config(config),
                                                    shutdown_trigger=shutdown.wait))
+                node.monitors.base_url = config.public_url or binds[0]
                 node.ready = True
                 log.log(_log, logging.INFO, "listening", urls=binds, node_id=node.node_id,
                         data_dir=str(config.data_dir), version=__version__, pid=os.getpid())

@@ -21,8 +21,8 @@ from werkzeug.exceptions import HTTPException
 
 from backends.base import StoreError
 from helios import log
-from helios.api import cluster, compat, health, ingest, query, resources, session, users
-from helios.api.common import NODE_KEY, QUERIES_KEY, NodeApi, answer, validate_dataset
+from helios.api import cluster, compat, health, ingest, monitor_routes, query, resources, session, tail, users
+from helios.api.common import NODE_KEY, QUERIES_KEY, NodeApi, answer, principal, validate_dataset
 from helios.api.guard import ConnectionGuard
 from helios.errors import HeliosError, NotFound, from_store
 from helios.query.runner import QueryPool
@@ -53,6 +53,8 @@ def create_app(node: NodeApi, *, shutdown: trio.Event | None = None) -> QuartTri
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
     app.register_blueprint(compat.blueprint(node))  # OTLP, Loki push, Elasticsearch bulk
+    monitor_routes.register(app, node, principal)  # history, test notification, secret rotation
+    tail.register(app, node, principal, validate_dataset)  # GET /api/v1/tail (server-sent events)
     app.add_url_rule("/<path:rest>", "unknown", _unknown, methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
     if shutdown is not None:
         @app.before_serving

@@ -96,6 +96,14 @@ OPENAPI: dict[str, Any] = {
                 "type": "object", "properties": {"rows": {"type": "array", "items": {"type": "object"}},
                                                  "stats": {"type": "object"}}}}}},
                 **_errors(400, 401, 403, 429, 503)}}},
+        "/api/v1/tail": {"get": {
+            "parameters": [{"name": "q", "in": "query", "required": True, "schema": {"type": "string"}},
+                           {"name": "dataset", "in": "query", "schema": {"type": "string"}},
+                           {"name": "backfill", "in": "query", "schema": {"type": "integer", "minimum": 0,
+                                                                          "maximum": 10000}}],
+            "responses": {"200": {"description": "server-sent events: 'data: {row}' per row, 'event: dropped' "
+                                                 "with a count, keep-alive comments", "content": {
+                "text/event-stream": {"schema": {"type": "string"}}}}, **_errors(400, 401, 403, 503)}}},
         "/api/v1/datasets": {"get": {"responses": {
             "200": {"description": "datasets as this node sees them", "content": {"application/json": {
                 "schema": {"type": "array", "items": {"type": "object", "properties": {
@@ -149,6 +157,15 @@ OPENAPI: dict[str, Any] = {
             "condition": {"type": "object", "required": ["op", "threshold"], "properties": {
                 "op": {"type": "string", "enum": [">", ">=", "<", "<=", "==", "!="]},
                 "threshold": {"type": "number"}}},
-            "webhook": {"type": "string", "nullable": True}, "enabled": {"type": "boolean"}}}, "same"),
+            "webhook": {"type": "string", "nullable": True}, "enabled": {"type": "boolean"},
+            "for": {"type": "string", "nullable": True}, "repeat": {"type": "string", "nullable": True}}}, "same"),
+        "/api/v1/monitors/{id}/history": {"get": {"parameters": [_path_param("id")], "responses": {
+            "200": _ok("transitions newest first, with value, window and delivery", array=True),
+            **_errors(401, 403, 404)}}},
+        "/api/v1/monitors/{id}/test": {"post": {"parameters": [_path_param("id")], "responses": {
+            "200": _ok("one signed test notification sent now: id, delivered, status, error"),
+            **_errors(400, 401, 403, 404)}}},
+        "/api/v1/monitors/{id}/secret": {"post": {"parameters": [_path_param("id")], "responses": {
+            "200": _ok("a new webhook secret, shown this once"), **_errors(401, 403, 404, 503)}}},
     },
 }

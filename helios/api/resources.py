@@ -32,7 +32,7 @@ async def list_objects(kind: str) -> Response:
 async def create_object(kind: str) -> Response:
     who = await principal(f"{kind}.write")
     resource = RESOURCES[kind]
-    return answer(resource.view(await resource.create(node().control, await json_body(), who)), 201)
+    return answer(resource.created_view(await resource.create(node().control, await json_body(), who)), 201)
 
 
 @bp.get(KIND + "/<object_id>")

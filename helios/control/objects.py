@@ -4,14 +4,17 @@ Every write goes through ``ControlPlane.commit`` with a mutation that checks
 the version the caller read (optimistic concurrency: a stale one is a 409
 carrying the current version) against the newest state, after any lost race.
 
-Monitors are stored and served; evaluating them (leader-elected, so an alert
-fires once per cluster) is not built yet.
+Monitors are evaluated by the holder of the ``monitors`` lease
+(``helios.monitors``); their view adds what the evaluator saw last. Each
+monitor has a webhook secret, generated at creation and shown once (in the
+answer of the create, or of ``POST /api/v1/monitors/{id}/secret``), never in
+its view.
 """
 
 from __future__ import annotations
 
 import secrets
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 from urllib.parse import urlsplit
 
 from helios import names, timeutil
@@ -20,7 +23,8 @@ from helios.control.plane import ControlPlane, Obj
 from helios.errors import HeliosError, InvalidInput, NotFound, StaleVersion
 from helios.query.parser import parse
 
-__all__ = ["RESOURCES", "Resource", "Settings", "dataset_retention", "set_dataset"]
+__all__ = ["MONITORS", "RESOURCES", "MonitorHooks", "MonitorResource", "Resource", "Settings", "dataset_retention",
+           "set_dataset"]
 
 PANEL_TYPES = ("table", "timechart", "stat", "bar", "logs")
 CONDITION_OPS = (">", ">=", "<", "<=", "==", "!=")
@@ -95,9 +99,13 @@ def dashboard_doc(body: dict[str, Any]) -> dict[str, Any]:
             "panels": [_panel(p, i) for i, p in enumerate(panels)]}
 
 
+def _optional_duration(value: object, name: str, minimum_s: int) -> str | None:
+    return None if value is None else _duration(value, name, minimum_s)
+
+
 def monitor_doc(body: dict[str, Any]) -> dict[str, Any]:
     only_fields(body, {"name", "query", "dataset", "schedule", "window", "condition", "webhook", "enabled",
-                 "version"}, "a monitor")
+                 "for", "repeat", "version"}, "a monitor")
     condition = body.get("condition")
     if (not isinstance(condition, dict) or set(condition) != {"op", "threshold"}
             or condition["op"] not in CONDITION_OPS or isinstance(condition["threshold"], bool)
@@ -117,7 +125,10 @@ def monitor_doc(body: dict[str, Any]) -> dict[str, Any]:
             "schedule": _duration(body.get("schedule", "1m"), "schedule", 10),
             "window": _duration(body.get("window", "5m"), "window", 1),
             "condition": {"op": condition["op"], "threshold": condition["threshold"]},
-            "webhook": webhook, "enabled": enabled}
+            "webhook": webhook, "enabled": enabled,
+            # ``for``: how long the condition must hold before firing; ``repeat``: re-notify while firing.
+            "for": _optional_duration(body.get("for"), "for", 1),
+            "repeat": _optional_duration(body.get("repeat"), "repeat", 10)}
 
 
 def _view(obj: Obj) -> dict[str, Any]:
@@ -134,6 +145,10 @@ class Resource:
 
     def view(self, obj: Obj) -> dict[str, Any]:
         return _view(obj)
+
+    def created_view(self, obj: Obj) -> dict[str, Any]:
+        """The answer of a create (a monitor's adds its secret, this once)."""
+        return self.view(obj)
 
     def get(self, control: ControlPlane, object_id: str) -> Obj:
         obj = control.get(self.kind, object_id) if names.OBJECT_ID.ok(object_id) else None
@@ -173,9 +188,86 @@ class Resource:
         await control.commit(self.kind, object_id, mutate, by.name)
 
 
-RESOURCES = {
+class MonitorHooks(Protocol):
+    """What the node's monitor service adds to monitors (``helios.monitors.service.MonitorService``)."""
+
+    def live_fields(self, obj: Obj) -> dict[str, Any]: ...
+
+    def check_webhook(self, url: str) -> None: ...
+
+
+def new_secret() -> str:
+    return "whsec_" + secrets.token_hex(24)
+
+
+class MonitorResource(Resource):
+    """Monitors: a secret per monitor, kept across changes; views carry the evaluator's state.
+
+    ``hooks`` is set by the node when it starts (one node per process); without
+    them a view shows the definition and ``state`` only.
+    """
+
+    hooks: MonitorHooks | None = None
+
+    def view(self, obj: Obj) -> dict[str, Any]:
+        out = _view(obj)
+        out.pop("secret", None)
+        if self.hooks is not None:
+            out.update(self.hooks.live_fields(obj))
+        else:
+            out.update({"state": "ok" if out.get("enabled", True) else "disabled", "last_evaluated_at": None,
+                        "last_value": None})
+        return out
+
+    def created_view(self, obj: Obj) -> dict[str, Any]:
+        return {**self.view(obj), "secret": (obj.doc or {}).get("secret")}
+
+    def _checked(self, body: dict[str, Any]) -> dict[str, Any]:
+        doc = self.make_doc(body)
+        if doc["webhook"] is not None and self.hooks is not None:
+            self.hooks.check_webhook(doc["webhook"])
+        return doc
+
+    async def create(self, control: ControlPlane, body: dict[str, Any], by: Principal) -> Obj:
+        if "version" in body:
+            raise InvalidInput(f"a new {self.singular} has no 'version'; PUT changes an existing one")
+        doc = {**self._checked(body), "secret": new_secret()}
+        obj = await control.commit(self.kind, secrets.token_hex(6), lambda current: doc, by.name)
+        assert obj is not None
+        return obj
+
+    async def update(self, control: ControlPlane, object_id: str, body: dict[str, Any], by: Principal) -> Obj:
+        self.get(control, object_id)
+        expected = require_version(body)
+        doc = self._checked(body)
+
+        def mutate(current: Obj | None) -> Any:
+            check_version(current, expected, f"{self.singular} {object_id!r}")
+            return {**doc, "secret": (current.doc or {}).get("secret") if current else None}
+
+        obj = await control.commit(self.kind, object_id, mutate, by.name)
+        assert obj is not None
+        return obj
+
+    async def rotate_secret(self, control: ControlPlane, object_id: str, by: Principal) -> tuple[Obj, str]:
+        """A new webhook secret, returned this once; the old one stops signing at once."""
+        self.get(control, object_id)
+        secret = new_secret()
+
+        def mutate(current: Obj | None) -> Any:
+            if current is None:
+                raise NotFound(f"no {self.singular} {object_id!r}")
+            return {**(current.doc or {}), "secret": secret}
+
+        obj = await control.commit(self.kind, object_id, mutate, by.name)
+        assert obj is not None
+        return obj, secret
+
+
+MONITORS = MonitorResource("monitors", "monitor", monitor_doc)
+RESOURCES: dict[str, Resource] = {
     "dashboards": Resource("dashboards", "dashboard", dashboard_doc),
-    "monitors": Resource("monitors", "monitor", monitor_doc),
+    "monitors": MONITORS,
 }
 
 

@@ -59,7 +59,7 @@ from helios.supervisor import Health, supervise
 
 __all__ = ["KINDS", "UNCHANGED", "AuditEntry", "ControlPlane", "Obj", "Sealer"]
 
-KINDS = ("users", "tokens", "dashboards", "monitors", "settings", "datasets")
+KINDS = ("users", "tokens", "dashboards", "monitors", "settings", "datasets", "alerts")  # alerts: helios.monitors
 STORE_LOG = "_control/log/"
 STORE_FINGERPRINTS = "_control/fingerprints.json"
 LOCAL_LOG = "log/"

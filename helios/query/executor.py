@@ -29,7 +29,7 @@ from helios.query.pipes import apply
 from helios.storage.cache import BlockCache
 from helios.storage.engine import Source
 
-__all__ = ["ROWS_PER_CHUNK", "QueryResult", "encode_rows", "execute"]
+__all__ = ["ROWS_PER_CHUNK", "QueryResult", "encode_rows", "execute", "to_rows"]
 
 ROWS_PER_CHUNK = 2000  # rows turned into Python objects at once while encoding an answer…
 CELLS_PER_CHUNK = 200_000  # …and fewer when rows are wide (20,000 rows of 998 fields once cost 900 MB)
@@ -147,6 +147,16 @@ def encode_rows(result: QueryResult, check: Check = never,
     aggregation, whose rows keep every column. Wide rows make smaller pieces:
     at most ``CELLS_PER_CHUNK`` values are Python objects at once.
     """
+    for rows in _row_pieces(result, check, rows_per_chunk):
+        yield b",".join(orjson.dumps(row) for row in rows)
+
+
+def to_rows(result: QueryResult) -> list[dict[str, Any]]:
+    """The result's rows as dicts, in the query row shape: for small results (tail, monitors) only."""
+    return [row for rows in _row_pieces(result, never, ROWS_PER_CHUNK) for row in rows]
+
+
+def _row_pieces(result: QueryResult, check: Check, rows_per_chunk: int) -> Iterator[list[dict[str, Any]]]:
     table = result.table
     rows_per_chunk = max(1, min(rows_per_chunk, CELLS_PER_CHUNK // max(1, table.num_columns)))
     if not result.aggregated:
@@ -158,7 +168,4 @@ def encode_rows(result: QueryResult, check: Check = never,
         for i in times:
             piece = piece.set_column(i, piece.column_names[i], timeutil.format_column(piece.column(i)))
         rows = piece.to_pylist()
-        if result.aggregated:
-            yield b",".join(orjson.dumps(row) for row in rows)
-        else:
-            yield b",".join(orjson.dumps({k: v for k, v in row.items() if v is not None}) for row in rows)
+        yield rows if result.aggregated else [{k: v for k, v in row.items() if v is not None} for row in rows]

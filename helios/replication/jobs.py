@@ -45,7 +45,7 @@ from helios import log, timeutil
 from helios.replication import shared
 from helios.replication.lease import Lease
 from helios.replication.replicator import CHANGE_TTL_NS, Replicator
-from helios.storage.blocks import BlockEntry, build_block, load_block
+from helios.storage.blocks import BlockEntry, build_block, load_block, new_block_id
 from helios.storage.engine import Engine
 from helios.storage.memtable import PartKey
 from helios.supervisor import Health, supervise
@@ -108,6 +108,11 @@ class JobStats:
 
 
 class Maintenance:
+    # Blocks younger than this are not compacted yet (the node sets it to HELIOS_BLOCK_SYNC_SECS): by
+    # then every node has pulled them, so a live tail on any node sees their rows before a compaction
+    # output re-holds them (helios.tail). Ages are judged by the creating node's clock.
+    min_block_age_s: float = 0.0
+
     def __init__(self, engine: Engine, store: Backend | None, replicator: Replicator | None,
                  leases: dict[str, Lease], node_id: str, *, retention_days: Callable[[str], int | None],
                  compaction_interval_s: float, retention_interval_s: float, gc_grace_s: float,
@@ -160,7 +165,7 @@ class Maintenance:
         done = 0
         for key in sorted(self.engine.manifests):
             manifest = self.engine.manifests.get(key)
-            if manifest is None or not plan_compaction(manifest.blocks, min_inputs=self.min_inputs):
+            if manifest is None or not plan_compaction(self._settled(manifest.blocks), min_inputs=self.min_inputs):
                 continue
             with self.health.isolate("compaction", _subject(key)):  # a bad block or manifest spares the rest
                 if self.store is None:
@@ -171,6 +176,13 @@ class Maintenance:
         if self.store is not None and lease.is_leader:
             await self.store_gc(lease, epoch)
         return done
+
+    def _settled(self, blocks: list[BlockEntry]) -> list[BlockEntry]:
+        """The blocks old enough to compact (``min_block_age_s``; 0: all of them)."""
+        if not self.min_block_age_s:
+            return blocks
+        horizon = self.clock() - int(self.min_block_age_s * 1e9)
+        return [b for b in blocks if b.created_ns <= horizon]
 
     async def _merge(self, key: PartKey, group: list[BlockEntry]) -> BlockEntry:
         directory = self.engine.part_dir(key)
@@ -190,14 +202,14 @@ class Maintenance:
 
         tables = [await table_of(b) for b in group]
         created = self.clock()
-        block_id = f"{created:x}-{self.node_id}-c{self._token_hex(4)}"
+        block_id = new_block_id(created, self.node_id, compacted=True, token_hex=self._token_hex)
         return await self._run_sync(
             lambda: build_block(directory, block_id, tables, dataset=key[0], day=key[1], node=self.node_id,
                                 created_ns=created))
 
     async def _compact_local(self, key: PartKey) -> int:
         done = 0
-        for group in plan_compaction(self.engine.manifests[key].blocks, min_inputs=self.min_inputs):
+        for group in plan_compaction(self._settled(self.engine.manifests[key].blocks), min_inputs=self.min_inputs):
             output = await self._merge(key, group)
             inputs = {b.id for b in group}
             async with self.engine.part_lock(key):
@@ -221,7 +233,7 @@ class Maintenance:
         if latest.dropped:
             return 0
         done = 0
-        for group in plan_compaction(latest.blocks, min_inputs=self.min_inputs):
+        for group in plan_compaction(self._settled(latest.blocks), min_inputs=self.min_inputs):
             output = await self._merge(key, group)
             data = await self._run_sync((self.engine.part_dir(key) / output.filename).read_bytes)
             await self.store.put(shared.block_key(dataset, day, output.id), data)

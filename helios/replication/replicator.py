@@ -58,6 +58,10 @@ def _subject(dataset: str, day: int) -> str:
 
 
 class Replicator:
+    # Called with the blocks a pull has just added to a partition's local manifest, in the same
+    # synchronous step (live tail: ``helios.tail.TailHub.publish_blocks``). Must not block or raise.
+    on_pulled: Callable[[str, int, list[BlockEntry]], None] | None = None
+
     def __init__(self, engine: Engine, store: Backend, node_id: str, interval_s: float,
                  clock: Callable[[], int] = time.time_ns, *, health: Health | None = None,
                  commit: shared.CommitFn = shared.commit,
@@ -272,6 +276,9 @@ class Replicator:
             # One step: the partition's block list becomes the shared one (plus own pending blocks).
             self.engine.manifests[key] = await self._save(current, blocks=blocks, shared_version=latest.version,
                                                           uploaded=uploaded)
+            if self.on_pulled is not None:  # no checkpoint since the swap: a tail's cut stays exact
+                before = {b.id for b in current.blocks}
+                self.on_pulled(dataset, day, [b for b in blocks if b.id not in before])
         self.engine.retire([(key, b) for b in current.blocks if b.id not in live])
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 import pyarrow as pa
@@ -23,7 +24,8 @@ from helios import timeutil
 from helios.storage.bloom import Bloom, block_terms
 from helios.storage.fsutil import write_atomic
 
-__all__ = ["BlockEntry", "BlockIndex", "CorruptBlock", "build_block", "load_block", "load_index"]
+__all__ = ["BlockEntry", "BlockIndex", "CorruptBlock", "build_block", "is_compacted", "load_block", "load_index",
+           "new_block_id"]
 
 FORMAT = 1
 _META_INFO = b"helios.block"
@@ -36,6 +38,20 @@ class CorruptBlock(Exception):
     def __init__(self, message: str, path: Path | None = None) -> None:
         super().__init__(message)
         self.path = path
+
+
+def new_block_id(created_ns: int, node: str, *, compacted: bool = False,
+                 token_hex: Callable[[int], str] = secrets.token_hex) -> str:
+    """``<created ns, hex>-<node>-<8 random hex>``; a compaction output's last part starts with ``c``.
+
+    ``token_hex`` is the randomness (a seam: the fuzzer passes a seeded one)."""
+    return f"{created_ns:x}-{node}-{'c' if compacted else ''}{token_hex(4)}"
+
+
+def is_compacted(block_id: str) -> bool:
+    """Whether a block is a compaction output (its rows were all in earlier blocks)."""
+    last = block_id.rsplit("-", 1)[-1]
+    return len(last) == 9 and last[0] == "c"
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ import pyarrow as pa
 import trio
 
 from helios import log, timeutil
-from helios.storage.blocks import BlockEntry, build_block
+from helios.storage.blocks import BlockEntry, build_block, new_block_id
 from helios.storage.cache import BlockCache
 from helios.storage.manifest import MANIFEST_NAME, PartitionManifest
 from helios.storage.memtable import Memtable, PartKey, split_by_day
@@ -70,6 +70,10 @@ class DatasetStats:
 
 
 class Engine:
+    # Called with every acknowledged request's rows, right after its WAL commit, before the answer
+    # (live tail: ``helios.tail.TailHub.publish``). Synchronous; must not block or raise.
+    on_ingest: Callable[[str, pa.Table], None] | None = None
+
     def __init__(self, root: Path, node_id: str, *, memtable_rows: int = 1_000_000,
                  cache_bytes: int = 1 << 30, clock: Callable[[], int] = time.time_ns,
                  run_sync: Callable[..., Awaitable[Any]] = trio.to_thread.run_sync,
@@ -160,6 +164,8 @@ class Engine:
 
     def _apply(self, dataset: str, table: pa.Table) -> None:
         self.memtable.add(dataset, table)
+        if self.on_ingest is not None:
+            self.on_ingest(dataset, table)
         if self.memtable.rows >= self.memtable_rows:
             self._flush_wanted.set()
 
@@ -221,7 +227,7 @@ class Engine:
     async def _flush_part(self, key: PartKey, frozen: Memtable, cut: int) -> None:
         part = frozen.parts[key]
         created = self.clock()
-        block_id = f"{created:x}-{self.node_id}-{self._token_hex(4)}"
+        block_id = new_block_id(created, self.node_id, token_hex=self._token_hex)
         directory = self.part_dir(key)
         entry = await self._run_sync(
             lambda: build_block(directory, block_id, part.tables, dataset=key[0], day=key[1],
