@@ -244,6 +244,15 @@ class Server:
         assert reply.status_code == 200, reply.text
         return reply.json()
 
+    def api_token(self, role: str = "ingest", name: str | None = None) -> str:
+        """A new API token of ``role`` (made by the admin), as shippers use them."""
+        reply = self.request("POST", "/api/v1/tokens", json={"name": name or f"test {role}", "role": role})
+        assert reply.status_code == 201, reply.text
+        return reply.json()["token"]
+
+    def rows(self, dataset: str, q: str = "*") -> list[dict[str, Any]]:
+        return self.query(q, dataset=dataset, limit=100_000)["rows"]
+
     def count(self, q: str = "*", **fields: Any) -> int:
         rows = self.query(f"{q} | stats count() as n", **fields)["rows"]
         return rows[0]["n"]

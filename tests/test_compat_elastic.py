@@ -14,9 +14,7 @@ ROWS = 300
 
 
 def ingest_token(server: Server, role: str = "ingest") -> str:
-    reply = server.request("POST", "/api/v1/tokens", json={"name": f"shipper {role}", "role": role})
-    assert reply.status_code == 201, reply.text
-    return reply.json()["token"]
+    return server.api_token(role, f"shipper {role}")
 
 
 def all_rows(server: Server, dataset: str) -> list[dict[str, Any]]:

@@ -18,13 +18,11 @@ ROWS = 300
 
 
 def ingest_token(server: Server) -> str:
-    reply = server.request("POST", "/api/v1/tokens", json={"name": "promtail", "role": "ingest"})
-    assert reply.status_code == 201, reply.text
-    return reply.json()["token"]
+    return server.api_token("ingest", "promtail")
 
 
 def all_rows(server: Server, dataset: str) -> list[dict[str, Any]]:
-    return server.query("*", dataset=dataset, limit=100_000)["rows"]
+    return server.rows(dataset)
 
 
 # -- a hand-written protobuf encoder for Loki's pkg/push/push.proto (independent of the server's) --

@@ -20,13 +20,11 @@ ROWS = 300
 
 
 def ingest_token(server: Server) -> str:
-    reply = server.request("POST", "/api/v1/tokens", json={"name": "otel", "role": "ingest"})
-    assert reply.status_code == 201, reply.text
-    return reply.json()["token"]
+    return server.api_token("ingest", "otel")
 
 
 def all_rows(server: Server, dataset: str) -> list[dict[str, Any]]:
-    return server.query("*", dataset=dataset, limit=100_000)["rows"]
+    return server.rows(dataset)
 
 
 def test_otel_sdk_exporter_records_arrive_once_with_their_fields(server_factory: Any) -> None:

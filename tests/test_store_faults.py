@@ -29,7 +29,7 @@ from helios import timeutil
 from helios.control.plane import ControlPlane, Sealer
 from helios.errors import Unavailable as ServiceUnavailable
 from helios.replication import shared
-from support import BASE_NS, MotoServer, Server, wait_until
+from support import BASE_NS, MotoServer, Server, cluster, wait_until
 
 DAY = timeutil.day_name(BASE_NS // 86_400_000_000_000)
 
@@ -70,12 +70,6 @@ class RawStore:
             return sorted(o["Key"][len(self.prefix):] for o in reply.get("Contents", []))
         base = self.root / prefix
         return sorted(str(p.relative_to(self.root)) for p in base.rglob("*") if p.is_file()) if base.exists() else []
-
-
-def cluster(node: Server) -> dict[str, Any]:
-    reply = node.request("GET", "/api/v1/cluster")
-    assert reply.status_code == 200, reply.text
-    return reply.json()
 
 
 def quarantined(node: Server) -> set[str]:
