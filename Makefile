@@ -32,6 +32,7 @@ binary: install
 bench: install
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/query.py
+	$(BIN)/python bench/compat.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache
