@@ -40,7 +40,7 @@ from helios.control.plane import ControlPlane, Sealer
 from helios.errors import ConfigError
 from helios.errors import Unavailable as ServiceUnavailable
 from helios.replication.jobs import Maintenance
-from helios.replication.lease import JOBS, Lease
+from helios.replication.lease import JOBS, Lease, lease_group
 from helios.replication.replicator import Replicator
 from helios.storage.engine import Engine
 
@@ -49,6 +49,10 @@ __all__ = ["Node", "open_store", "serve"]
 _log = log.get("helios.node")
 SHUTDOWN_FLUSH_TIMEOUT_S = 30.0
 STORE_PROBE_TIMEOUT_S = 5.0
+STORE_PROBE_PREFIX = "_control/"
+# The control-plane log is read when the change feed announces an entry, and at least this often
+# (an announcement can be lost: a writer that failed or crashed right after its entry).
+CONTROL_SAFETY_POLL_S = 300.0
 
 
 def _node_id(config: Config) -> str:
@@ -198,9 +202,14 @@ async def serve(config: Config, *, task_status: Any = trio.TASK_STATUS_IGNORED) 
     node = await trio.to_thread.run_sync(Node, config)
     await node.open(store)
     if store is not None:
+        # Uploads are checked locally every sync/8 (no store request when nothing is pending); the
+        # change feed is read every sync/2: flush (sync/4) + upload + pull stays within the sync bound.
         node.replicator = Replicator(node.engine, store, node.node_id,
-                                     interval_s=max(0.05, config.block_sync_secs / 8), health=node.health)
-    node.leases = {job: Lease(job, store, node.node_id, config.lease_secs, health=node.health) for job in JOBS}
+                                     interval_s=max(0.05, config.block_sync_secs / 8), health=node.health,
+                                     pull_interval_s=max(0.05, config.block_sync_secs / 2))
+        node.replicator.on_control_change = node.control.poke
+        node.control.announce = node.replicator.announce_control
+    node.leases = lease_group(JOBS, store, node.node_id, config.lease_secs, health=node.health)
     node.jobs = Maintenance(node.engine, store, node.replicator, node.leases, node.node_id,
                             retention_days=node.retention_days,
                             compaction_interval_s=config.compaction_interval_secs,
@@ -215,9 +224,9 @@ async def serve(config: Config, *, task_status: Any = trio.TASK_STATUS_IGNORED) 
             await nursery.start(node.engine.run_flusher, config.flush_secs)
             if node.replicator is not None:
                 await nursery.start(node.replicator.run)
-                await nursery.start(node.control.run, max(0.05, config.block_sync_secs / 8), node.bootstrap)
-            for lease in node.leases.values():
-                await nursery.start(lease.run)
+                await nursery.start(partial(node.control.run, max(0.05, config.block_sync_secs / 8), node.bootstrap,
+                                            safety_poll_s=CONTROL_SAFETY_POLL_S))
+            await nursery.start(node.leases[JOBS[0]].run)  # one group ticks every job's lease
             await nursery.start(node.jobs.run)
             async with trio.open_nursery() as server:
                 binds = await server.start(partial(hypercorn.trio.serve, app, _hypercorn_config(config),
@@ -258,7 +267,7 @@ async def open_store(config: Config) -> Backend | None:
         raise ConfigError(f"shared store {config.shared_store!r}: {exc}") from None
     try:
         with trio.fail_after(STORE_PROBE_TIMEOUT_S):
-            await store.list("", limit=1)
+            await store.list(STORE_PROBE_PREFIX, limit=1)  # one small page: never a walk of the store
     except Invalid as exc:
         await store.aclose()
         raise ConfigError(f"shared store {config.shared_store!r}: {exc}") from None

@@ -207,6 +207,11 @@ class ControlPlane:
         self._alone = False  # bootstrap_alone: the local log is the authority for a moment
         self.health = Health()  # the node's, when it runs one (helios.supervisor)
         self._commits: dict[int, str] = {}  # seq -> commit id of the newest entries (read-back after a lost answer)
+        # Set by the node when a change feed carries the log's news (helios.replication.replicator):
+        # ``announce(seq)`` after each entry this node writes; ``poke(seq)`` when the feed shows one.
+        self.announce: Callable[[int], Awaitable[None]] | None = None
+        self._poked = False
+        self._pulled_at = -1e18  # trio time of the last pull that went through
 
     # -- reads (in memory, never blocking) -----------------------------------
 
@@ -365,12 +370,21 @@ class ControlPlane:
             await self.local.put(LOCAL_LOG + _seq_name(seq), blob)
             self._apply(seq, entry)
         self.last_pull_ns = timeutil.now_ns()
+        self._pulled_at = trio.current_time()
         return self.applied - before
 
+    def poke(self, seq: int) -> None:
+        """The change feed announced log entry ``seq`` (0: look anyway): the next sync step pulls."""
+        if seq == 0 or seq > self.applied:
+            self._poked = True
+
     async def run(self, interval_s: float, on_attach: Callable[[], Awaitable[None]],
-                  *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+                  *, task_status: Any = trio.TASK_STATUS_IGNORED, safety_poll_s: float | None = None) -> None:
         """Pull the shared log every ``interval_s``; attach first if start-up could not.
 
+        With ``safety_poll_s`` (a change feed pokes this plane), a step pulls
+        only when poked or once that long has passed since the last pull: an
+        idle node then reads nothing from the log between safety polls.
         ``on_attach`` (creating the first admin) runs after joining, and again
         after any pass that finds no user (its commit may have failed before).
         """
@@ -381,8 +395,14 @@ class ControlPlane:
                 assert self.store is not None
                 await self.attach(self.store, self.store_label)
                 log.log(_log, logging.INFO, "joined the shared control plane", entries=self.applied)
-            else:
-                await self.pull()
+            elif (safety_poll_s is None or self._poked
+                  or trio.current_time() - self._pulled_at >= safety_poll_s):
+                poked, self._poked = self._poked, False
+                try:
+                    await self.pull()
+                except BaseException:
+                    self._poked = self._poked or poked  # not read yet: the next step tries again
+                    raise
             if not self.list("users"):
                 try:
                     await on_attach()
@@ -427,14 +447,27 @@ class ControlPlane:
                                           "it may or may not have been applied: read it back") from None
                     if self._commits.get(seq) == entry["commit"]:
                         # Entry ``seq`` is ours: an earlier attempt landed and only its answer was lost.
-                        return self._objects[(kind, object_id)]
+                        break
                     continue
                 except StoreError as exc:
                     raise Unavailable("the shared store did not confirm the change, which may or may not have "
                                       f"been applied; read it back before retrying ({exc})") from None
                 self._apply(seq, entry)
-                return self._objects[(kind, object_id)]
-        raise Unavailable("the control plane is changing too fast to commit this change; try again")
+                break
+            else:
+                raise Unavailable("the control plane is changing too fast to commit this change; try again")
+        await self._announce(seq)
+        return self._objects[(kind, object_id)]
+
+    async def _announce(self, seq: int) -> None:
+        """Put the entry on the change feed so other nodes pull it now (a failure only delays them)."""
+        if self.announce is None or self.store is None or self._alone:
+            return
+        try:
+            await self.announce(seq)
+        except StoreError as exc:
+            log.log(_log, logging.WARNING, "could not announce a control-plane change; other nodes see it "
+                    "at their next safety poll", seq=seq, error=str(exc))
 
     async def _append(self, seq: int, blob: bytes) -> None:
         if self.store is None or self._alone:

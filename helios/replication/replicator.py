@@ -37,12 +37,16 @@ from helios.supervisor import Health, supervise
 
 __all__ = ["Replicator"]
 
-FULL_PASS_EVERY_S = 300.0
+# The full pass is a safety net (a change announced by nobody: a leader that crashed between its
+# commit and its announcement; a writer whose clock is more than the window behind). It costs a
+# LIST per partition, so it is rare; a fetch that finds a block gone also re-syncs its partition.
+FULL_PASS_EVERY_S = 3600.0
 CHANGE_WINDOW_NS = 120 * 1_000_000_000  # re-read feed keys this far back: late writers, skewed clocks
-# A node deletes its own feed keys after this long. It is longer than the window
-# and than the full-pass interval, so a puller misses no change: one that was
-# away longer does a full pass when it comes back.
+# A node deletes its own feed keys after this long. It is longer than the window, so a puller
+# misses no change: one that could not read the feed for longer than FEED_GAP_S (the TTL minus
+# the window) does a full pass when it comes back.
 CHANGE_TTL_NS = 600 * 1_000_000_000
+FEED_GAP_S = (CHANGE_TTL_NS - CHANGE_WINDOW_NS) / 1e9
 
 
 @dataclass
@@ -59,12 +63,19 @@ def _subject(dataset: str, day: int) -> str:
 
 class Replicator:
     def __init__(self, engine: Engine, store: Backend, node_id: str, interval_s: float,
-                 clock: Callable[[], int] = time.time_ns, health: Health | None = None) -> None:
+                 clock: Callable[[], int] = time.time_ns, health: Health | None = None,
+                 pull_interval_s: float | None = None) -> None:
+        """``interval_s``: the uploader's cadence (local checks: no store request when nothing is
+        pending); ``pull_interval_s`` (default ``interval_s``): the puller's, one feed LIST each."""
         self.engine = engine
         self.clock = clock
         self.store = store
         self.node_id = node_id
         self.interval_s = interval_s
+        self.pull_interval_s = pull_interval_s if pull_interval_s is not None else interval_s
+        # Called with the sequence number of each new control-plane log entry the feed announces.
+        self.on_control_change: Callable[[int], None] = lambda seq: None
+        self._last_feed = -1e18  # trio time of the last feed read that went through
         self.health = health if health is not None else Health(clock)
         self.status = SyncStatus()
         self._cursor_ns = 0
@@ -92,7 +103,8 @@ class Replicator:
         task_status.started()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(partial(supervise, self.health, "upload", self.upload_once, interval_s=self.interval_s))
-            nursery.start_soon(partial(supervise, self.health, "pull", self.pull_once, interval_s=self.interval_s))
+            nursery.start_soon(partial(supervise, self.health, "pull", self.pull_once,
+                                       interval_s=self.pull_interval_s))
 
     # -- uploader -------------------------------------------------------------
 
@@ -125,6 +137,8 @@ class Replicator:
         present = {b.id for b in latest.blocks}
         # A retired block was appended before (its answer or its record was lost) and since replaced.
         todo = [b for b in pending if b.id not in present and b.id not in latest.retired]
+        # Appended by an earlier attempt that did not get to record it: maybe not announced either.
+        unannounced = any(b.id in present for b in pending)
         for block in todo:
             data = await trio.to_thread.run_sync((directory / block.filename).read_bytes)
             await self.store.put(shared.block_key(dataset, day, block.id), data)
@@ -147,7 +161,7 @@ class Replicator:
                 await self.store.delete(shared.block_key(dataset, day, block.id))
             await self.engine.drop_partition(key, result.version)
             return
-        if result.version != latest.version:
+        if result.version != latest.version or unannounced:
             await self.announce(dataset, day, result.version)
         async with self.engine.part_lock(key):
             current = self.engine.manifests.get(key)
@@ -159,10 +173,15 @@ class Replicator:
 
     async def announce(self, dataset: str, day: int, version: int) -> None:
         """Tell pullers that a partition changed: a change-feed key (uploads, compaction, retention)."""
-        now = self.clock()
-        change = shared.change_key(now, dataset, day, version, self.node_id)
+        await self._announce(shared.change_key(self.clock(), dataset, day, version, self.node_id))
+
+    async def announce_control(self, seq: int) -> None:
+        """Tell every node's control-plane sync that log entry ``seq`` exists (read on their next pull)."""
+        await self._announce(shared.control_change_key(self.clock(), seq, self.node_id))
+
+    async def _announce(self, change: str) -> None:
         await self.store.put(change, b"")
-        self._own_changes.append((now, change))
+        self._own_changes.append((self.clock(), change))
 
     async def _save(self, manifest: PartitionManifest, **changes: Any) -> PartitionManifest:
         new = replace(manifest, **changes)
@@ -186,7 +205,7 @@ class Replicator:
     async def _changed_partitions(self) -> set[tuple[str, int]]:
         """Partitions to sync: from the change feed (or the whole index, now and then) plus failed ones."""
         now = trio.current_time()
-        if now - self._last_full >= FULL_PASS_EVERY_S:
+        if now - self._last_full >= FULL_PASS_EVERY_S or now - self._last_feed >= FEED_GAP_S:
             changed = set(self._retry)
             feed_start = self.clock() - CHANGE_WINDOW_NS
             listed = set()
@@ -196,8 +215,9 @@ class Replicator:
                 if part is not None:
                     changed.add(part)
             self._unquarantine(shared.INDEX, "", listed)
-            self._last_full = now
+            self._last_full = self._last_feed = now
             self._cursor_ns = max(self._cursor_ns, feed_start)
+            self.on_control_change(0)  # a full pass covers the control-plane log too
             return changed
         changed = set(self._retry)
         start_after = f"{shared.CHANGES}{max(0, self._cursor_ns - CHANGE_WINDOW_NS):020d}"
@@ -207,14 +227,19 @@ class Replicator:
             listed.add(info.key)
             if info.key in self._seen:
                 continue
-            change = self._parse(shared.parse_change_key, info.key)
+            change = self._parse(_parse_any_change, info.key)
             if change is None:
                 continue  # quarantined: reported under its name, looked at again next pass
             self._seen.add(info.key)
-            stamp, dataset, day = change
+            if change[0] == "control":
+                _, stamp, seq = change
+                self.on_control_change(seq)
+            else:
+                _, stamp, dataset, day = change
+                changed.add((dataset, day))
             newest = max(newest, stamp)
-            changed.add((dataset, day))
         self._unquarantine(shared.CHANGES, start_after, listed)
+        self._last_feed = now
         self._cursor_ns = newest
         horizon = f"{shared.CHANGES}{max(0, newest - 2 * CHANGE_WINDOW_NS):020d}"
         self._seen = {k for k in self._seen if k >= horizon}
@@ -267,6 +292,14 @@ class Replicator:
             self.engine.manifests[key] = await self._save(current, blocks=blocks, shared_version=latest.version,
                                                           uploaded=uploaded)
         self.engine.retire([(key, b) for b in current.blocks if b.id not in live])
+
+
+def _parse_any_change(key: str) -> tuple[Any, ...]:
+    """``("control", stamp, seq)`` or ``("partition", stamp, dataset, day)``; raises Corrupt."""
+    control = shared.parse_control_change(key)
+    if control is not None:
+        return ("control", *control)
+    return ("partition", *shared.parse_change_key(key))
 
 
 def _write_block(directory: Any, block: BlockEntry, data: bytes) -> None:
