@@ -77,7 +77,7 @@ class Node:
         self.control = ControlPlane(config.data_dir / "control", sealer, self.node_id)
         self.auth = Auth(self.control, jwt_secret, config.token_ttl_secs)
         self.engine = Engine(config.data_dir, self.node_id, memtable_rows=config.memtable_rows,
-                             cache_bytes=config.cache_bytes)
+                             cache_bytes=config.cache_bytes, local_cache_bytes=config.local_cache_bytes)
         self.health = self.engine.health  # one report of what fails, shared by every background task
         self.control.health = self.health
         self.ready = False
@@ -164,6 +164,7 @@ class Node:
                       "# TYPE helios_gc_deleted_files_total counter",
                       f"helios_gc_deleted_files_total {self.engine.deleted_files}"]
         lines += self.health.metrics_lines()
+        lines += engine.blocks.metrics_lines()
         if self.replicator is not None:
             lines += ["# TYPE helios_uploaded_blocks_total counter",
                       f"helios_uploaded_blocks_total {self.replicator.status.uploaded_blocks}",
@@ -206,7 +207,8 @@ async def serve(config: Config, *, task_status: Any = trio.TASK_STATUS_IGNORED) 
         # change feed is read every sync/2: flush (sync/4) + upload + pull stays within the sync bound.
         node.replicator = Replicator(node.engine, store, node.node_id,
                                      interval_s=max(0.05, config.block_sync_secs / 8), health=node.health,
-                                     pull_interval_s=max(0.05, config.block_sync_secs / 2))
+                                     pull_interval_s=max(0.05, config.block_sync_secs / 2),
+                                     prefetch_hours=config.prefetch_hours)
         node.replicator.on_control_change = node.control.poke
         node.control.announce = node.replicator.announce_control
     node.leases = lease_group(JOBS, store, node.node_id, config.lease_secs, health=node.health)

@@ -131,3 +131,168 @@ def test_an_idle_node_makes_at_most_six_store_requests_per_sync_interval(
         rate = (store_requests(node) - count) / intervals
         print(f"{node.data_dir.name}: {rate:.2f} store requests per sync interval")
         assert rate <= IDLE_BUDGET, f"{node.data_dir.name}: {rate:.2f} requests per sync interval when idle"
+
+
+# -- eviction (in-process, deterministic) -----------------------------------------------------------
+
+
+def _parquet_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in (root / "parts").rglob("*.parquet"))
+
+
+def test_eviction_spares_own_unuploaded_blocks_and_blocks_a_query_holds(tmp_path: Path,
+                                                                         records: list[Record]) -> None:
+    from helios.ingest.records import parse_ndjson
+    from helios.replication.replicator import Replicator
+    from helios.storage.engine import Engine
+    from helios.storage.fetch import query_blocks
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await scenario(nursery)
+            nursery.cancel_scope.cancel()
+
+    async def scenario(nursery: trio.Nursery) -> None:
+        store = MemoryBackend()
+        writer = Engine(tmp_path / "a", "a")
+        writer.open()
+        await nursery.start(writer.wal.run)
+        for start in range(0, 600, 60):  # ten blocks of one partition, each flushed and uploaded
+            await writer.ingest("d", parse_ndjson(ndjson(records[start : start + 60]), 0))
+            await writer.flush()
+        await Replicator(writer, store, "a", 0.1).upload_once()
+        sizes = sorted(b.bytes for m in writer.manifests.values() for b in m.blocks)
+        capacity = sizes[-1] * 5 // 2  # room for two blocks, never three
+        node = Engine(tmp_path / "b", "b", local_cache_bytes=capacity)
+        node.open()
+        await nursery.start(node.wal.run)
+        puller = Replicator(node, store, "b", 0.1, prefetch_hours=0)
+        await puller.pull_once()  # metadata only: no block of the writer is local yet
+        key = next(iter(node.manifests))
+        peers = list(node.manifests[key].blocks)
+        assert len(peers) == 10 and _parquet_bytes(tmp_path / "b") == 0
+        await node.ingest("d", parse_ndjson(ndjson(records[600:700]), 0))  # the node's own rows ...
+        await node.flush()  # ... in a block that is not uploaded (no upload pass runs here)
+        own = node.manifests[key].pending("b")
+        assert len(own) == 1
+        own_file = node.part_dir(key) / own[0].filename
+        own_bytes = sum(b.bytes for m in node.manifests.values() for b in m.pending("b"))  # maybe a second day
+        held = peers[0]
+        sources = [s for s in node.sources({"d"}, None, None) if s.block is not None and s.block.id == held.id]
+        async with query_blocks(node.blocks, sources, deadline_s=60):  # a running query holds one block
+            await node.blocks.read(key, held)
+            assert node.blocks.is_resident(held.id)
+            for round_ in range(3):
+                for block in peers[1:]:
+                    await node.blocks.read(key, block)  # each read evicts the least recently used it may
+                    assert (node.part_dir(key) / held.filename).exists(), "a block under a query was evicted"
+                    assert own_file.exists(), "an own block the store does not have was evicted"
+                    assert node.blocks.used_bytes() <= capacity
+                    assert _parquet_bytes(tmp_path / "b") - own_bytes <= capacity
+            assert node.blocks.stats.evicted_blocks >= 10
+        for block in peers[1:]:  # released: the held block is the least recently used and goes first
+            await node.blocks.read(key, block)
+        assert not (node.part_dir(key) / held.filename).exists()
+        assert own_file.exists()
+        await puller.upload_once()  # uploaded: the own block is counted now, and evictable
+        assert node.blocks.used_bytes() <= capacity
+        for block in peers:
+            await node.blocks.read(key, block)
+        assert not own_file.exists() and node.blocks.used_bytes() <= capacity
+        assert _parquet_bytes(tmp_path / "b") <= capacity
+        writer.close()
+        node.close()
+
+    trio.run(main)
+
+
+# -- a fresh node with a small cache (real nodes, fs and S3) --------------------------------------
+
+
+def _cache_files_bytes(data_dir: Path) -> int:
+    """Bytes of every block file (and temporary file) in a data dir: what the cache bound covers."""
+    total = 0
+    for path in (data_dir / "parts").rglob("*"):
+        if path.name != "manifest.json":
+            try:
+                if path.is_file():
+                    total += path.stat().st_size
+            except FileNotFoundError:
+                continue
+    return total
+
+
+class Sampler:
+    """Samples a data dir's block bytes in a thread while a test runs queries."""
+
+    def __init__(self, data_dir: Path) -> None:
+        import threading
+
+        self.data_dir = data_dir
+        self.peak = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _cache_files_bytes(self.data_dir))
+            self.samples += 1
+            self._stop.wait(0.02)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
+def metric(node: Server, name: str) -> float:
+    match = re.search(rf"^{name} (\S+)$", node.request("GET", "/metrics").text, re.M)
+    assert match, name
+    return float(match.group(1))
+
+
+def test_a_fresh_node_with_a_quarter_of_the_store_as_cache_answers_exactly_within_its_bound(
+        server_factory: Callable[..., Server], store_env: dict[str, str], records: list[Record]) -> None:
+    from collections import Counter
+
+    env = {**store_env, "HELIOS_MEMTABLE_ROWS": "1000"}  # many small blocks
+    a = server_factory("a", **env)
+    for start in range(0, len(records), 1000):
+        assert a.ingest(ndjson(records[start : start + 1000]), dataset="dr").status_code == 200
+    wait_until(lambda: a.request("GET", "/api/v1/cluster").json()["sync"]["pending_uploads"] == 0
+               and a.datasets()["dr"]["rows"] == len(records), timeout_s=120, what="A's blocks in the store")
+    store_bytes = a.datasets()["dr"]["bytes"]
+    blocks = a.datasets()["dr"]["blocks"]
+    capacity = store_bytes // 4
+    assert blocks >= 20, blocks
+    c = server_factory("c", **store_env, HELIOS_LOCAL_CACHE_BYTES=str(capacity))
+    wait_until(lambda: c.datasets().get("dr", {}).get("rows") == len(records), timeout_s=60,
+               what="C to know every block (metadata)")
+    services = Counter(r.service for r in records)
+    newest = sorted(records, key=lambda r: r.time_ns, reverse=True)[:5]
+    expected = {
+        "* | stats count() as n": [{"n": len(records)}],
+        "level:ERROR | stats count() as n": [{"n": sum(r.level == "ERROR" for r in records)}],
+        "host:web-3 | stats count() as n": [{"n": sum(r.host == "web-3" for r in records)}],
+    }
+    with Sampler(c.data_dir) as sampler:
+        for _ in range(2):  # cold, then with whatever the cache kept
+            for q, rows in expected.items():
+                reply = c.query(q, dataset="dr")
+                assert reply["rows"] == rows, (q, reply["stats"])
+                assert not reply["stats"]["partial"] and reply["stats"]["blocks_missing"] == 0
+            by_service = c.query("* | stats count() as n by (service)", dataset="dr")["rows"]
+            assert {row["service"]: row["n"] for row in by_service} == services
+            latest = c.query("*", dataset="dr", limit=5)["rows"]
+            assert [row["_msg"] for row in latest] == [r.msg for r in newest]
+    print(f"store {store_bytes} B in {blocks} blocks, cache bound {capacity} B, peak {sampler.peak} B "
+          f"({sampler.samples} samples), now {_cache_files_bytes(c.data_dir)} B")
+    assert sampler.samples > 10 and 0 < sampler.peak <= capacity
+    assert _cache_files_bytes(c.data_dir) <= capacity
+    assert metric(c, "helios_local_cache_misses_total") > 0
+    assert metric(c, "helios_local_cache_fetched_bytes_total") >= store_bytes  # more than the cache holds
+    assert metric(c, "helios_local_cache_bytes") <= capacity

@@ -25,7 +25,10 @@ from helios.errors import HeliosError, InvalidInput, NotFound
 from helios.ingest.decode import decode_body
 from helios.ingest.records import parse_ndjson, parse_text
 from helios.query.executor import execute, to_rows
+from helios.query.filters import may_match
 from helios.query.parser import parse
+from helios.storage.engine import Source
+from helios.storage.fetch import query_blocks
 
 __all__ = ["DATASET_NAME", "MAX_LIMIT", "create_app", "validate_dataset"]
 
@@ -164,15 +167,18 @@ def create_app(node: Any) -> QuartTrio:
         sources = node.engine.sources(datasets, start, end)
         cache = node.engine.cache
 
-        def run() -> tuple[list[dict[str, Any]], dict[str, Any]]:
-            result = execute(parsed, sources, cache, start_ns=start, end_ns=end, limit=limit)
-            return to_rows(result), result.stats
+        def may_need(source: Source) -> bool:  # fetch ahead only blocks the known index cannot rule out
+            return may_match(parsed.filter, cache.known_index(source.block.id), source.dataset)  # type: ignore[union-attr]
 
-        node.engine.acquire(sources)  # garbage collection keeps these files until the query is done
-        try:
+        # The blocks are held (garbage collection and eviction keep them) and fetched as needed.
+        async with query_blocks(node.engine.blocks, sources, start_ns=start, end_ns=end, wanted=may_need,
+                                deadline_s=node.config.fetch_deadline_secs) as blocks:
+            def run() -> tuple[list[dict[str, Any]], dict[str, Any]]:
+                result = execute(parsed, sources, cache, start_ns=start, end_ns=end, limit=limit,
+                                 fetch=blocks.open)
+                return to_rows(result), result.stats
+
             rows, stats = await trio.to_thread.run_sync(run)
-        finally:
-            node.engine.release(sources)
         node.counters["queries"] += 1
         return Response(_stream(rows, stats), mimetype="application/json")
 

@@ -171,17 +171,9 @@ class Maintenance:
         directory = self.engine.part_dir(key)
 
         async def table_of(block: BlockEntry) -> pa.Table:
-            path = directory / block.filename
-            if not path.exists():  # not pulled yet: fetch (the checksum is verified on load)
-                assert self.store is not None
-                data = await self.store.get(shared.block_key(key[0], key[1], block.id))
-                tmp = directory / f".fetch-{block.id}"
-                await trio.to_thread.run_sync(tmp.write_bytes, data)
-                try:
-                    return await trio.to_thread.run_sync(load_block, tmp, block)
-                finally:
-                    tmp.unlink(missing_ok=True)
-            return await trio.to_thread.run_sync(load_block, path, block)
+            # Local, or fetched from the store (inputs are read once: not kept in the local cache).
+            data = await self.engine.blocks.read(key, block, keep=False)
+            return await trio.to_thread.run_sync(load_block, data, block)
 
         tables = [await table_of(b) for b in group]
         created = self.clock()
@@ -204,6 +196,7 @@ class Maintenance:
                 new = replace(current, blocks=_swap(current.blocks, inputs, output))
                 await trio.to_thread.run_sync(new.save, self.engine.part_dir(key))
                 self.engine.manifests[key] = new  # one step: inputs out, output in
+                self.engine.blocks.register(key, output)
             self.engine.retire([(key, b) for b in group])
             self._count(group)
             done += 1
@@ -247,6 +240,7 @@ class Maintenance:
                 if not lease.is_leader:
                     break
                 continue
+            self.engine.blocks.register(key, output)  # in the store now: counted by the local cache's bound
             await self.replicator.announce(dataset, day, committed.version)
             await self.replicator.sync_partition(dataset, day)  # apply here now; peers pull it
             self._count(group)

@@ -17,7 +17,6 @@ one step under the partition lock.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections import deque
 from dataclasses import dataclass, replace
@@ -31,7 +30,6 @@ from helios import timeutil
 from helios.replication import shared
 from helios.storage.blocks import BlockEntry
 from helios.storage.engine import Engine
-from helios.storage.fsutil import write_atomic
 from helios.storage.manifest import PartitionManifest
 from helios.supervisor import Health, supervise
 
@@ -64,7 +62,7 @@ def _subject(dataset: str, day: int) -> str:
 class Replicator:
     def __init__(self, engine: Engine, store: Backend, node_id: str, interval_s: float,
                  clock: Callable[[], int] = time.time_ns, health: Health | None = None,
-                 pull_interval_s: float | None = None) -> None:
+                 pull_interval_s: float | None = None, prefetch_hours: float = 24.0) -> None:
         """``interval_s``: the uploader's cadence (local checks: no store request when nothing is
         pending); ``pull_interval_s`` (default ``interval_s``): the puller's, one feed LIST each."""
         self.engine = engine
@@ -75,6 +73,9 @@ class Replicator:
         self.pull_interval_s = pull_interval_s if pull_interval_s is not None else interval_s
         # Called with the sequence number of each new control-plane log entry the feed announces.
         self.on_control_change: Callable[[int], None] = lambda seq: None
+        self.prefetch_ns = int(prefetch_hours * 3600e9)
+        engine.blocks.store = store  # blocks not in the data dir are fetched from the store
+        engine.blocks.on_gone = self.resync
         self._last_feed = -1e18  # trio time of the last feed read that went through
         self.health = health if health is not None else Health(clock)
         self.status = SyncStatus()
@@ -170,6 +171,7 @@ class Replicator:
             self.engine.manifests[key] = await self._save(current, uploaded=current.uploaded | ids)
         self.status.last_upload_ns = self.clock()
         self.status.uploaded_blocks += len(ids)
+        await self.engine.blocks.enforce()  # they are safely in the store now: counted, evictable
 
     async def announce(self, dataset: str, day: int, version: int) -> None:
         """Tell pullers that a partition changed: a change-feed key (uploads, compaction, retention)."""
@@ -185,7 +187,13 @@ class Replicator:
 
     async def _save(self, manifest: PartitionManifest, **changes: Any) -> PartitionManifest:
         new = replace(manifest, **changes)
-        await trio.to_thread.run_sync(new.save, self.engine.part_dir((new.dataset, new.day)))
+        directory = self.engine.part_dir((new.dataset, new.day))
+
+        def save() -> None:
+            directory.mkdir(parents=True, exist_ok=True)  # a partition pulled before any block is local
+            new.save(directory)
+
+        await trio.to_thread.run_sync(save)
         return new
 
     # -- puller ---------------------------------------------------------------
@@ -264,34 +272,52 @@ class Replicator:
         local = self.engine.manifests.get(key)
         latest = await shared.read_latest(self.store, dataset, day, local.shared_version if local else 0)
         if latest.version == 0 or (local is not None and latest.version <= local.shared_version):
+            await self.prefetch(key)  # e.g. a retry after a prefetch failed
             return
         if latest.dropped:
             await self.engine.drop_partition(key, latest.version)
             return
-        directory = self.engine.part_dir(key)
-        have = {b.id for b in local.blocks} if local else set()
-        for block in latest.blocks:
-            if block.id not in have and not (directory / block.filename).exists():
-                data = await self.store.get(shared.block_key(dataset, day, block.id))
-                if len(data) != block.bytes or hashlib.sha256(data).hexdigest() != block.sha256:
-                    raise _corrupt(dataset, day, block)
-                await trio.to_thread.run_sync(_write_block, directory, block, data)
-                self.status.pulled_blocks += 1
         async with self.engine.part_lock(key):
             current = self.engine.manifests.get(key) or PartitionManifest(dataset=dataset, day=day)
-            if latest.version <= current.shared_version:
-                return
-            shared_ids = {b.id for b in latest.blocks}
-            own_pending = [b for b in current.pending(self.node_id)
-                           if b.id not in shared_ids and b.id not in latest.retired]
-            blocks = [*latest.blocks, *own_pending]
-            live = {b.id for b in blocks}
-            uploaded = {i for i in current.uploaded | {b.id for b in latest.blocks if b.node == self.node_id}
-                        if i in live}
-            # One step: the partition's block list becomes the shared one (plus own pending blocks).
-            self.engine.manifests[key] = await self._save(current, blocks=blocks, shared_version=latest.version,
-                                                          uploaded=uploaded)
-        self.engine.retire([(key, b) for b in current.blocks if b.id not in live])
+            live: set[str] | None = None
+            if latest.version > current.shared_version:
+                shared_ids = {b.id for b in latest.blocks}
+                own_pending = [b for b in current.pending(self.node_id)
+                               if b.id not in shared_ids and b.id not in latest.retired]
+                blocks = [*latest.blocks, *own_pending]
+                live = {b.id for b in blocks}
+                uploaded = {i for i in current.uploaded | {b.id for b in latest.blocks if b.node == self.node_id}
+                            if i in live}
+                # One step: the partition's block list becomes the shared one (plus own pending blocks).
+                self.engine.manifests[key] = await self._save(current, blocks=blocks,
+                                                              shared_version=latest.version, uploaded=uploaded)
+        if live is not None:
+            self.engine.retire([(key, b) for b in current.blocks if b.id not in live])
+        await self.prefetch(key)
+
+    async def prefetch(self, key: tuple[str, int]) -> int:
+        """Fetch the partition's blocks of the recent window ahead of queries, newest first, while the
+        local cache has room (making it only from blocks older than the window); returns how many."""
+        manifest = self.engine.manifests.get(key)
+        if manifest is None or self.prefetch_ns <= 0:
+            return 0
+        window_start = self.clock() - self.prefetch_ns
+        fetched = 0
+        for block in sorted(manifest.blocks, key=lambda b: b.max_time, reverse=True):
+            if block.max_time < window_start:
+                break
+            if self.engine.blocks.is_resident(block.id):
+                continue
+            if not await self.engine.blocks.prefetch(key, block,
+                                                     evictable=lambda r: r.entry.max_time < window_start):
+                break  # no room left (or a query is fetching it right now)
+            fetched += 1
+            self.status.pulled_blocks += 1
+        return fetched
+
+    def resync(self, key: tuple[str, int]) -> None:
+        """Sync this partition on the next pass (a query found one of its blocks gone from the store)."""
+        self._retry.add(key)
 
 
 def _parse_any_change(key: str) -> tuple[Any, ...]:
@@ -301,11 +327,3 @@ def _parse_any_change(key: str) -> tuple[Any, ...]:
         return ("control", *control)
     return ("partition", *shared.parse_change_key(key))
 
-
-def _write_block(directory: Any, block: BlockEntry, data: bytes) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    write_atomic(directory / block.filename, data)
-
-
-def _corrupt(dataset: str, day: int, block: BlockEntry) -> Corrupt:
-    return Corrupt(shared.block_key(dataset, day, block.id), "the fetched bytes do not match the manifest's checksum")

@@ -35,6 +35,7 @@ import trio
 from helios import log, timeutil
 from helios.storage.blocks import BlockEntry, build_block
 from helios.storage.cache import BlockCache
+from helios.storage.local import LocalBlocks
 from helios.storage.manifest import MANIFEST_NAME, PartitionManifest
 from helios.storage.memtable import Memtable, PartKey, split_by_day
 from helios.storage.wal import Wal, decode_payload, encode_payload
@@ -70,7 +71,8 @@ class DatasetStats:
 
 class Engine:
     def __init__(self, root: Path, node_id: str, *, memtable_rows: int = 1_000_000,
-                 cache_bytes: int = 1 << 30, clock: Callable[[], int] = time.time_ns) -> None:
+                 cache_bytes: int = 1 << 30, clock: Callable[[], int] = time.time_ns,
+                 local_cache_bytes: int | None = None) -> None:
         self.root = root
         self.node_id = node_id
         self.parts_dir = root / "parts"
@@ -92,6 +94,8 @@ class Engine:
         self._readers: Counter[str] = Counter()
         self._retired: dict[str, tuple[Path, float]] = {}  # block id -> (file, retired at, trio time)
         self.deleted_files = 0
+        # Which blocks are in the data dir; fetching the others; the bound (helios.storage.local).
+        self.blocks = LocalBlocks(self, local_cache_bytes)
 
     # -- start-up ---------------------------------------------------------
 
@@ -105,6 +109,7 @@ class Engine:
             manifest = PartitionManifest.load(manifest_path.parent)
             self.manifests[(manifest.dataset, manifest.day)] = manifest
         self._remove_orphans()
+        self.blocks.scan()
         for seq, payload in self.wal.replay():
             dataset, table = decode_payload(payload)
             for day, piece in split_by_day(table):
@@ -216,6 +221,7 @@ class Engine:
             # One step, no checkpoint: the rows move from the memtable to the block.
             self.manifests[key] = new
             del frozen.parts[key]
+            self.blocks.register(key, entry)
 
     # -- reading ----------------------------------------------------------
 
@@ -277,6 +283,7 @@ class Engine:
                 continue  # a concurrent pass took it
             if block_id not in live:
                 await trio.to_thread.run_sync(lambda: path.unlink(missing_ok=True))
+                self.blocks.forget(block_id)
                 self.deleted_files += 1
         for directory in {path.parent for _, path in due}:
             if directory.is_dir() and not any(directory.iterdir()):
