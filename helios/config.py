@@ -144,7 +144,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("prefetch_hours", "HELIOS_PREFETCH_HOURS", 24.0, _non_negative_float,
            "peers' blocks of this many recent hours are fetched ahead of queries (0: none)"),
     Option("fetch_deadline_secs", "HELIOS_FETCH_DEADLINE_SECS", 10.0, _positive_float,
-           "how long a query waits for blocks from the shared store before answering partially"),
+           "how long a query waits for a block from the shared store before it answers with what it has"),
 )
 
 

@@ -118,6 +118,7 @@ class Node:
                         "last_pull": (timeutil.format_ns(self.control.last_pull_ns)
                                       if self.control.last_pull_ns else None)},
             "health": self.health.snapshot(),
+            "cache": self.engine.blocks.snapshot(),
         }
 
     def retention_days(self, dataset: str) -> int | None:

@@ -296,3 +296,64 @@ def test_a_fresh_node_with_a_quarter_of_the_store_as_cache_answers_exactly_withi
     assert metric(c, "helios_local_cache_misses_total") > 0
     assert metric(c, "helios_local_cache_fetched_bytes_total") >= store_bytes  # more than the cache holds
     assert metric(c, "helios_local_cache_bytes") <= capacity
+
+
+def _store_outage(store_env: dict[str, str], request: pytest.FixtureRequest) -> Callable[[], None]:
+    """Make the shared store unreachable (as tests/test_replication.py does); returns the restore step."""
+    import signal
+
+    spec = store_env["HELIOS_SHARED_STORE"]
+    if spec.startswith("s3://"):
+        moto = request.getfixturevalue("moto_s3")
+        assert moto.proc is not None
+        moto.proc.send_signal(signal.SIGSTOP)  # requests hang: only a deadline ends them
+        return lambda: moto.proc.send_signal(signal.SIGCONT)
+    store = Path(spec)
+    hidden = store.with_name("shared-hidden")
+    store.rename(hidden)
+    store.write_bytes(b"not a directory")  # every store operation now fails
+
+    def restore() -> None:
+        store.unlink()
+        hidden.rename(store)
+    return restore
+
+
+def test_an_unreachable_store_gives_partial_answers_within_the_deadline_and_local_rows_stay_exact(
+        server_factory: Callable[..., Server], store_env: dict[str, str], records: list[Record],
+        request: pytest.FixtureRequest) -> None:
+    deadline_s = 3.0
+    a = server_factory("a", **store_env, HELIOS_MEMTABLE_ROWS="500")
+    for start in range(0, 3000, 500):
+        assert a.ingest(ndjson(records[start : start + 500]), dataset="o").status_code == 200
+    wait_until(lambda: a.request("GET", "/api/v1/cluster").json()["sync"]["pending_uploads"] == 0
+               and a.datasets()["o"]["rows"] == 3000, timeout_s=120, what="A's blocks in the store")
+    c = server_factory("c", **store_env, HELIOS_FETCH_DEADLINE_SECS=str(deadline_s))
+    wait_until(lambda: c.datasets().get("o", {}).get("rows") == 3000, timeout_s=60, what="C to know A's blocks")
+    assert c.ingest(ndjson(records[5000:5400]), dataset="mine").status_code == 200  # C's own rows
+    early = {"from": records[0].time_ns, "to": records[500].time_ns}  # the first block only: C reads (caches) it
+    assert c.count(dataset="o", **early) == 500
+    total_blocks = a.datasets()["o"]["blocks"]
+    restore = _store_outage(store_env, request)
+    try:
+        began = time.monotonic()
+        reply = c.request("POST", "/api/v1/query", json={"q": "* | stats count() as n", "dataset": "o"})
+        took = time.monotonic() - began
+        assert reply.status_code == 200, reply.text
+        stats = reply.json()["stats"]
+        print(f"partial answer in {took:.2f}s: {reply.json()['rows']} {stats}")
+        assert stats["partial"] is True and 0 < stats["blocks_missing"] < total_blocks
+        assert reply.json()["rows"][0]["n"] < 3000
+        assert took < deadline_s + 10, f"{took:.1f}s: a partial answer must come within the deadline"
+        cached = c.query("* | stats count() as n", dataset="o", **early)
+        assert cached["rows"] == [{"n": 500}] and not cached["stats"]["partial"]
+        mine = c.query("* | stats count() as n", dataset="mine")
+        assert mine["rows"] == [{"n": 400}] and not mine["stats"]["partial"]
+        search = c.query("*", dataset="o", limit=3)  # a plain search: partial too, never an error
+        assert search["stats"]["partial"] is True
+    finally:
+        restore()
+    wait_until(lambda: not c.query("* | stats count() as n", dataset="o")["stats"]["partial"], timeout_s=60,
+               what="exact answers once the store is back")
+    assert c.count(dataset="o") == 3000 and c.count(dataset="mine") == 400
+

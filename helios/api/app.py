@@ -168,14 +168,15 @@ def create_app(node: Any) -> QuartTrio:
         cache = node.engine.cache
 
         def may_need(source: Source) -> bool:  # fetch ahead only blocks the known index cannot rule out
-            return may_match(parsed.filter, cache.known_index(source.block.id), source.dataset)  # type: ignore[union-attr]
+            assert source.block is not None
+            return may_match(parsed.filter, cache.known_index(source.block.id), source.dataset)
 
         # The blocks are held (garbage collection and eviction keep them) and fetched as needed.
         async with query_blocks(node.engine.blocks, sources, start_ns=start, end_ns=end, wanted=may_need,
                                 deadline_s=node.config.fetch_deadline_secs) as blocks:
             def run() -> tuple[list[dict[str, Any]], dict[str, Any]]:
                 result = execute(parsed, sources, cache, start_ns=start, end_ns=end, limit=limit,
-                                 fetch=blocks.open)
+                                 fetch=blocks.open if node.engine.blocks.store is not None else None)
                 return to_rows(result), result.stats
 
             rows, stats = await trio.to_thread.run_sync(run)

@@ -7,15 +7,19 @@ each block it calls ``QueryBlocks.open(source)``, which answers from trio:
 - its bytes, fetched from the store (kept in the data dir if the cache has
   room): blocks the query will read are fetched ahead, in the executor's
   order, at most ``in_flight`` at once and at most that far ahead of it;
-- None when the block cannot be had — the store is down, slow past the
+- None when the block cannot be had — the store is down, slower than the
   deadline, or no longer has it — so the query answers with what it has and
   says so (``stats.partial``, ``stats.blocks_missing``).
 
-The deadline is for the whole query (``deadline_s`` from its start): a query
-over many unreachable blocks still answers within it, never hangs and never
-fails because the store is unreachable. Local and cached blocks need no
-store. Leaving the context cancels fetches still under way (a plain search
-that found its ``limit`` rows stops early) and releases the blocks.
+The deadline (``deadline_s``) bounds each fetch: a healthy store may take as
+long as a large query needs, block after block. Once one fetch of the query
+failed because the store is unreachable (``Unavailable``) or timed out, the
+query stops asking the store: fetches under way are cancelled and every
+block not local yet is missing at once. So a query over many unreachable
+blocks answers within about one deadline, never hangs and never fails
+because the store is down. Local and cached blocks need no store. Leaving the
+context cancels fetches still under way (a plain search that found its
+``limit`` rows stops early) and releases the blocks.
 
 Shape (in a request handler)::
 
@@ -34,7 +38,7 @@ from typing import AsyncIterator, Callable
 
 import trio
 
-from backends import Corrupt, NotFound, StoreError
+from backends import Corrupt, NotFound, StoreError, Unavailable
 from helios import log
 from helios.storage.blocks import CorruptBlock
 from helios.storage.engine import Source
@@ -60,9 +64,12 @@ class QueryBlocks:
                  wanted: Callable[[Source], bool] | None, in_flight: int, deadline_s: float) -> None:
         self.blocks = blocks
         self.in_flight = max(1, in_flight)
-        self.deadline = trio.current_time() + deadline_s
+        self.deadline_s = deadline_s
         self.missing = 0
         self.fetched = 0
+        self.unreachable = False  # a fetch found the store down or too slow: stop asking it
+        self._changed = trio.Event()  # set (and replaced) when a fetch ends or the store is given up
+        self._cancel = trio.CancelScope()  # the fetches under way
         low = -(1 << 63) if start_ns is None else start_ns
         high = (1 << 63) - 1 if end_ns is None else end_ns
         plan = [s for s in sorted(sources, key=lambda s: s.max_time, reverse=True)  # the executor's order
@@ -96,8 +103,8 @@ class QueryBlocks:
             await self._fetch(slot)
         else:
             self._advance(slot.index)
-            with trio.move_on_at(self.deadline):
-                await slot.done.wait()
+            while not slot.done.is_set() and not self.unreachable:
+                await self._changed.wait()
         data, slot.data = slot.data, None
         if data is None:
             self.missing += 1
@@ -116,11 +123,13 @@ class QueryBlocks:
     async def _prefetch(self) -> None:
         """Fetch the planned blocks in order, ``in_flight`` at once, at most that far ahead of the executor."""
         limiter = trio.Semaphore(self.in_flight)
-        with trio.move_on_at(self.deadline):
+        with self._cancel:
             async with trio.open_nursery() as nursery:
                 for slot in self._plan:
                     while slot.index >= self._next + self.in_flight:
                         await self._moved.wait()
+                    if self.unreachable:
+                        return
                     await limiter.acquire()
                     nursery.start_soon(self._fetch_one, slot, limiter)
 
@@ -131,15 +140,21 @@ class QueryBlocks:
             limiter.release()
 
     async def _fetch(self, slot: _Slot) -> None:
-        """Fill ``slot`` with the block's bytes (None if it cannot be had before the deadline); set it done."""
+        """Fill ``slot`` with the block's bytes (None if it cannot be had within the deadline); set it done."""
         source = slot.source
         entry = source.block
         assert entry is not None
         key = (source.dataset, source.day)
         try:
-            with trio.move_on_at(self.deadline):
+            if self.unreachable:
+                return
+            with trio.move_on_after(self.deadline_s) as scope:
                 slot.data = await self.blocks.read(key, entry)
                 self.fetched += 1
+            if scope.cancelled_caught:
+                self._give_up(f"no answer within {self.deadline_s:g} s")
+        except Unavailable as exc:
+            self._give_up(str(exc))
         except NotFound:
             # The manifest this node holds is stale (compaction replaced the block and it was collected):
             # have the puller sync the partition; the rows are in the block that replaced it.
@@ -152,6 +167,19 @@ class QueryBlocks:
             log.log(_log, logging.DEBUG, "could not fetch a block", key=block_key(key, entry.id), error=str(exc))
         finally:
             slot.done.set()
+            self._wake()
+
+    def _give_up(self, why: str) -> None:
+        """The store is unreachable for this query: cancel what is under way; the rest is missing."""
+        if not self.unreachable:
+            self.unreachable = True
+            self._cancel.cancel()
+            log.log(_log, logging.INFO, "a query answers without the shared store", reason=why)
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
 
 
 @asynccontextmanager

@@ -48,7 +48,7 @@ from helios.storage.memtable import PartKey
 if TYPE_CHECKING:
     from helios.storage.engine import Engine
 
-__all__ = ["CacheStats", "LocalBlocks", "Resident"]
+__all__ = ["CacheStats", "LocalBlocks", "Resident", "block_key"]
 
 _log = log.get("helios.cache")
 
@@ -291,6 +291,13 @@ class LocalBlocks:
         """Evict down to the bound (blocks become counted once uploaded, or after the bound shrank)."""
         if self.capacity_bytes is not None and self.used_bytes() > self.capacity_bytes:
             await self._make_room(0)
+
+    def snapshot(self) -> dict[str, object]:
+        """For /api/v1/cluster."""
+        s = self.stats
+        return {"bytes": self.used_bytes(), "capacity_bytes": self.capacity_bytes,
+                "resident_blocks": len(self._resident), "hits": s.hits, "misses": s.misses,
+                "fetched_bytes": s.fetched_bytes, "evicted_bytes": s.evicted_bytes}
 
     def metrics_lines(self) -> list[str]:
         s = self.stats
