@@ -357,3 +357,81 @@ def test_an_unreachable_store_gives_partial_answers_within_the_deadline_and_loca
                what="exact answers once the store is back")
     assert c.count(dataset="o") == 3000 and c.count(dataset="mine") == 400
 
+
+# -- the control-plane log: snapshot and trim (in-process) ------------------------------------------
+
+
+def test_the_control_log_is_snapshotted_and_trimmed_and_a_joiner_reads_snapshot_plus_tail(tmp_path: Path) -> None:
+    from helios.control.plane import ControlPlane, Sealer
+
+    def plane(name: str) -> ControlPlane:
+        node = ControlPlane(tmp_path / name, Sealer(b"k" * 32, b"j" * 32, "aes-256-gcm"), name)
+        node.snapshot_every = 10
+        return node
+
+    def state(node: ControlPlane) -> list[tuple[str, str, int, object]]:
+        return sorted((o.kind, o.id, o.version, o.doc) for o in node._objects.values())
+
+    def numbers(store: FsBackend, prefix: str) -> list[int]:
+        return sorted(int(p.name) for p in (store.root / prefix).iterdir()) if (store.root / prefix).is_dir() else []
+
+    def count(n: int):  # noqa: ANN202
+        return lambda current: {"n": n}
+
+    async def main() -> None:
+        store = FsBackend(tmp_path / "store")
+        writer, stale = plane("w"), plane("s")
+        for node in (writer, stale):
+            await node.open()
+            await node.attach(store, "fs")
+        for i in range(5):
+            await writer.commit("dashboards", f"d{i % 3}", count(i), "alice")
+        await stale.pull()  # the stale node has applied 5 entries, then sleeps through 30 more
+        assert stale.applied == 5
+        for i in range(5, 35):
+            await writer.commit("dashboards", f"d{i % 3}", count(i), "alice")
+        await writer.commit("users", "gone", count(0), "alice")
+        await writer.commit("users", "gone", lambda current: None, "alice")  # a tombstone: versions go on
+        assert writer.applied == 37
+        # The store keeps the newest two snapshots and the entries after the older one.
+        assert numbers(store, "_control/snapshots") == [20, 30]
+        assert numbers(store, "_control/log") == list(range(21, 38))
+        assert numbers(writer.local, "snapshots") == [20, 30]
+        assert numbers(writer.local, "log") == list(range(21, 38))
+        # A joining node reads the newest snapshot and the tail, not the history.
+        joiner = plane("j")
+        await joiner.open()
+        before = store.counters.snapshot()
+        await joiner.attach(store, "fs")
+        gets = store.counters.snapshot().get("GET", 0) - before.get("GET", 0)
+        assert joiner.applied == 37 and state(joiner) == state(writer)
+        assert gets <= 12, f"{gets} GETs: a joiner reads the snapshot and the tail"  # fingerprints, 1, snapshot, 31-38
+        assert [a.seq for a in joiner.audit][-7:] == list(range(31, 38))
+        # A node that slept through a trim never writes into the trimmed numbers: it catches up first.
+        await stale.commit("settings", "cluster", count(99), "bob")
+        assert stale.applied == 38 and numbers(store, "_control/log")[-1] == 38
+        assert not (store.root / "_control/log/000000000006").exists()
+        await writer.pull()
+        assert state(writer) == state(stale)
+        # The feed announces an entry beyond a trim: a poked node reads the snapshot and catches up.
+        for i in range(38, 52):
+            await writer.commit("dashboards", "d0", count(i), "alice")
+        assert numbers(store, "_control/log")[0] > joiner.applied + 1
+        joiner.poke(writer.applied)
+        await joiner.pull()
+        assert joiner.applied == writer.applied and state(joiner) == state(writer)
+        # A restart reads the local snapshot and the local tail.
+        again = plane("w")
+        await again.open()
+        assert again.applied == writer.applied and state(again) == state(writer)
+        # A new store is seeded from a node whose own log starts after its snapshot.
+        fresh = FsBackend(tmp_path / "store2")
+        await again.attach(fresh, "fs2")
+        assert again.applied == 52
+        assert numbers(fresh, "_control/snapshots") == [50] and numbers(fresh, "_control/log") == [51, 52]
+        other = plane("o")
+        await other.open()
+        await other.attach(fresh, "fs2")
+        assert state(other) == state(writer)
+
+    trio.run(main)
