@@ -102,6 +102,7 @@ class Replicator:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
+        await self.engine.blocks.enforce()  # the bound may have shrunk since the last start
         async with trio.open_nursery() as nursery:
             nursery.start_soon(partial(supervise, self.health, "upload", self.upload_once, interval_s=self.interval_s))
             nursery.start_soon(partial(supervise, self.health, "pull", self.pull_once,

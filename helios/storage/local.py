@@ -278,7 +278,11 @@ class LocalBlocks:
             self._busy.setdefault(block_id, trio.Event())
         try:
             for block_id, resident in victims:
-                await trio.to_thread.run_sync(lambda: resident.path.unlink(missing_ok=True))
+                try:
+                    await trio.to_thread.run_sync(lambda: resident.path.unlink(missing_ok=True))
+                except OSError as exc:  # reported; the file is no longer the cache's (GC may get it)
+                    log.log(_log, logging.WARNING, "could not evict a block", block=block_id, error=str(exc))
+                    continue
                 self.stats.evicted_blocks += 1
                 self.stats.evicted_bytes += resident.entry.bytes
         finally:
