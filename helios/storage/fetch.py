@@ -201,5 +201,10 @@ async def query_blocks(blocks: LocalBlocks, sources: list[Source], *, start_ns: 
                 yield session
             finally:
                 nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The nursery wraps what the query raised (CorruptBlock, a deadline, ...): callers catch it as itself.
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
     finally:
         blocks.engine.release(sources)
