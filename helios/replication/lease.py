@@ -18,7 +18,10 @@ leaders.
 
 A holder considers itself leader only until ``ttl`` after the start of its
 last successful renewal (its own monotonic clock), which is before anyone
-else may take over (``ttl * 1.5`` after they last saw a change). A holder
+else may take over (``ttl * 1.5`` after they last saw a change). A renewal
+counts only if its beat write returned while the lease was still valid, and
+"unchanged since" is judged at the start of the tick's reads: a slow store
+answer can then never make two leaders. A holder
 paused longer (SIGSTOP, a long GC) wakes up no longer leader; and whatever it
 was about to commit carries its old epoch, which manifests refuse once a
 newer epoch has committed there (``shared.Fenced``). A node that finds a
