@@ -155,26 +155,49 @@ class FsBackend:
         await self._run(self._create, path, data)
 
     def _list(self, prefix: str, start_after: str, limit: int) -> list[ObjectInfo]:
-        base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
-        top = self.root / base if base else self.root
-        if not top.is_dir():
-            return []
-        keys: list[ObjectInfo] = []
-        for dirpath, dirnames, filenames in os.walk(top):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            rel = os.path.relpath(dirpath, self.root)
-            for filename in filenames:
-                if filename.startswith("."):
-                    continue
-                key = filename if rel == "." else f"{rel}/{filename}"
-                if key.startswith(prefix) and key > start_after:
+        """Walk only the directory the prefix names, depth first in key order, and stop at ``limit``.
+
+        Entries of one directory are visited sorted by ``name`` for files and
+        ``name + "/"`` for directories, which is exactly the order of the keys
+        beneath them; a subtree is entered only if some key in it can start
+        with ``prefix`` and sort after ``start_after``. So a page costs the
+        directories on its path, never the whole store.
+        """
+        base = prefix.rsplit("/", 1)[0] + "/" if "/" in prefix else ""
+        out: list[ObjectInfo] = []
+
+        def wanted(key_prefix: str) -> bool:
+            """May a key starting with ``key_prefix`` (a directory's, ending in "/") be listed?"""
+            if not (key_prefix.startswith(prefix) or prefix.startswith(key_prefix)):
+                return False
+            return start_after.startswith(key_prefix) or key_prefix > start_after
+
+        def walk(directory: str, rel: str) -> None:
+            try:
+                with os.scandir(directory) as scan:
+                    entries = [(e.name + "/" if e.is_dir(follow_symlinks=False) else e.name, e)
+                               for e in scan if not e.name.startswith(".")]
+            except (FileNotFoundError, NotADirectoryError):
+                return
+            entries.sort(key=lambda pair: pair[0])
+            for name, entry in entries:
+                if len(out) >= limit:
+                    return
+                key = rel + name
+                if name.endswith("/"):
+                    if wanted(key):
+                        walk(entry.path, key)
+                elif key.startswith(prefix) and key > start_after:
                     try:
-                        size = os.stat(os.path.join(dirpath, filename)).st_size
+                        out.append(ObjectInfo(key, entry.stat(follow_symlinks=False).st_size))
                     except FileNotFoundError:
                         continue
-                    keys.append(ObjectInfo(key, size))
-        keys.sort(key=lambda info: info.key)
-        return keys[:limit]
+
+        top = self.root / base if base else self.root
+        if self.root.exists() and not self.root.is_dir():  # e.g. an unmounted path replaced by a file
+            raise NotADirectoryError(errno.ENOTDIR, "the store root is not a directory", str(self.root))
+        walk(str(top), base)
+        return out
 
     async def list(self, prefix: str, *, start_after: str = "", limit: int = 1000) -> list[ObjectInfo]:
         check_prefix(prefix)

@@ -94,8 +94,8 @@ class Invariants:
         for name, node in self.nodes.items():
             counts: Counter[str] = Counter()
             for key, manifest in node.engine.manifests.items():
-                for block in manifest.blocks:
-                    table = load_block(node.engine.part_dir(key) / block.filename, block)
+                for block in manifest.blocks:  # local, or fetched from the store (a node with a small cache)
+                    table = load_block(await node.engine.blocks.read(key, block, keep=False), block)
                     counts.update(table.column("uid").to_pylist())
             out[name] = counts
         return out
@@ -213,6 +213,14 @@ class Invariants:
             if present[commit_id] != 1:
                 raise Violation("commit ids", f"acknowledged commit {commit_id} ({partition} v{version}) "
                                 f"present {present[commit_id]} times")
+
+    def check_own_blocks_kept(self) -> None:
+        """The local cache never evicts a node's own block that the store does not have yet."""
+        for name, node in self.nodes.items():
+            for key, manifest in node.engine.manifests.items():
+                for block in manifest.pending(name):
+                    if not (node.engine.part_dir(key) / block.filename).exists():
+                        raise Violation(f"cache: {name} lost its own un-uploaded block {block.id}")
 
     def check_one_leader_now(self) -> None:
         """At any moment at most one live node considers itself a job's leader."""

@@ -143,7 +143,8 @@ class Incarnation:
         self.directory = sim.root / name
         wall, token_hex = sim.wall, sim.tokens.token_hex
         self.engine = Engine(self.directory, name, memtable_rows=10**9, cache_bytes=64 << 20, clock=wall,
-                             run_sync=sim.run_sync, token_hex=token_hex)
+                             run_sync=sim.run_sync, token_hex=token_hex,
+                             local_cache_bytes=sim.local_cache_bytes(name))
         self.replicator = Replicator(self.engine, sim.store, name, 0.1, clock=wall, commit=sim.commit,
                                      run_sync=sim.run_sync)
         lease = StubbornLease if sim.bug == "ignore-epoch" else Lease
@@ -202,6 +203,16 @@ class Simulation(Invariants):
         self.errors: Counter[str] = Counter()
         self.burst_target: tuple[str, int] | None = None
         self._uid = 0
+        # Some nodes keep only a few blocks locally (the rest is fetched from the store when read).
+        # Drawn from their own generator, so the schedule of a seed is the same with or without them.
+        self._cache_rng = random.Random(f"cache/{result.backend}/{result.seed}")
+        self._cache_bytes: dict[str, int | None] = {}
+
+    def local_cache_bytes(self, name: str) -> int | None:
+        """A node's HELIOS_LOCAL_CACHE_BYTES: unbounded, or room for a few small blocks (same across restarts)."""
+        if name not in self._cache_bytes:
+            self._cache_bytes[name] = self._cache_rng.choice([None, None, 8_000, 30_000])
+        return self._cache_bytes[name]
 
     def wall(self) -> int:
         return BASE_NS + int(trio.current_time() * 1e9)
@@ -364,6 +375,7 @@ class Simulation(Invariants):
             if crash is not None:
                 await self.restart(crash, nursery)
             self.check_one_leader_now()
+            self.check_own_blocks_kept()
 
     # -- quiescence --------------------------------------------------------------
 

@@ -167,6 +167,9 @@ def cmd_query(args: argparse.Namespace) -> int:
     print(f"{len(result['rows'])} rows; scanned {stats['rows_scanned']:,} rows in "
           f"{stats['blocks_scanned']} blocks ({stats['blocks_pruned']} pruned), "
           f"{stats['elapsed_ms']} ms", file=sys.stderr)
+    if stats.get("partial"):
+        print(f"partial answer: {stats['blocks_missing']} blocks could not be read from the shared store "
+              "in time", file=sys.stderr)
     return 0
 
 

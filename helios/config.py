@@ -56,6 +56,30 @@ def _listen(text: str) -> tuple[str, int]:
     return host.strip("[]"), number
 
 
+def _cache_bytes(text: str) -> int | None:
+    """A byte count with an optional K/M/G/T (powers of 1024) suffix; empty: unbounded."""
+    text = text.strip()
+    if not text:
+        return None
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    scale = 1
+    for suffix in ("KIB", "MIB", "GIB", "TIB", "K", "M", "G", "T"):
+        if text.upper().endswith(suffix):
+            scale, text = units[suffix[0]], text[: -len(suffix)]
+            break
+    value = int(text) * scale
+    if value <= 0:
+        raise ValueError("must be > 0 (leave it unset for no bound)")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise ValueError("must be >= 0")
+    return value
+
+
 def _encryption(text: str) -> str:
     if text not in ("aes-256-gcm", "none"):
         raise ValueError("expected 'aes-256-gcm' or 'none'")
@@ -210,6 +234,13 @@ OPTIONS: tuple[Option, ...] = (
            "most live-tail streams open at once on this node"),
     Option("tail_buffer_rows", "HELIOS_TAIL_BUFFER_ROWS", 10_000, _positive_int,
            "rows buffered per live-tail stream before a slow reader gets an 'event: dropped'"),
+    Option("local_cache_bytes", "HELIOS_LOCAL_CACHE_BYTES", None, _cache_bytes,
+           "bound on the bytes of blocks kept locally that are safely in the shared store, e.g. 50G "
+           "(default: unbounded)"),
+    Option("prefetch_hours", "HELIOS_PREFETCH_HOURS", 24.0, _non_negative_float,
+           "peers' blocks of this many recent hours are fetched ahead of queries (0: none)"),
+    Option("fetch_deadline_secs", "HELIOS_FETCH_DEADLINE_SECS", 10.0, _positive_float,
+           "how long a query waits for a block from the shared store before it answers with what it has"),
 )
 
 
@@ -259,6 +290,9 @@ class Config:
     public_url: str
     tail_max_streams: int
     tail_buffer_rows: int
+    local_cache_bytes: int | None
+    prefetch_hours: float
+    fetch_deadline_secs: float
 
     @property
     def secrets_dir(self) -> Path:

@@ -48,7 +48,7 @@ from helios.ingest.request import BodyReader
 from helios.monitors.allow import WebhookPolicy
 from helios.monitors.service import MonitorService
 from helios.replication.jobs import Maintenance
-from helios.replication.lease import JOBS, Lease
+from helios.replication.lease import JOBS, Lease, lease_group
 from helios.replication.replicator import Replicator
 from helios.storage.engine import Engine
 from helios.storage.fsutil import UMASK, secure_data_dir
@@ -60,6 +60,10 @@ __all__ = ["Node", "open_store", "serve"]
 _log = log.get("helios.node")
 SHUTDOWN_FLUSH_TIMEOUT_S = 30.0
 STORE_PROBE_TIMEOUT_S = 5.0
+STORE_PROBE_PREFIX = "_control/"
+# The control-plane log is read when the change feed announces an entry, and at least this often
+# (an announcement can be lost: a writer that failed or crashed right after its entry).
+CONTROL_SAFETY_POLL_S = 300.0
 
 
 def _node_id(config: Config) -> str:
@@ -87,7 +91,7 @@ class Node:
         self.control = ControlPlane(config.data_dir / "control", sealer, self.node_id)
         self.auth = Auth.from_config(self.control, jwt_secret, config)
         self.engine = Engine(config.data_dir, self.node_id, memtable_rows=config.memtable_rows,
-                             cache_bytes=config.cache_bytes)
+                             cache_bytes=config.cache_bytes, local_cache_bytes=config.local_cache_bytes)
         self.ingest_reader = BodyReader.from_config(config)  # limits + one memory budget for every ingest path
         self.health = self.engine.health  # one report of what fails, shared by every background task
         self.tail = TailHub(self.engine, self.node_id, max_streams=config.tail_max_streams,
@@ -133,6 +137,7 @@ class Node:
                         "last_pull": (timeutil.format_ns(self.control.last_pull_ns)
                                       if self.control.last_pull_ns else None)},
             "health": self.health.snapshot(),
+            "cache": self.engine.blocks.snapshot(),
         }
 
     def retention_days(self, dataset: str) -> int | None:
@@ -184,6 +189,7 @@ class Node:
         if self.monitors is not None:
             lines += self.monitors.metrics_lines()
         lines += self.tail.metrics_lines()
+        lines += self.engine.blocks.metrics_lines()
         if self.replicator is not None:
             lines += ["# TYPE helios_uploaded_blocks_total counter",
                       f"helios_uploaded_blocks_total {self.replicator.status.uploaded_blocks}",
@@ -235,10 +241,16 @@ async def serve(config: Config, *, task_status: Any = trio.TASK_STATUS_IGNORED) 
     node = await trio.to_thread.run_sync(Node, config)
     await node.open(store)
     if store is not None:
+        # Uploads are checked locally every sync/8 (no store request when nothing is pending); the
+        # change feed is read every sync/2: flush (sync/4) + upload + pull stays within the sync bound.
         node.replicator = Replicator(node.engine, store, node.node_id,
-                                     interval_s=max(0.05, config.block_sync_secs / 8), health=node.health)
+                                     interval_s=max(0.05, config.block_sync_secs / 8), health=node.health,
+                                     pull_interval_s=max(0.05, config.block_sync_secs / 2),
+                                     prefetch_hours=config.prefetch_hours)
         node.replicator.on_pulled = node.tail.publish_blocks
-    node.leases = {job: Lease(job, store, node.node_id, config.lease_secs, health=node.health) for job in JOBS}
+        node.replicator.on_control_change = node.control.poke
+        node.control.announce = node.replicator.announce_control
+    node.leases = lease_group(JOBS, store, node.node_id, config.lease_secs, health=node.health)
     node.jobs = Maintenance(node.engine, store, node.replicator, node.leases, node.node_id,
                             retention_days=node.retention_days,
                             compaction_interval_s=config.compaction_interval_secs,
@@ -260,9 +272,9 @@ async def serve(config: Config, *, task_status: Any = trio.TASK_STATUS_IGNORED) 
             await nursery.start(node.engine.run_flusher, config.flush_secs)
             if node.replicator is not None:
                 await nursery.start(node.replicator.run)
-                await nursery.start(node.control.run, max(0.05, config.block_sync_secs / 8), node.bootstrap)
-            for lease in node.leases.values():
-                await nursery.start(lease.run)
+                await nursery.start(partial(node.control.run, max(0.05, config.block_sync_secs / 8), node.bootstrap,
+                                            safety_poll_s=CONTROL_SAFETY_POLL_S))
+            await nursery.start(node.leases[JOBS[0]].run)  # one group ticks every job's lease
             await nursery.start(node.jobs.run)
             await nursery.start(listeners.run)
             await nursery.start(node.monitors.run)
@@ -309,7 +321,7 @@ async def open_store(config: Config) -> Backend | None:
         raise ConfigError(f"shared store {config.shared_store!r}: {exc}") from None
     try:
         with trio.fail_after(STORE_PROBE_TIMEOUT_S):
-            await store.list("", limit=1)
+            await store.list(STORE_PROBE_PREFIX, limit=1)  # one small page: never a walk of the store
     except Invalid as exc:
         await store.aclose()
         raise ConfigError(f"shared store {config.shared_store!r}: {exc}") from None

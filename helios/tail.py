@@ -39,7 +39,6 @@ from __future__ import annotations
 import logging
 from collections import Counter, deque
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, AsyncIterator
 
 import orjson
@@ -47,13 +46,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import trio
 
+from backends import StoreError
 from helios import log
 from helios.errors import Unavailable
 from helios.query import ast
 from helios.query.executor import QueryResult, to_rows
 from helios.query.filters import mask
 from helios.query.pipes import apply
-from helios.storage.blocks import BlockEntry, CorruptBlock, is_compacted
+from helios.storage.blocks import BlockEntry, CorruptBlock, is_compacted, load_block
 from helios.storage.engine import Engine
 
 __all__ = ["KEEPALIVE_S", "Stream", "TailHub"]
@@ -71,7 +71,7 @@ class _Item:
     dataset: str
     rows: int
     table: pa.Table | None = None
-    path: Path | None = None
+    day: int | None = None  # with ``block``: the partition it was pulled into
     block: BlockEntry | None = None
 
 
@@ -150,10 +150,9 @@ class TailHub:
         """``Replicator.on_pulled``: of the blocks a pull added, the peers' fresh ones."""
         if not self.streams:
             return
-        directory = self.engine.part_dir((dataset, day))
         for block in blocks:
             if block.node != self.node_id and not is_compacted(block.id):
-                self._push(dataset, block.rows, path=directory / block.filename, block=block)
+                self._push(dataset, block.rows, day=day, block=block)
 
     def _push(self, dataset: str, rows: int, **source: Any) -> None:
         self._seq += 1
@@ -211,8 +210,12 @@ class TailHub:
             if not streams:
                 continue
             try:
-                matched = await trio.to_thread.run_sync(self._match, item, [s.query for s in streams])
-            except (OSError, CorruptBlock) as exc:  # a pulled block gone or damaged: its rows are lost here
+                data = None
+                if item.block is not None:  # a peer's block: local, or fetched now (metadata only is pulled)
+                    assert item.day is not None
+                    data = await self.engine.blocks.read((item.dataset, item.day), item.block)
+                matched = await trio.to_thread.run_sync(self._match, item, [s.query for s in streams], data)
+            except (OSError, CorruptBlock, StoreError) as exc:  # a pulled block gone or damaged: rows lost here
                 log.log(_log, logging.WARNING, "live tail could not read a pulled block", error=str(exc),
                         block=item.block.id if item.block else None)
                 for stream in streams:
@@ -223,13 +226,14 @@ class TailHub:
                 if not stream.closed:
                     self.stats["dropped"] += stream.offer(events)
 
-    def _match(self, item: _Item, queries: list[ast.Query]) -> list[list[bytes]]:
-        """Each query's matching rows of the item as ``data: {row}`` events, oldest first (worker thread)."""
+    def _match(self, item: _Item, queries: list[ast.Query], data: bytes | None) -> list[list[bytes]]:
+        """Each query's matching rows of the item as ``data: {row}`` events, oldest first (worker thread);
+        ``data``: a pulled block's bytes (verified against its manifest entry here)."""
         if item.table is not None:
             table = item.table
         else:
-            assert item.path is not None and item.block is not None
-            table = self.engine.cache.table(item.path, item.block)
+            assert data is not None and item.block is not None
+            table = load_block(data, item.block)
         order = pc.sort_indices(table, sort_keys=[("_time", "ascending")])
         table = table.take(order)
         out = []

@@ -14,7 +14,7 @@ from backends.memory import MemoryBackend
 from helios.replication import shared
 from helios.replication import jobs
 from helios.replication.jobs import Maintenance, plan_compaction
-from helios.replication.lease import Lease
+from helios.replication.lease import BEATS, Lease
 from helios.storage.blocks import BlockEntry
 from helios.storage.engine import Engine
 
@@ -177,14 +177,14 @@ class _SlowBeats:
         return getattr(self.inner, name)
 
     async def put(self, key: str, data: bytes) -> None:
-        if key.endswith(".beat") and self.put_delay_s:
+        if key.startswith(BEATS) and self.put_delay_s:
             delay, self.put_delay_s = self.put_delay_s, 0.0
             await trio.sleep(delay)
         await self.inner.put(key, data)
 
     async def get(self, key: str) -> bytes:
         data = await self.inner.get(key)  # read now, answered late: an old value arrives after a newer write
-        if key.endswith(".beat") and self.get_delay_s:
+        if key.startswith(BEATS) and self.get_delay_s:
             delay, self.get_delay_s = self.get_delay_s, 0.0
             await trio.sleep(delay)
         return data

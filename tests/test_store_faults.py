@@ -141,7 +141,9 @@ def small_disk(tmp_path: Path) -> Any:
 
 def test_a_full_disk_while_pulling_a_block_is_survived(server_factory: Any, tmp_path: Path,
                                                         small_disk: Path) -> None:
-    env = {"HELIOS_SHARED_STORE": str(tmp_path / "store"), "HELIOS_BLOCK_SYNC_SECS": "2"}
+    # Every block is in the prefetch window (the rows are from 2023), so the puller writes them as it pulls.
+    env = {"HELIOS_SHARED_STORE": str(tmp_path / "store"), "HELIOS_BLOCK_SYNC_SECS": "2",
+           "HELIOS_PREFETCH_HOURS": "1000000"}
     secrets_dir = tmp_path / "secrets"
     secrets_dir.mkdir(mode=0o700)
     for name in ("control.key", "jwt.secret"):

@@ -20,10 +20,12 @@ from helios.errors import InvalidInput, Unavailable
 from helios.query import ast
 from helios.query.cancel import CancelToken
 from helios.query.executor import encode_rows, execute
+from helios.query.filters import may_match
 from helios.query.parser import parse
 from helios.storage.blocks import CorruptBlock
 from helios.storage.cache import BlockCache
 from helios.storage.engine import Source
+from helios.storage.fetch import Fetch, query_blocks
 
 __all__ = ["DEFAULT_LIMIT", "bp"]
 
@@ -47,15 +49,22 @@ async def query() -> Response:
         raise InvalidInput("'from' must be before 'to'")
     limit = whole_number(doc.get("limit"), "limit", 0, helios.config.max_query_rows, default=DEFAULT_LIMIT)
     sources, cache = helios.engine.sources(datasets, start, end), helios.engine.cache
-    helios.engine.acquire(sources)  # garbage collection keeps these files until the query is done
+
+    def may_need(source: Source) -> bool:  # fetch ahead only blocks the known index cannot rule out
+        assert source.block is not None
+        return may_match(parsed.filter, cache.known_index(source.block.id), source.dataset)
+
+    # The blocks are held (garbage collection and eviction keep them) and fetched as needed.
     try:
-        chunks, stats = await queries().run(lambda token: _run(token, parsed, sources, cache, start, end, limit))
+        async with query_blocks(helios.engine.blocks, sources, start_ns=start, end_ns=end, wanted=may_need,
+                                deadline_s=helios.config.fetch_deadline_secs) as blocks:
+            fetch = blocks.open if helios.engine.blocks.store is not None else None
+            chunks, stats = await queries().run(
+                lambda token: _run(token, parsed, sources, cache, start, end, limit, fetch))
     except CorruptBlock as exc:  # a local disk fault: reported like every other one, answered 503
         helios.health.fail("query", str(exc.path or ""), exc, quarantined=True)
         raise Unavailable(f"a block this query needs is damaged on this node's disk ({exc}); "
                           "it is reported in /api/v1/cluster") from None
-    finally:
-        helios.engine.release(sources)
     helios.counters["queries"] += 1
     return Response(_stream(chunks, stats), mimetype="application/json")
 
@@ -70,9 +79,10 @@ async def _request_doc() -> dict[str, Any]:
 
 
 def _run(token: CancelToken, parsed: ast.Query, sources: list[Source], cache: BlockCache, start: int | None,
-         end: int | None, limit: int) -> tuple[list[bytes], dict[str, Any]]:
-    """In a query worker thread: execute, then encode the rows chunk by chunk."""
-    result = execute(parsed, sources, cache, start_ns=start, end_ns=end, limit=limit, check=token.check)
+         end: int | None, limit: int, fetch: Fetch | None) -> tuple[list[bytes], dict[str, Any]]:
+    """In a query worker thread: execute (``fetch``: blocks not local), then encode the rows chunk by chunk."""
+    result = execute(parsed, sources, cache, start_ns=start, end_ns=end, limit=limit, check=token.check,
+                     fetch=fetch)
     return list(encode_rows(result, token.check)), result.stats
 
 

@@ -29,6 +29,7 @@ from helios.errors import InvalidInput
 from helios.query import ast
 from helios.query.executor import execute, to_rows
 from helios.query.parser import parse
+from helios.storage.fetch import query_blocks
 from helios.tail import StreamBody
 
 __all__ = ["MAX_BACKFILL", "register"]
@@ -67,15 +68,15 @@ def register(app: QuartTrio, node: Any, principal: Callable[[str], Awaitable[Pri
         backfill: list[bytes] = []
         try:
             if count:
-                def run() -> list[bytes]:
-                    rows = to_rows(execute(query, sources, engine.cache, start_ns=None, end_ns=None, limit=count))
-                    return [b"data: " + orjson.dumps(row) + b"\n\n" for row in reversed(rows)]
+                async with query_blocks(engine.blocks, sources) as blocks:  # fetches blocks not cached
+                    fetch = blocks.open if engine.blocks.store is not None else None
 
-                engine.acquire(sources)
-                try:
+                    def run() -> list[bytes]:
+                        rows = to_rows(execute(query, sources, engine.cache, start_ns=None, end_ns=None,
+                                               limit=count, fetch=fetch))
+                        return [b"data: " + orjson.dumps(row) + b"\n\n" for row in reversed(rows)]
+
                     backfill = await trio.to_thread.run_sync(run)
-                finally:
-                    engine.release(sources)
         except BaseException:
             node.tail.close(stream)
             raise

@@ -36,10 +36,7 @@ from which node.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,13 +44,14 @@ from typing import Any, Awaitable, Callable
 
 import orjson
 import trio
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from backends import Backend, Conflict, Corrupt, NotFound, StoreError, create_resolved, list_all
 from backends import Unavailable as StoreUnavailable
 from backends.fs import FsBackend
 from helios import log, timeutil
+from helios.control import snapshot
+from helios.control.sealing import Sealer, check_fingerprints
+from helios.control.snapshot import AuditEntry, Obj
 from helios.errors import ConfigError, Unavailable
 from helios.supervisor import Health, supervise
 
@@ -66,9 +64,6 @@ LOCAL_LOG = "log/"
 LOCAL_FINGERPRINTS = "fingerprints.json"
 MAX_COMMIT_ATTEMPTS = 50
 KEEP_COMMIT_IDS = 4096
-_SEALED = b"HLC1"
-_PLAIN = b"HLC0"
-_FINGERPRINT_LABEL = b"helios fingerprint v1"
 
 UNCHANGED: Any = object()  # a mutation's answer when nothing needs writing
 
@@ -83,94 +78,6 @@ async def _entries(backend: Backend, prefix: str, start_after: str = "") -> list
     """``(seq, key)`` of the log entries under ``prefix``, in order."""
     return [(int(info.key.rsplit("/", 1)[1]), info.key)
             async for info in list_all(backend, prefix, start_after=start_after)]
-
-
-class Sealer:
-    """Seals and opens log entries; computes the fingerprints nodes compare."""
-
-    def __init__(self, control_key: bytes, jwt_secret: bytes, encryption: str) -> None:
-        self.encryption = encryption
-        self._aead = AESGCM(control_key[:32]) if encryption == "aes-256-gcm" else None
-        self._fingerprints = {
-            "encryption mode": encryption,
-            "control key": hmac.new(control_key, _FINGERPRINT_LABEL, hashlib.sha256).hexdigest()[:32],
-            "JWT secret": hmac.new(jwt_secret, _FINGERPRINT_LABEL, hashlib.sha256).hexdigest()[:32],
-        }
-
-    def fingerprints(self) -> dict[str, str]:
-        return dict(self._fingerprints)
-
-    def seal(self, aad: str, doc: dict[str, Any]) -> bytes:
-        body = orjson.dumps(doc)
-        if self._aead is None:
-            return _PLAIN + body
-        nonce = os.urandom(12)
-        return _SEALED + nonce + self._aead.encrypt(nonce, body, aad.encode())
-
-    def open(self, aad: str, data: bytes, where: str) -> dict[str, Any]:
-        magic = data[:4]
-        if magic == _PLAIN and self._aead is None:
-            return orjson.loads(data[4:])
-        if magic == _SEALED and self._aead is not None:
-            try:
-                return orjson.loads(self._aead.decrypt(data[4:16], data[16:], aad.encode()))
-            except InvalidTag:
-                raise ConfigError(f"{where} cannot be opened with this node's control key: "
-                                  "it was written with another key, altered or moved") from None
-        if magic in (_PLAIN, _SEALED):
-            stored = "encrypted" if magic == _SEALED else "unencrypted"
-            raise ConfigError(f"{where} is stored {stored} but this node's encryption mode is {self.encryption}")
-        raise ConfigError(f"{where} is not a control-plane log entry")
-
-
-_ADVICE = {
-    "control key": "give every node the same control key file (HELIOS_CONTROL_KEY_PATH)",
-    "JWT secret": "give every node the same JWT secret file (HELIOS_JWT_SECRET_PATH)",
-    "encryption mode": "set HELIOS_CONTROL_ENCRYPTION={theirs}",
-}
-
-
-def check_fingerprints(mine: dict[str, str], theirs: dict[str, Any], where: str, remedy: str) -> None:
-    """Raise ConfigError naming every secret or mode of this node that differs from ``theirs``."""
-    differ = [name for name in ("control key", "JWT secret", "encryption mode") if theirs.get(name) != mine[name]]
-    if not differ:
-        return
-    advice = "; ".join(_ADVICE[name].format(theirs=theirs.get(name)) for name in differ)
-    details = ", ".join(f"{name} {mine[name] if name == 'encryption mode' else 'fingerprint ' + mine[name]}"
-                        f" vs {theirs.get(name)}" for name in differ)
-    raise ConfigError(f"this node's {' and '.join(differ)} {'differs' if len(differ) == 1 else 'differ'} "
-                      f"from the {where} ({details}): {advice}; {remedy}")
-
-
-@dataclass(frozen=True)
-class Obj:
-    """The current state of one control-plane object; ``doc`` None once deleted."""
-
-    kind: str
-    id: str
-    version: int
-    doc: dict[str, Any] | None
-    created_ns: int
-    updated_ns: int
-    updated_by: str
-
-
-@dataclass(frozen=True)
-class AuditEntry:
-    seq: int
-    at_ns: int
-    by: str
-    node: str
-    action: str  # create, update, delete
-    kind: str
-    id: str
-    version: int
-    changed: tuple[str, ...]  # names of the fields that changed, never their values
-
-    def to_json(self) -> dict[str, Any]:
-        return {"seq": self.seq, "at": timeutil.format_ns(self.at_ns), "by": self.by, "node": self.node,
-                "action": self.action, "kind": self.kind, "id": self.id, "version": self.version,
-                "changed": list(self.changed)}
 
 
 Mutation = Callable[["Obj | None"], Any]
@@ -207,6 +114,13 @@ class ControlPlane:
         self._alone = False  # bootstrap_alone: the local log is the authority for a moment
         self.health = Health()  # the node's, when it runs one (helios.supervisor)
         self._commits: dict[int, str] = {}  # seq -> commit id of the newest entries (read-back after a lost answer)
+        # Set by the node when a change feed carries the log's news (helios.replication.replicator):
+        # ``announce(seq)`` after each entry this node writes; ``poke(seq)`` when the feed shows one.
+        self.announce: Callable[[int], Awaitable[None]] | None = None
+        self._poked = False
+        self._announced = 0  # the newest entry the change feed announced
+        self._pulled_at = -1e18  # trio time of the last pull that went through
+        self.snapshot_every = snapshot.SNAPSHOT_EVERY
 
     # -- reads (in memory, never blocking) -----------------------------------
 
@@ -256,7 +170,13 @@ class ControlPlane:
         check_fingerprints(mine, recorded, f"control plane in {self.directory}",
                            f"or move {self.directory} away to start this node with an empty control plane")
         self.cluster = recorded["cluster"]
+        newest = await snapshot.newest(self.local, snapshot.LOCAL_SNAPSHOTS)
+        if newest is not None:
+            blob = await self.local.get(snapshot.key(snapshot.LOCAL_SNAPSHOTS, newest))
+            self._load_snapshot(newest, blob, f"control-plane snapshot {newest} in {self.directory}")
         for seq, key in await _entries(self.local, LOCAL_LOG):
+            if seq <= self.applied:
+                continue  # covered by the snapshot
             if seq != self.applied + 1:
                 break
             blob = await self.local.get(key)
@@ -299,7 +219,7 @@ class ControlPlane:
                            "then start the node again")
         if theirs["cluster"] != self.cluster:
             await self._adopt(theirs["cluster"])
-        await self._pull()
+        await self._pull(check_snapshot=True)
         if self.applied and not await self._store_has(self.applied):
             await self._seed()
         self.attached = True
@@ -312,12 +232,15 @@ class ControlPlane:
                     local_entries=self.applied)
         for _, key in await _entries(self.local, LOCAL_LOG):
             await self.local.delete(key)
+        async for info in list_all(self.local, snapshot.LOCAL_SNAPSHOTS):
+            await self.local.delete(info.key)
         recorded = {**self.sealer.fingerprints(), "cluster": cluster}
         await self.local.put(LOCAL_FINGERPRINTS, orjson.dumps(recorded))
         self.cluster = cluster
         self.applied = 0
         self.audit.clear()
         self._objects.clear()
+        self._commits.clear()
 
     async def _store_has(self, seq: int) -> bool:
         assert self.store is not None
@@ -331,6 +254,11 @@ class ControlPlane:
         """The store's log is behind this node's (a new or restored store): copy the missing entries up."""
         assert self.store is not None
         head = max((seq for seq, _ in await _entries(self.store, STORE_LOG)), default=0)
+        local = await snapshot.newest(self.local, snapshot.LOCAL_SNAPSHOTS)
+        if local is not None and head < local:  # this node's log starts after its snapshot: seed that first
+            blob = await self.local.get(snapshot.key(snapshot.LOCAL_SNAPSHOTS, local))
+            await create_resolved(self.store, snapshot.key(snapshot.STORE_SNAPSHOTS, local), blob)
+            head = local
         for seq in range(head + 1, self.applied + 1):
             blob = await self.local.get(LOCAL_LOG + _seq_name(seq))
             await create_resolved(self.store, STORE_LOG + _seq_name(seq), blob)
@@ -343,7 +271,9 @@ class ControlPlane:
         async with self._lock:
             return await self._pull()
 
-    async def _pull(self) -> int:
+    async def _pull(self, *, check_snapshot: bool = False) -> int:
+        """Apply the store's new entries; from its newest snapshot first if the entries this node
+        needs were trimmed (looked for when asked, or when the feed announced a later entry)."""
         assert self.store is not None
         before = self.applied
         while True:
@@ -355,6 +285,9 @@ class ControlPlane:
             try:
                 blob = await self.store.get(key)
             except NotFound:
+                if (check_snapshot or self._announced > self.applied) and await self._catch_up():
+                    check_snapshot = False
+                    continue
                 break
             try:
                 # The fingerprints matched when attaching: an entry this node cannot open is damaged.
@@ -364,13 +297,77 @@ class ControlPlane:
                 raise Corrupt(key, str(exc)) from None
             await self.local.put(LOCAL_LOG + _seq_name(seq), blob)
             self._apply(seq, entry)
+            if seq % self.snapshot_every == 0:
+                await self._keep_snapshot(seq, self._seal_snapshot(seq))
         self.last_pull_ns = timeutil.now_ns()
+        self._pulled_at = trio.current_time()
         return self.applied - before
 
+    def poke(self, seq: int) -> None:
+        """The change feed announced log entry ``seq`` (0: look anyway): the next sync step pulls."""
+        if seq == 0 or seq > self.applied:
+            self._poked = True
+            self._announced = max(self._announced, seq)
+
+    async def _catch_up(self) -> bool:
+        """Load the store's newest snapshot if it is past this node's state (the entries in between
+        were trimmed); False when there is none."""
+        assert self.store is not None
+        newest = await snapshot.newest(self.store, snapshot.STORE_SNAPSHOTS, after=self.applied)
+        if newest is None:
+            return False
+        key = snapshot.key(snapshot.STORE_SNAPSHOTS, newest)
+        blob = await self.store.get(key)
+        try:
+            self._load_snapshot(newest, blob, f"control-plane snapshot {newest} in {self.store_label}")
+        except ConfigError as exc:
+            raise Corrupt(key, str(exc)) from None
+        await self._keep_snapshot(newest, blob)
+        log.log(_log, logging.INFO, "read the control plane from a snapshot", seq=newest)
+        return True
+
+    # -- snapshots -------------------------------------------------------------
+
+    def _seal_snapshot(self, seq: int) -> bytes:
+        """The state right after entry ``seq`` (call it then, with no checkpoint in between), sealed."""
+        doc = snapshot.encode(seq, self.cluster, self._objects.values(), self.audit[-snapshot.AUDIT_KEEP:])
+        return self.sealer.seal(snapshot.aad(seq), doc)
+
+    def _load_snapshot(self, seq: int, blob: bytes, where: str) -> None:
+        try:
+            objects, audit = snapshot.decode(self.sealer.open(snapshot.aad(seq), blob, where), seq)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        self._objects = {(o.kind, o.id): o for o in objects}
+        self.audit = audit
+        self._commits.clear()
+        self.applied = seq
+
+    async def _keep_snapshot(self, seq: int, blob: bytes) -> None:
+        """Keep a snapshot in the local mirror and trim the local log behind the previous one."""
+        await self.local.put(snapshot.key(snapshot.LOCAL_SNAPSHOTS, seq), blob)
+        await snapshot.trim(self.local, LOCAL_LOG, snapshot.LOCAL_SNAPSHOTS, seq, self.snapshot_every)
+
+    async def _publish_snapshot(self, seq: int, blob: bytes) -> None:
+        """This node committed entry ``seq``: create its snapshot in the store, then trim the store's log."""
+        assert self.store is not None
+        try:
+            try:
+                await create_resolved(self.store, snapshot.key(snapshot.STORE_SNAPSHOTS, seq), blob)
+            except Conflict:
+                pass  # another node's snapshot of the same state
+            trimmed = await snapshot.trim(self.store, STORE_LOG, snapshot.STORE_SNAPSHOTS, seq, self.snapshot_every)
+            log.log(_log, logging.INFO, "snapshotted the control plane", seq=seq, trimmed=trimmed)
+        except StoreError as exc:  # the next snapshot trims what this one could not
+            log.log(_log, logging.WARNING, "could not snapshot the control plane", seq=seq, error=str(exc))
+
     async def run(self, interval_s: float, on_attach: Callable[[], Awaitable[None]],
-                  *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+                  *, task_status: Any = trio.TASK_STATUS_IGNORED, safety_poll_s: float | None = None) -> None:
         """Pull the shared log every ``interval_s``; attach first if start-up could not.
 
+        With ``safety_poll_s`` (a change feed pokes this plane), a step pulls
+        only when poked or once that long has passed since the last pull: an
+        idle node then reads nothing from the log between safety polls.
         ``on_attach`` (creating the first admin) runs after joining, and again
         after any pass that finds no user (its commit may have failed before).
         """
@@ -381,8 +378,15 @@ class ControlPlane:
                 assert self.store is not None
                 await self.attach(self.store, self.store_label)
                 log.log(_log, logging.INFO, "joined the shared control plane", entries=self.applied)
-            else:
-                await self.pull()
+            elif (safety_poll_s is None or self._poked
+                  or trio.current_time() - self._pulled_at >= safety_poll_s):
+                poked, self._poked = self._poked, False
+                try:
+                    async with self._lock:
+                        await self._pull(check_snapshot=not poked)
+                except BaseException:
+                    self._poked = self._poked or poked  # not read yet: the next step tries again
+                    raise
             if not self.list("users"):
                 try:
                     await on_attach()
@@ -411,6 +415,16 @@ class ControlPlane:
                 if doc is UNCHANGED:
                     return self.get(kind, object_id)
                 seq = self.applied + 1
+                if self.store is not None and not self._alone:
+                    # If the log moved on and was trimmed past this node's state, number ``seq`` may be
+                    # free again: read the snapshot and the entries after it, then decide again.
+                    try:
+                        if await snapshot.newest(self.store, snapshot.STORE_SNAPSHOTS, after=self.applied):
+                            await self._pull(check_snapshot=True)
+                            continue
+                    except StoreError as exc:
+                        raise Unavailable("the shared store is unreachable, so the change was not made "
+                                          f"({exc}); try again") from None
                 entry = {"kind": kind, "id": object_id, "version": (previous.version if previous else 0) + 1,
                          "doc": doc, "by": by, "at": timeutil.now_ns(), "node": self.node_id,
                          "commit": secrets.token_hex(8)}
@@ -427,14 +441,34 @@ class ControlPlane:
                                           "it may or may not have been applied: read it back") from None
                     if self._commits.get(seq) == entry["commit"]:
                         # Entry ``seq`` is ours: an earlier attempt landed and only its answer was lost.
-                        return self._objects[(kind, object_id)]
+                        break
                     continue
                 except StoreError as exc:
                     raise Unavailable("the shared store did not confirm the change, which may or may not have "
                                       f"been applied; read it back before retrying ({exc})") from None
                 self._apply(seq, entry)
-                return self._objects[(kind, object_id)]
-        raise Unavailable("the control plane is changing too fast to commit this change; try again")
+                break
+            else:
+                raise Unavailable("the control plane is changing too fast to commit this change; try again")
+            sealed = None
+            if seq % self.snapshot_every == 0 and self.applied == seq:
+                sealed = self._seal_snapshot(seq)
+                await self._keep_snapshot(seq, sealed)
+            result = self._objects[(kind, object_id)]
+        await self._announce(seq)
+        if sealed is not None and self.store is not None and not self._alone:
+            await self._publish_snapshot(seq, sealed)
+        return result
+
+    async def _announce(self, seq: int) -> None:
+        """Put the entry on the change feed so other nodes pull it now (a failure only delays them)."""
+        if self.announce is None or self.store is None or self._alone:
+            return
+        try:
+            await self.announce(seq)
+        except StoreError as exc:
+            log.log(_log, logging.WARNING, "could not announce a control-plane change; other nodes see it "
+                    "at their next safety poll", seq=seq, error=str(exc))
 
     async def _append(self, seq: int, blob: bytes) -> None:
         if self.store is None or self._alone:
@@ -477,6 +511,8 @@ class ControlPlane:
         self._commits.pop(seq - KEEP_COMMIT_IDS, None)  # bounded: a writer looks back at its own recent tries
         changed = sorted(k for k in set(before or {}) | set(doc or {})
                          if (before or {}).get(k) != (doc or {}).get(k))
+        if len(self.audit) >= snapshot.AUDIT_KEEP + 1000:  # bounded: the newest AUDIT_KEEP (as snapshots keep)
+            del self.audit[: len(self.audit) - snapshot.AUDIT_KEEP]
         self.audit.append(AuditEntry(seq, entry["at"], entry["by"], entry["node"], action, kind, object_id,
                                      entry["version"], tuple(changed)))
         self.applied = seq

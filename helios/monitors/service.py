@@ -54,6 +54,7 @@ from helios.query.parser import parse
 from helios.replication.lease import Lease
 from helios.storage.blocks import CorruptBlock
 from helios.storage.engine import Engine
+from helios.storage.fetch import query_blocks
 from helios.supervisor import Health, backoff_s, supervise
 
 __all__ = ["MonitorService"]
@@ -224,14 +225,19 @@ class MonitorService:
         engine = self.engine
         sources = engine.sources(_datasets(doc.get("dataset")), start, end)
 
-        def run() -> list[dict[str, Any]]:
-            return to_rows(execute(query, sources, engine.cache, start_ns=start, end_ns=end, limit=1))
+        # Blocks not in the local cache are fetched; a value missing some of them would be wrong, so
+        # a partial evaluation is an error (the monitor's state says so) rather than a number.
+        async with query_blocks(engine.blocks, sources, start_ns=start, end_ns=end) as blocks:
+            fetch = blocks.open if engine.blocks.store is not None else None
 
-        engine.acquire(sources)
-        try:
-            return rules.first_number(await trio.to_thread.run_sync(run))
-        finally:
-            engine.release(sources)
+            def run() -> tuple[list[dict[str, Any]], bool]:
+                result = execute(query, sources, engine.cache, start_ns=start, end_ns=end, limit=1, fetch=fetch)
+                return to_rows(result), bool(result.stats["partial"])
+
+            rows, partial = await trio.to_thread.run_sync(run)
+        if partial:
+            raise ServiceUnavailable("blocks of the window could not be fetched from the shared store in time")
+        return rules.first_number(rows)
 
     async def _forget_deleted(self, monitors: dict[str, Obj], epoch: int) -> None:
         """The committed state of deleted monitors goes too (their pending notifications with it)."""

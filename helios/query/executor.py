@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import orjson
 
@@ -65,7 +66,11 @@ def _newest(table: pa.Table, count: int) -> pa.Table:
 
 
 def execute(query: ast.Query, sources: list[Source], cache: BlockCache, *,
-            start_ns: int | None, end_ns: int | None, limit: int, check: Check = never) -> QueryResult:
+            start_ns: int | None, end_ns: int | None, limit: int, check: Check = never,
+            fetch: Callable[[Source], Path | bytes | None] | None = None) -> QueryResult:
+    """Run ``query``; ``fetch(source)`` gives a block's file or bytes, or None when it cannot be had
+    (then the answer says ``partial``); without it blocks are read from their local files. ``check``
+    raises once the query is cancelled (called between pieces of work)."""
     began = time.perf_counter()
     aggregated = any(isinstance(p, _AGGREGATING) for p in query.pipes)
     plain = all(isinstance(p, (ast.Fields, ast.Limit)) for p in query.pipes)
@@ -77,7 +82,7 @@ def execute(query: ast.Query, sources: list[Source], cache: BlockCache, *,
     needed = _needed_columns(query)
     low = -(1 << 63) if start_ns is None else start_ns
     high = (1 << 63) - 1 if end_ns is None else end_ns
-    counters = {"rows_scanned": 0, "blocks_scanned": 0, "blocks_pruned": 0}
+    counters = {"rows_scanned": 0, "blocks_scanned": 0, "blocks_pruned": 0, "blocks_missing": 0}
     pieces: list[pa.Table] = []
     kept = 0
     boundary: int | None = None
@@ -90,11 +95,18 @@ def execute(query: ast.Query, sources: list[Source], cache: BlockCache, *,
         if outside or passed or (plain and cap == 0):
             counters["blocks_pruned"] += is_block
             continue
-        index = cache.index(source.path, source.block) if is_block else None  # type: ignore[arg-type]
-        if not may_match(query.filter, index, source.dataset):
-            counters["blocks_pruned"] += is_block
+        if is_block:
+            table = _block_table(query, source, cache, fetch)
+            if table is None:  # neither local nor fetchable before the deadline: the answer is partial
+                counters["blocks_missing"] += 1
+                continue
+        elif not may_match(query.filter, None, source.dataset):
             continue
-        table = source.table if source.table is not None else cache.table(source.path, source.block)  # type: ignore[arg-type]
+        else:
+            table = source.table
+        if table is False:
+            counters["blocks_pruned"] += 1
+            continue
         counters["blocks_scanned"] += is_block
         counters["rows_scanned"] += table.num_rows
         rows = mask(query.filter, table, source.dataset, check)
@@ -131,7 +143,27 @@ def execute(query: ast.Query, sources: list[Source], cache: BlockCache, *,
     table = table.slice(0, limit)
     counters["elapsed_ms"] = round((time.perf_counter() - began) * 1000, 3)
     counters["truncated"] = truncated
+    counters["partial"] = counters["blocks_missing"] > 0
     return QueryResult(table, aggregated, counters)
+
+
+def _block_table(query: ast.Query, source: Source, cache: BlockCache,
+                 fetch: Callable[[Source], Path | bytes | None] | None) -> pa.Table | bool | None:
+    """A block's rows; False if its index rules it out; None if its bytes cannot be had (``fetch``)."""
+    entry = source.block
+    assert entry is not None
+    index = cache.known_index(entry.id)
+    if index is not None and not may_match(query.filter, index, source.dataset):
+        return False
+    table = cache.cached_table(entry.id, count_hit=True)
+    if table is not None:
+        return table
+    where = source.path if fetch is None else fetch(source)
+    if where is None:
+        return None
+    if index is None and not may_match(query.filter, cache.index(where, entry), source.dataset):
+        return False
+    return cache.table(where, entry)
 
 
 _FIRST = {"_time": 0, "_msg": 1, "dataset": 2}

@@ -143,6 +143,10 @@ class Maintenance:
         # Retired block keys this node already deleted as GC leader (so each is deleted once). Only
         # keys still listed as retired by a manifest are kept: the set is bounded by the retired maps.
         self._deleted: set[str] = set()
+        # Per partition, what the last GC visit saw: (shared version, dropped, when something next falls
+        # due in ns, its retired block keys). A partition whose version this node's puller still knows
+        # as that one is skipped until then: an idle cluster's GC pass costs no request per partition.
+        self._gc_seen: dict[PartKey, tuple[int, bool, float, frozenset[str]]] = {}
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -188,17 +192,9 @@ class Maintenance:
         directory = self.engine.part_dir(key)
 
         async def table_of(block: BlockEntry) -> pa.Table:
-            path = directory / block.filename
-            if not path.exists():  # not pulled yet: fetch (the checksum is verified on load)
-                assert self.store is not None
-                data = await self.store.get(shared.block_key(key[0], key[1], block.id))
-                tmp = directory / f".fetch-{block.id}"
-                await self._run_sync(tmp.write_bytes, data)
-                try:
-                    return await self._run_sync(load_block, tmp, block)
-                finally:
-                    tmp.unlink(missing_ok=True)
-            return await self._run_sync(load_block, path, block)
+            # Local, or fetched from the store (inputs are read once: not kept in the local cache).
+            data = await self.engine.blocks.read(key, block, keep=False)
+            return await self._run_sync(load_block, data, block)
 
         tables = [await table_of(b) for b in group]
         created = self.clock()
@@ -221,6 +217,7 @@ class Maintenance:
                 new = replace(current, blocks=_swap(current.blocks, inputs, output))
                 await self._run_sync(new.save, self.engine.part_dir(key))
                 self.engine.manifests[key] = new  # one step: inputs out, output in
+                self.engine.blocks.register(key, output)
             self.engine.retire([(key, b) for b in group])
             self._count(group)
             done += 1
@@ -264,6 +261,7 @@ class Maintenance:
                 if not lease.is_leader:
                     break
                 continue
+            self.engine.blocks.register(key, output)  # in the store now: counted by the local cache's bound
             await self.replicator.announce(dataset, day, committed.version)
             await self.replicator.sync_partition(dataset, day)  # apply here now; peers pull it
             self._count(group)
@@ -284,16 +282,25 @@ class Maintenance:
         deleted = 0
         still_retired: set[str] = set()
         partitions = [info.key async for info in list_all(self.store, shared.INDEX)]
+        now = self.clock()
         for index in partitions:
             try:
                 dataset, day = shared.parse_index_key(index)
             except Corrupt as exc:
                 self.health.quarantine("store gc", index, exc.reason)
                 continue
+            seen = self._gc_seen.get((dataset, day))
+            local = self.engine.manifests.get((dataset, day))
+            if seen is not None and now < seen[2] and (
+                    (local is not None and local.shared_version == seen[0]) or (local is None and seen[1])):
+                still_retired |= seen[3]  # unchanged since the last visit and nothing due yet
+                continue
             with self.health.isolate("store gc", _subject((dataset, day))):
                 deleted += await self._collect_partition(lease, epoch, index, dataset, day, horizon,
                                                          still_retired)
         self._deleted &= still_retired
+        known = {shared.parse_index_key(i) for i in partitions if _is_index_key(i)}
+        self._gc_seen = {k: v for k, v in self._gc_seen.items() if k in known}
         feed_horizon = f"_changes/{max(0, self.clock() - 2 * CHANGE_TTL_NS):020d}"
         stale = [info.key async for info in list_all(self.store, "_changes/") if info.key < feed_horizon]
         for key in stale:
@@ -326,6 +333,13 @@ class Maintenance:
             await self._prune_retired(dataset, day, epoch, keep_after)
         if latest.dropped and all(r <= horizon for r in latest.retired.values()):
             await self.store.delete(index)  # the dropped manifest version itself stays, as a tombstone
+        grace_ns = int(self.gc_grace_s * 1e9)
+        due = [r + grace_ns for r in latest.retired.values()]  # a deletion, or the index of a dropped one
+        due += [r + max(RETIRED_KEEP_NS, grace_ns) for r in latest.retired.values()]  # pruning the map
+        keys = frozenset(shared.block_key(dataset, day, i) for i in latest.retired)
+        after = horizon + grace_ns  # now: what is due before it was done above
+        self._gc_seen[(dataset, day)] = (latest.version, latest.dropped,
+                                         min((d for d in due if d > after), default=float("inf")), keys)
         return deleted
 
     async def _prune_retired(self, dataset: str, day: int, epoch: int, keep_after: int) -> None:
@@ -416,6 +430,14 @@ class Maintenance:
                 "deleted_objects": s.deleted_objects, "deleted_files": self.engine.deleted_files,
                 "last_compaction": timeutil.format_ns(s.last_compaction_ns) if s.last_compaction_ns else None,
                 "last_retention": timeutil.format_ns(s.last_retention_ns) if s.last_retention_ns else None}
+
+
+def _is_index_key(key: str) -> bool:
+    try:
+        shared.parse_index_key(key)
+    except Corrupt:
+        return False
+    return True
 
 
 def _subject(key: PartKey) -> str:

@@ -17,7 +17,6 @@ one step under the partition lock.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections import deque
 from dataclasses import dataclass, replace
@@ -31,18 +30,21 @@ from helios import timeutil
 from helios.replication import shared
 from helios.storage.blocks import BlockEntry
 from helios.storage.engine import Engine
-from helios.storage.fsutil import write_atomic
 from helios.storage.manifest import PartitionManifest
 from helios.supervisor import Health, supervise
 
 __all__ = ["Replicator"]
 
-FULL_PASS_EVERY_S = 300.0
+# The full pass is a safety net (a change announced by nobody: a leader that crashed between its
+# commit and its announcement; a writer whose clock is more than the window behind). It costs a
+# LIST per partition, so it is rare; a fetch that finds a block gone also re-syncs its partition.
+FULL_PASS_EVERY_S = 3600.0
 CHANGE_WINDOW_NS = 120 * 1_000_000_000  # re-read feed keys this far back: late writers, skewed clocks
-# A node deletes its own feed keys after this long. It is longer than the window
-# and than the full-pass interval, so a puller misses no change: one that was
-# away longer does a full pass when it comes back.
+# A node deletes its own feed keys after this long. It is longer than the window, so a puller
+# misses no change: one that could not read the feed for longer than FEED_GAP_S (the TTL minus
+# the window) does a full pass when it comes back.
 CHANGE_TTL_NS = 600 * 1_000_000_000
+FEED_GAP_S = (CHANGE_TTL_NS - CHANGE_WINDOW_NS) / 1e9
 
 
 @dataclass
@@ -65,8 +67,11 @@ class Replicator:
     def __init__(self, engine: Engine, store: Backend, node_id: str, interval_s: float,
                  clock: Callable[[], int] = time.time_ns, *, health: Health | None = None,
                  commit: shared.CommitFn = shared.commit,
-                 run_sync: Callable[..., Awaitable[Any]] = trio.to_thread.run_sync) -> None:
-        """``clock`` (wall ns), ``commit`` (the manifest CAS) and ``run_sync`` (runs blocking file work
+                 run_sync: Callable[..., Awaitable[Any]] = trio.to_thread.run_sync,
+                 pull_interval_s: float | None = None, prefetch_hours: float = 24.0) -> None:
+        """``interval_s``: the uploader's cadence (local checks: no store request when nothing is
+        pending); ``pull_interval_s`` (default ``interval_s``): the puller's, one feed LIST each.
+        ``clock`` (wall ns), ``commit`` (the manifest CAS) and ``run_sync`` (runs blocking file work
         off the event loop) are seams: production uses the defaults, the fuzzer passes its own."""
         self.engine = engine
         self.clock = clock
@@ -75,6 +80,13 @@ class Replicator:
         self.store = store
         self.node_id = node_id
         self.interval_s = interval_s
+        self.pull_interval_s = pull_interval_s if pull_interval_s is not None else interval_s
+        # Called with the sequence number of each new control-plane log entry the feed announces.
+        self.on_control_change: Callable[[int], None] = lambda seq: None
+        self.prefetch_ns = int(prefetch_hours * 3600e9)
+        engine.blocks.store = store  # blocks not in the data dir are fetched from the store
+        engine.blocks.on_gone = self.resync
+        self._last_feed = -1e18  # trio time of the last feed read that went through
         self.health = health if health is not None else Health(clock)
         self.status = SyncStatus()
         self._cursor_ns = 0
@@ -100,9 +112,11 @@ class Replicator:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
+        await self.engine.blocks.enforce()  # the bound may have shrunk since the last start
         async with trio.open_nursery() as nursery:
             nursery.start_soon(partial(supervise, self.health, "upload", self.upload_once, interval_s=self.interval_s))
-            nursery.start_soon(partial(supervise, self.health, "pull", self.pull_once, interval_s=self.interval_s))
+            nursery.start_soon(partial(supervise, self.health, "pull", self.pull_once,
+                                       interval_s=self.pull_interval_s))
 
     # -- uploader -------------------------------------------------------------
 
@@ -135,6 +149,8 @@ class Replicator:
         present = {b.id for b in latest.blocks}
         # A retired block was appended before (its answer or its record was lost) and since replaced.
         todo = [b for b in pending if b.id not in present and b.id not in latest.retired]
+        # Appended by an earlier attempt that did not get to record it: maybe not announced either.
+        unannounced = any(b.id in present for b in pending)
         for block in todo:
             data = await self._run_sync((directory / block.filename).read_bytes)
             await self.store.put(shared.block_key(dataset, day, block.id), data)
@@ -157,7 +173,7 @@ class Replicator:
                 await self.store.delete(shared.block_key(dataset, day, block.id))
             await self.engine.drop_partition(key, result.version)
             return
-        if result.version != latest.version:
+        if result.version != latest.version or unannounced:
             await self.announce(dataset, day, result.version)
         async with self.engine.part_lock(key):
             current = self.engine.manifests.get(key)
@@ -166,17 +182,29 @@ class Replicator:
             self.engine.manifests[key] = await self._save(current, uploaded=current.uploaded | ids)
         self.status.last_upload_ns = self.clock()
         self.status.uploaded_blocks += len(ids)
+        await self.engine.blocks.enforce()  # they are safely in the store now: counted, evictable
 
     async def announce(self, dataset: str, day: int, version: int) -> None:
         """Tell pullers that a partition changed: a change-feed key (uploads, compaction, retention)."""
-        now = self.clock()
-        change = shared.change_key(now, dataset, day, version, self.node_id)
+        await self._announce(shared.change_key(self.clock(), dataset, day, version, self.node_id))
+
+    async def announce_control(self, seq: int) -> None:
+        """Tell every node's control-plane sync that log entry ``seq`` exists (read on their next pull)."""
+        await self._announce(shared.control_change_key(self.clock(), seq, self.node_id))
+
+    async def _announce(self, change: str) -> None:
         await self.store.put(change, b"")
-        self._own_changes.append((now, change))
+        self._own_changes.append((self.clock(), change))
 
     async def _save(self, manifest: PartitionManifest, **changes: Any) -> PartitionManifest:
         new = replace(manifest, **changes)
-        await self._run_sync(new.save, self.engine.part_dir((new.dataset, new.day)))
+        directory = self.engine.part_dir((new.dataset, new.day))
+
+        def save() -> None:
+            directory.mkdir(parents=True, exist_ok=True)  # a partition pulled before any block is local
+            new.save(directory)
+
+        await self._run_sync(save)
         return new
 
     # -- puller ---------------------------------------------------------------
@@ -196,7 +224,7 @@ class Replicator:
     async def _changed_partitions(self) -> set[tuple[str, int]]:
         """Partitions to sync: from the change feed (or the whole index, now and then) plus failed ones."""
         now = trio.current_time()
-        if now - self._last_full >= FULL_PASS_EVERY_S:
+        if now - self._last_full >= FULL_PASS_EVERY_S or now - self._last_feed >= FEED_GAP_S:
             changed = set(self._retry)
             feed_start = self.clock() - CHANGE_WINDOW_NS
             listed = set()
@@ -206,8 +234,9 @@ class Replicator:
                 if part is not None:
                     changed.add(part)
             self._unquarantine(shared.INDEX, "", listed)
-            self._last_full = now
+            self._last_full = self._last_feed = now
             self._cursor_ns = max(self._cursor_ns, feed_start)
+            self.on_control_change(0)  # a full pass covers the control-plane log too
             return changed
         changed = set(self._retry)
         start_after = f"{shared.CHANGES}{max(0, self._cursor_ns - CHANGE_WINDOW_NS):020d}"
@@ -217,14 +246,19 @@ class Replicator:
             listed.add(info.key)
             if info.key in self._seen:
                 continue
-            change = self._parse(shared.parse_change_key, info.key)
+            change = self._parse(_parse_any_change, info.key)
             if change is None:
                 continue  # quarantined: reported under its name, looked at again next pass
             self._seen.add(info.key)
-            stamp, dataset, day = change
+            if change[0] == "control":
+                _, stamp, seq = change
+                self.on_control_change(seq)
+            else:
+                _, stamp, dataset, day = change
+                changed.add((dataset, day))
             newest = max(newest, stamp)
-            changed.add((dataset, day))
         self._unquarantine(shared.CHANGES, start_after, listed)
+        self._last_feed = now
         self._cursor_ns = newest
         horizon = f"{shared.CHANGES}{max(0, newest - 2 * CHANGE_WINDOW_NS):020d}"
         self._seen = {k for k in self._seen if k >= horizon}
@@ -249,43 +283,61 @@ class Replicator:
         local = self.engine.manifests.get(key)
         latest = await shared.read_latest(self.store, dataset, day, local.shared_version if local else 0)
         if latest.version == 0 or (local is not None and latest.version <= local.shared_version):
+            await self.prefetch(key)  # e.g. a retry after a prefetch failed
             return
         if latest.dropped:
             await self.engine.drop_partition(key, latest.version)
             return
-        directory = self.engine.part_dir(key)
-        have = {b.id for b in local.blocks} if local else set()
-        for block in latest.blocks:
-            if block.id not in have and not (directory / block.filename).exists():
-                data = await self.store.get(shared.block_key(dataset, day, block.id))
-                if len(data) != block.bytes or hashlib.sha256(data).hexdigest() != block.sha256:
-                    raise _corrupt(dataset, day, block)
-                await self._run_sync(_write_block, directory, block, data)
-                self.status.pulled_blocks += 1
         async with self.engine.part_lock(key):
             current = self.engine.manifests.get(key) or PartitionManifest(dataset=dataset, day=day)
-            if latest.version <= current.shared_version:
-                return
-            shared_ids = {b.id for b in latest.blocks}
-            own_pending = [b for b in current.pending(self.node_id)
-                           if b.id not in shared_ids and b.id not in latest.retired]
-            blocks = [*latest.blocks, *own_pending]
-            live = {b.id for b in blocks}
-            uploaded = {i for i in current.uploaded | {b.id for b in latest.blocks if b.node == self.node_id}
-                        if i in live}
-            # One step: the partition's block list becomes the shared one (plus own pending blocks).
-            self.engine.manifests[key] = await self._save(current, blocks=blocks, shared_version=latest.version,
-                                                          uploaded=uploaded)
-            if self.on_pulled is not None:  # no checkpoint since the swap: a tail's cut stays exact
-                before = {b.id for b in current.blocks}
-                self.on_pulled(dataset, day, [b for b in blocks if b.id not in before])
-        self.engine.retire([(key, b) for b in current.blocks if b.id not in live])
+            live: set[str] | None = None
+            if latest.version > current.shared_version:
+                shared_ids = {b.id for b in latest.blocks}
+                own_pending = [b for b in current.pending(self.node_id)
+                               if b.id not in shared_ids and b.id not in latest.retired]
+                blocks = [*latest.blocks, *own_pending]
+                live = {b.id for b in blocks}
+                uploaded = {i for i in current.uploaded | {b.id for b in latest.blocks if b.node == self.node_id}
+                            if i in live}
+                # One step: the partition's block list becomes the shared one (plus own pending blocks).
+                self.engine.manifests[key] = await self._save(current, blocks=blocks,
+                                                              shared_version=latest.version, uploaded=uploaded)
+                if self.on_pulled is not None:  # no checkpoint since the swap: a tail's cut stays exact
+                    before = {b.id for b in current.blocks}  # (the tail reads them through engine.blocks)
+                    self.on_pulled(dataset, day, [b for b in blocks if b.id not in before])
+        if live is not None:
+            self.engine.retire([(key, b) for b in current.blocks if b.id not in live])
+        await self.prefetch(key)
+
+    async def prefetch(self, key: tuple[str, int]) -> int:
+        """Fetch the partition's blocks of the recent window ahead of queries, newest first, while the
+        local cache has room (making it only from blocks older than the window); returns how many."""
+        manifest = self.engine.manifests.get(key)
+        if manifest is None or self.prefetch_ns <= 0:
+            return 0
+        window_start = self.clock() - self.prefetch_ns
+        fetched = 0
+        for block in sorted(manifest.blocks, key=lambda b: b.max_time, reverse=True):
+            if block.max_time < window_start:
+                break
+            if self.engine.blocks.is_resident(block.id):
+                continue
+            if not await self.engine.blocks.prefetch(key, block,
+                                                     evictable=lambda r: r.entry.max_time < window_start):
+                break  # no room left (or a query is fetching it right now)
+            fetched += 1
+            self.status.pulled_blocks += 1
+        return fetched
+
+    def resync(self, key: tuple[str, int]) -> None:
+        """Sync this partition on the next pass (a query found one of its blocks gone from the store)."""
+        self._retry.add(key)
 
 
-def _write_block(directory: Any, block: BlockEntry, data: bytes) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    write_atomic(directory / block.filename, data)
+def _parse_any_change(key: str) -> tuple[Any, ...]:
+    """``("control", stamp, seq)`` or ``("partition", stamp, dataset, day)``; raises Corrupt."""
+    control = shared.parse_control_change(key)
+    if control is not None:
+        return ("control", *control)
+    return ("partition", *shared.parse_change_key(key))
 
-
-def _corrupt(dataset: str, day: int, block: BlockEntry) -> Corrupt:
-    return Corrupt(shared.block_key(dataset, day, block.id), "the fetched bytes do not match the manifest's checksum")

@@ -6,6 +6,7 @@ Layout under the store root::
     parts/<dataset>/<YYYY-MM-DD>/manifest/<version>.json     immutable manifest versions
     _partitions/<dataset>/<YYYY-MM-DD>                       partition index (for discovery)
     _changes/<ns>.<dataset>.<YYYY-MM-DD>.<version>.<node>    change feed (cheap polling)
+    _changes/<ns>._control.log.<seq>.<node>                  ... and the control-plane log's new entries
     _control/log/<seq>                                       control-plane log (helios.control.plane)
     _control/leases/<job>/<epoch>[.beat]                     leader leases (helios.replication.lease)
 
@@ -32,8 +33,9 @@ from backends import Backend, Conflict, Corrupt, create_resolved, list_all
 from helios import timeutil
 from helios.storage.blocks import BlockEntry
 
-__all__ = ["CHANGES", "CommitFn", "Fenced", "SharedManifest", "block_key", "change_key", "commit", "list_versions",
-           "parse_change_key", "parse_index_key", "partition_prefix", "read_latest", "read_version", "version_key"]
+__all__ = ["CHANGES", "CommitFn", "Fenced", "SharedManifest", "block_key", "change_key", "commit",
+           "control_change_key", "list_versions", "parse_change_key", "parse_control_change", "parse_index_key",
+           "partition_prefix", "read_latest", "read_version", "version_key"]
 
 MAX_COMMIT_ATTEMPTS = 50
 VERSION_DIGITS = 12
@@ -62,6 +64,26 @@ INDEX = "_partitions/"
 def change_key(now_ns: int, dataset: str, day: int, version: int, node_id: str) -> str:
     """The change-feed key announcing that a partition reached ``version``."""
     return f"{CHANGES}{now_ns:020d}.{dataset}.{timeutil.day_name(day)}.{version}.{node_id}"
+
+
+CONTROL_FEED = "_control"  # never a dataset name (those start with a letter or digit)
+
+
+def control_change_key(now_ns: int, seq: int, node_id: str) -> str:
+    """The change-feed key announcing control-plane log entry ``seq`` (pullers then read the log)."""
+    return f"{CHANGES}{now_ns:020d}.{CONTROL_FEED}.log.{seq}.{node_id}"
+
+
+def parse_control_change(key: str) -> tuple[int, int] | None:
+    """``(stamp_ns, seq)`` of a control-plane change key; None for any other key (a partition's)."""
+    parts = key[len(CHANGES):].split(".", 4)
+    if len(parts) != 5 or parts[1] != CONTROL_FEED:
+        return None
+    stamp, _, log, seq, _node = parts
+    if not (log == "log" and len(stamp) == 20 and stamp.isascii() and stamp.isdigit()
+            and seq.isascii() and seq.isdigit()):
+        raise Corrupt(key, "not a control-plane change key (<ns>._control.log.<seq>.<node>)")
+    return int(stamp), int(seq)
 
 
 def parse_change_key(key: str) -> tuple[int, str, int]:

@@ -115,25 +115,27 @@ def build_block(directory: Path, block_id: str, tables: list[pa.Table], *, datas
     return entry
 
 
-def _verified(path: Path, entry: BlockEntry) -> bytes:
-    data = path.read_bytes()
+def _verified(where: Path | bytes, entry: BlockEntry) -> bytes:
+    data = where if isinstance(where, bytes) else where.read_bytes()
     if len(data) != entry.bytes or hashlib.sha256(data).hexdigest() != entry.sha256:
-        raise CorruptBlock(f"block {entry.id} at {path} does not match its checksum", path)
+        place = "fetched" if isinstance(where, bytes) else f"at {where}"
+        raise CorruptBlock(f"block {entry.id} {place} does not match its checksum",
+                           None if isinstance(where, bytes) else where)
     return data
 
 
-def load_block(path: Path, entry: BlockEntry) -> pa.Table:
-    """Read a whole block, verifying its checksum."""
-    return pq.read_table(pa.BufferReader(_verified(path, entry)))
+def load_block(where: Path | bytes, entry: BlockEntry) -> pa.Table:
+    """Read a whole block (its file, or its bytes fetched from the store), verifying its checksum."""
+    return pq.read_table(pa.BufferReader(_verified(where, entry)))
 
 
-def load_index(path: Path, entry: BlockEntry) -> BlockIndex:
+def load_index(where: Path | bytes, entry: BlockEntry) -> BlockIndex:
     """The block's columns and term filter, read only from bytes that match the manifest's checksum.
 
     A flipped bit in the filter could otherwise prune a block that matches
     and silently drop rows. (The cost, one read and hash of the block, is paid
     once per block while its index stays in the cache.)
     """
-    schema = pq.read_schema(pa.BufferReader(_verified(path, entry)))
+    schema = pq.read_schema(pa.BufferReader(_verified(where, entry)))
     raw = (schema.metadata or {}).get(_META_BLOOM)
     return BlockIndex(columns=frozenset(schema.names), bloom=Bloom.from_bytes(raw) if raw else None)

@@ -23,7 +23,23 @@ class BlockCache:
         self.hits = 0
         self.misses = 0
 
-    def table(self, path: Path, entry: BlockEntry) -> pa.Table:
+    def cached_table(self, block_id: str, *, count_hit: bool = False) -> pa.Table | None:
+        """The decoded block if it is in memory (no I/O)."""
+        with self._lock:
+            cached = self._tables.get(block_id)
+            if cached is None:
+                return None
+            if count_hit:
+                self._tables.move_to_end(block_id)
+                self.hits += 1
+            return cached[0]
+
+    def known_index(self, block_id: str) -> BlockIndex | None:
+        """The block's index if it was read before (no I/O): pruning without the block's bytes."""
+        with self._lock:
+            return self._indexes.get(block_id)
+
+    def table(self, path: Path | bytes, entry: BlockEntry) -> pa.Table:
         with self._lock:
             cached = self._tables.get(entry.id)
             if cached is not None:
@@ -42,7 +58,7 @@ class BlockCache:
                     self._bytes -= dropped
         return table
 
-    def index(self, path: Path, entry: BlockEntry) -> BlockIndex:
+    def index(self, path: Path | bytes, entry: BlockEntry) -> BlockIndex:
         with self._lock:
             cached = self._indexes.get(entry.id)
             if cached is not None:

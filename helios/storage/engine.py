@@ -35,6 +35,7 @@ import trio
 from helios import log, timeutil
 from helios.storage.blocks import BlockEntry, build_block, new_block_id
 from helios.storage.cache import BlockCache
+from helios.storage.local import LocalBlocks
 from helios.storage.manifest import MANIFEST_NAME, PartitionManifest
 from helios.storage.memtable import Memtable, PartKey, split_by_day
 from helios.storage.wal import Wal, decode_payload, encode_payload
@@ -77,10 +78,11 @@ class Engine:
     def __init__(self, root: Path, node_id: str, *, memtable_rows: int = 1_000_000,
                  cache_bytes: int = 1 << 30, clock: Callable[[], int] = time.time_ns,
                  run_sync: Callable[..., Awaitable[Any]] = trio.to_thread.run_sync,
-                 token_hex: Callable[[int], str] = secrets.token_hex) -> None:
+                 token_hex: Callable[[int], str] = secrets.token_hex,
+                 local_cache_bytes: int | None = None) -> None:
         """``clock`` (wall ns), ``run_sync`` (runs blocking file work off the event loop, WAL included)
         and ``token_hex`` (randomness of new block ids) are seams: production uses the defaults, the
-        fuzzer passes its own."""
+        fuzzer passes its own. ``local_cache_bytes`` bounds the blocks kept locally (helios.storage.local)."""
         self.root = root
         self.node_id = node_id
         self.parts_dir = root / "parts"
@@ -104,6 +106,8 @@ class Engine:
         self._readers: Counter[str] = Counter()
         self._retired: dict[str, tuple[Path, float]] = {}  # block id -> (file, retired at, trio time)
         self.deleted_files = 0
+        # Which blocks are in the data dir; fetching the others; the bound (helios.storage.local).
+        self.blocks = LocalBlocks(self, local_cache_bytes)
 
     # -- start-up ---------------------------------------------------------
 
@@ -117,6 +121,7 @@ class Engine:
             manifest = PartitionManifest.load(manifest_path.parent)
             self.manifests[(manifest.dataset, manifest.day)] = manifest
         self._remove_orphans()
+        self.blocks.scan()
         for seq, payload in self.wal.replay():
             dataset, table = decode_payload(payload)
             for day, piece in split_by_day(table):
@@ -239,6 +244,7 @@ class Engine:
             # One step, no checkpoint: the rows move from the memtable to the block.
             self.manifests[key] = new
             del frozen.parts[key]
+            self.blocks.register(key, entry)
 
     # -- reading ----------------------------------------------------------
 
@@ -300,6 +306,7 @@ class Engine:
                 continue  # a concurrent pass took it
             if block_id not in live:
                 await self._run_sync(lambda: path.unlink(missing_ok=True))
+                self.blocks.forget(block_id)
                 self.deleted_files += 1
         for directory in {path.parent for _, path in due}:
             if directory.is_dir() and not any(directory.iterdir()):

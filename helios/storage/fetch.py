@@ -1,0 +1,210 @@
+"""One query's blocks: held while it runs, fetched ahead newest first, never waited on past a deadline.
+
+The executor runs in a worker thread and visits sources newest first. For
+each block it calls ``QueryBlocks.open(source)``, which answers from trio:
+
+- the block's file, if it is in the data dir;
+- its bytes, fetched from the store (kept in the data dir if the cache has
+  room): blocks the query will read are fetched ahead, in the executor's
+  order, at most ``in_flight`` at once and at most that far ahead of it;
+- None when the block cannot be had — the store is down, slower than the
+  deadline, or no longer has it — so the query answers with what it has and
+  says so (``stats.partial``, ``stats.blocks_missing``).
+
+The deadline (``deadline_s``) bounds each fetch: a healthy store may take as
+long as a large query needs, block after block. Once one fetch of the query
+failed because the store is unreachable (``Unavailable``) or timed out, the
+query stops asking the store: fetches under way are cancelled and every
+block not local yet is missing at once. So a query over many unreachable
+blocks answers within about one deadline, never hangs and never fails
+because the store is down. Local and cached blocks need no store. Leaving the
+context cancels fetches still under way (a plain search that found its
+``limit`` rows stops early) and releases the blocks.
+
+Shape (in a request handler)::
+
+    async with query_blocks(engine.blocks, sources, start_ns=s, end_ns=e, wanted=may_need) as blocks:
+        result = await trio.to_thread.run_sync(lambda: execute(..., fetch=blocks.open))
+    blocks.missing          # blocks the answer lacks
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import AsyncIterator, Callable
+
+import trio
+
+from backends import Corrupt, NotFound, StoreError, Unavailable
+from helios import log
+from helios.storage.blocks import CorruptBlock
+from helios.storage.engine import Source
+from helios.storage.local import LocalBlocks, block_key
+
+__all__ = ["DEFAULT_DEADLINE_S", "DEFAULT_IN_FLIGHT", "Fetch", "QueryBlocks", "query_blocks"]
+
+Fetch = Callable[[Source], "Path | bytes | None"]  # ``QueryBlocks.open``, as ``execute`` takes it
+
+DEFAULT_DEADLINE_S = 10.0
+DEFAULT_IN_FLIGHT = 4
+_log = log.get("helios.fetch")
+
+
+@dataclass
+class _Slot:
+    index: int
+    source: Source
+    done: trio.Event = field(default_factory=trio.Event)
+    data: bytes | None = None
+
+
+class QueryBlocks:
+    def __init__(self, blocks: LocalBlocks, sources: list[Source], *, start_ns: int | None, end_ns: int | None,
+                 wanted: Callable[[Source], bool] | None, in_flight: int, deadline_s: float) -> None:
+        self.blocks = blocks
+        self.in_flight = max(1, in_flight)
+        self.deadline_s = deadline_s
+        self.missing = 0
+        self.fetched = 0
+        self.unreachable = False  # a fetch found the store down or too slow: stop asking it
+        self._changed = trio.Event()  # set (and replaced) when a fetch ends or the store is given up
+        self._cancel = trio.CancelScope()  # the fetches under way
+        low = -(1 << 63) if start_ns is None else start_ns
+        high = (1 << 63) - 1 if end_ns is None else end_ns
+        plan = [s for s in sorted(sources, key=lambda s: s.max_time, reverse=True)  # the executor's order
+                if s.block is not None and s.max_time >= low and s.min_time < high
+                and not blocks.is_resident(s.block.id) and blocks.engine.cache.cached_table(s.block.id) is None
+                and (wanted is None or wanted(s))]
+        self._slots = {s.block.id: _Slot(i, s) for i, s in enumerate(plan)}  # type: ignore[union-attr]
+        self._plan = list(self._slots.values())
+        self._next = 0  # the first planned block the executor has not asked for yet
+        self._moved = trio.Event()
+
+    # -- the executor's side (a worker thread) -------------------------------------------
+
+    def open(self, source: Source) -> Path | bytes | None:
+        """The block's file or verified bytes, or None if it cannot be had before the deadline."""
+        return trio.from_thread.run(self._take, source)
+
+    # -- trio's side ----------------------------------------------------------------------
+
+    async def _take(self, source: Source) -> Path | bytes | None:
+        entry = source.block
+        assert entry is not None
+        key = (source.dataset, source.day)
+        path = self.blocks.local_path(key, entry)
+        if path is not None:
+            self.blocks.stats.hits += 1
+            return path
+        slot = self._slots.get(entry.id)
+        if slot is None:  # not planned (it was local, or looked prunable): fetch it now
+            slot = _Slot(-1, source)
+            await self._fetch(slot)
+        else:
+            self._advance(slot.index)
+            while not slot.done.is_set() and not self.unreachable:
+                await self._changed.wait()
+        data, slot.data = slot.data, None
+        if data is None:
+            self.missing += 1
+        return data
+
+    def _advance(self, index: int) -> None:
+        """The executor reached planned block ``index``: fetch further ahead, forget what it passed."""
+        if index + 1 <= self._next:
+            return
+        for slot in self._plan[self._next : index]:
+            slot.data = None  # skipped (a plain search's early stop): its bytes are not needed
+        self._next = index + 1
+        self._moved.set()
+        self._moved = trio.Event()
+
+    async def _prefetch(self) -> None:
+        """Fetch the planned blocks in order, ``in_flight`` at once, at most that far ahead of the executor."""
+        limiter = trio.Semaphore(self.in_flight)
+        with self._cancel:
+            async with trio.open_nursery() as nursery:
+                for slot in self._plan:
+                    while slot.index >= self._next + self.in_flight:
+                        await self._moved.wait()
+                    if self.unreachable:
+                        return
+                    await limiter.acquire()
+                    nursery.start_soon(self._fetch_one, slot, limiter)
+
+    async def _fetch_one(self, slot: _Slot, limiter: trio.Semaphore) -> None:
+        try:
+            await self._fetch(slot)
+        finally:
+            limiter.release()
+
+    async def _fetch(self, slot: _Slot) -> None:
+        """Fill ``slot`` with the block's bytes (None if it cannot be had within the deadline); set it done."""
+        source = slot.source
+        entry = source.block
+        assert entry is not None
+        key = (source.dataset, source.day)
+        try:
+            if self.unreachable:
+                return
+            with trio.move_on_after(self.deadline_s) as scope:
+                slot.data = await self.blocks.read(key, entry)
+                self.fetched += 1
+            if scope.cancelled_caught:
+                self._give_up(f"no answer within {self.deadline_s:g} s")
+        except Unavailable as exc:
+            self._give_up(str(exc))
+        except NotFound:
+            # The manifest this node holds is stale (compaction replaced the block and it was collected):
+            # have the puller sync the partition; the rows are in the block that replaced it.
+            self.blocks.on_gone(key)
+            log.log(_log, logging.INFO, "a block is gone from the store; re-syncing its partition",
+                    block=entry.id, dataset=key[0])
+        except Corrupt as exc:
+            self.blocks.engine.health.quarantine("fetch", exc.key, exc.reason)
+        except (StoreError, OSError, CorruptBlock) as exc:
+            log.log(_log, logging.DEBUG, "could not fetch a block", key=block_key(key, entry.id), error=str(exc))
+        finally:
+            slot.done.set()
+            self._wake()
+
+    def _give_up(self, why: str) -> None:
+        """The store is unreachable for this query: cancel what is under way; the rest is missing."""
+        if not self.unreachable:
+            self.unreachable = True
+            self._cancel.cancel()
+            log.log(_log, logging.INFO, "a query answers without the shared store", reason=why)
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+
+@asynccontextmanager
+async def query_blocks(blocks: LocalBlocks, sources: list[Source], *, start_ns: int | None = None,
+                       end_ns: int | None = None, wanted: Callable[[Source], bool] | None = None,
+                       in_flight: int = DEFAULT_IN_FLIGHT,
+                       deadline_s: float = DEFAULT_DEADLINE_S) -> AsyncIterator[QueryBlocks]:
+    """Hold ``sources`` for one query and fetch what it needs (see the module docstring)."""
+    session = QueryBlocks(blocks, sources, start_ns=start_ns, end_ns=end_ns, wanted=wanted,
+                          in_flight=in_flight, deadline_s=deadline_s)
+    blocks.engine.acquire(sources)  # garbage collection and eviction keep these files until the query is done
+    try:
+        async with trio.open_nursery() as nursery:
+            if session._plan and blocks.store is not None:
+                nursery.start_soon(session._prefetch)
+            try:
+                yield session
+            finally:
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The nursery wraps what the query raised (CorruptBlock, a deadline, ...): callers catch it as itself.
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
+    finally:
+        blocks.engine.release(sources)
