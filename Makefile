@@ -33,6 +33,7 @@ bench: install
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/query.py
 	$(BIN)/python bench/compat.py
+	$(BIN)/python bench/cache.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache
