@@ -159,20 +159,32 @@ class Resource:
     async def create(self, control: ControlPlane, body: dict[str, Any], by: Principal) -> Obj:
         if "version" in body:
             raise InvalidInput(f"a new {self.singular} has no 'version'; PUT changes an existing one")
-        doc = self.make_doc(body)
+        doc = self.new_doc(body)
         object_id = secrets.token_hex(6)
         obj = await control.commit(self.kind, object_id, lambda current: doc, by.name)
         assert obj is not None
         return obj
 
+    def checked_doc(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The document a request body describes, validated."""
+        return self.make_doc(body)
+
+    def new_doc(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The stored document of a new object (a subclass may add fields the server makes)."""
+        return self.checked_doc(body)
+
+    def kept(self, current: Obj | None) -> dict[str, Any]:
+        """Fields of the stored document that a change keeps (none by default)."""
+        return {}
+
     async def update(self, control: ControlPlane, object_id: str, body: dict[str, Any], by: Principal) -> Obj:
         self.get(control, object_id)
         expected = require_version(body)
-        doc = self.make_doc(body)
+        doc = self.checked_doc(body)
 
         def mutate(current: Obj | None) -> Any:
             check_version(current, expected, f"{self.singular} {object_id!r}")
-            return doc
+            return {**doc, **self.kept(current)}
 
         obj = await control.commit(self.kind, object_id, mutate, by.name)
         assert obj is not None
@@ -222,32 +234,17 @@ class MonitorResource(Resource):
     def created_view(self, obj: Obj) -> dict[str, Any]:
         return {**self.view(obj), "secret": (obj.doc or {}).get("secret")}
 
-    def _checked(self, body: dict[str, Any]) -> dict[str, Any]:
+    def checked_doc(self, body: dict[str, Any]) -> dict[str, Any]:
         doc = self.make_doc(body)
         if doc["webhook"] is not None and self.hooks is not None:
             self.hooks.check_webhook(doc["webhook"])
         return doc
 
-    async def create(self, control: ControlPlane, body: dict[str, Any], by: Principal) -> Obj:
-        if "version" in body:
-            raise InvalidInput(f"a new {self.singular} has no 'version'; PUT changes an existing one")
-        doc = {**self._checked(body), "secret": new_secret()}
-        obj = await control.commit(self.kind, secrets.token_hex(6), lambda current: doc, by.name)
-        assert obj is not None
-        return obj
+    def new_doc(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {**self.checked_doc(body), "secret": new_secret()}
 
-    async def update(self, control: ControlPlane, object_id: str, body: dict[str, Any], by: Principal) -> Obj:
-        self.get(control, object_id)
-        expected = require_version(body)
-        doc = self._checked(body)
-
-        def mutate(current: Obj | None) -> Any:
-            check_version(current, expected, f"{self.singular} {object_id!r}")
-            return {**doc, "secret": (current.doc or {}).get("secret") if current else None}
-
-        obj = await control.commit(self.kind, object_id, mutate, by.name)
-        assert obj is not None
-        return obj
+    def kept(self, current: Obj | None) -> dict[str, Any]:
+        return {"secret": (current.doc or {}).get("secret") if current else None}
 
     async def rotate_secret(self, control: ControlPlane, object_id: str, by: Principal) -> tuple[Obj, str]:
         """A new webhook secret, returned this once; the old one stops signing at once."""
