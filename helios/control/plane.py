@@ -50,7 +50,7 @@ from backends import Unavailable as StoreUnavailable
 from backends.fs import FsBackend
 from helios import log, timeutil
 from helios.control import snapshot
-from helios.control.sealing import Sealer, check_fingerprints
+from helios.control.sealing import Sealer, check_fingerprints, checked_entry
 from helios.control.snapshot import AuditEntry, Obj
 from helios.errors import ConfigError, Unavailable
 from helios.supervisor import Health, supervise
@@ -81,19 +81,6 @@ async def _entries(backend: Backend, prefix: str, start_after: str = "") -> list
 
 
 Mutation = Callable[["Obj | None"], Any]
-
-
-_ENTRY_FIELDS = {"kind": str, "id": str, "version": int, "by": str, "at": int, "node": str}
-
-
-def _checked_entry(entry: Any) -> dict[str, Any]:
-    """A log entry with the fields ``_apply`` needs, of the right types (else ConfigError, as ``open``)."""
-    if not isinstance(entry, dict) or entry.get("kind") not in KINDS or "doc" not in entry or any(
-            not isinstance(entry.get(name), kind) for name, kind in _ENTRY_FIELDS.items()):
-        raise ConfigError("not a well-formed control-plane log entry")
-    if entry["doc"] is not None and not isinstance(entry["doc"], dict):
-        raise ConfigError("not a well-formed control-plane log entry: doc")
-    return entry
 
 
 class ControlPlane:
@@ -291,7 +278,7 @@ class ControlPlane:
                 break
             try:
                 # The fingerprints matched when attaching: an entry this node cannot open is damaged.
-                entry = _checked_entry(self.sealer.open(self._aad(seq), blob,
+                entry = checked_entry(KINDS, self.sealer.open(self._aad(seq), blob,
                                                         f"control-plane entry {seq} in {self.store_label}"))
             except ConfigError as exc:
                 raise Corrupt(key, str(exc)) from None
@@ -351,15 +338,7 @@ class ControlPlane:
     async def _publish_snapshot(self, seq: int, blob: bytes) -> None:
         """This node committed entry ``seq``: create its snapshot in the store, then trim the store's log."""
         assert self.store is not None
-        try:
-            try:
-                await create_resolved(self.store, snapshot.key(snapshot.STORE_SNAPSHOTS, seq), blob)
-            except Conflict:
-                pass  # another node's snapshot of the same state
-            trimmed = await snapshot.trim(self.store, STORE_LOG, snapshot.STORE_SNAPSHOTS, seq, self.snapshot_every)
-            log.log(_log, logging.INFO, "snapshotted the control plane", seq=seq, trimmed=trimmed)
-        except StoreError as exc:  # the next snapshot trims what this one could not
-            log.log(_log, logging.WARNING, "could not snapshot the control plane", seq=seq, error=str(exc))
+        await snapshot.publish(self.store, STORE_LOG, seq, blob, self.snapshot_every)
 
     async def run(self, interval_s: float, on_attach: Callable[[], Awaitable[None]],
                   *, task_status: Any = trio.TASK_STATUS_IGNORED, safety_poll_s: float | None = None) -> None:

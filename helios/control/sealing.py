@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from helios.errors import ConfigError
 
-__all__ = ["Sealer", "check_fingerprints"]
+__all__ = ["Sealer", "check_fingerprints", "checked_entry"]
 
 _SEALED = b"HLC1"
 _PLAIN = b"HLC0"
@@ -83,3 +83,17 @@ def check_fingerprints(mine: dict[str, str], theirs: dict[str, Any], where: str,
                         f" vs {theirs.get(name)}" for name in differ)
     raise ConfigError(f"this node's {' and '.join(differ)} {'differs' if len(differ) == 1 else 'differ'} "
                       f"from the {where} ({details}): {advice}; {remedy}")
+
+
+_ENTRY_FIELDS = {"kind": str, "id": str, "version": int, "by": str, "at": int, "node": str}
+
+
+def checked_entry(kinds: tuple[str, ...], entry: Any) -> dict[str, Any]:
+    """An opened log entry with the fields the control plane applies, of the right types, and a known
+    kind (else ConfigError, as ``Sealer.open``): a damaged entry is never half-applied."""
+    if not isinstance(entry, dict) or entry.get("kind") not in kinds or "doc" not in entry or any(
+            not isinstance(entry.get(name), kind) for name, kind in _ENTRY_FIELDS.items()):
+        raise ConfigError("not a well-formed control-plane log entry")
+    if entry["doc"] is not None and not isinstance(entry["doc"], dict):
+        raise ConfigError("not a well-formed control-plane log entry: doc")
+    return entry

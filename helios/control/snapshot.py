@@ -27,11 +27,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from backends import Backend, list_all
-from helios import timeutil
+import logging
+
+from backends import Backend, Conflict, StoreError, create_resolved, list_all
+from helios import log, timeutil
+
+_log = log.get("helios.control")
 
 __all__ = ["AUDIT_KEEP", "LOCAL_SNAPSHOTS", "SNAPSHOT_EVERY", "STORE_SNAPSHOTS", "AuditEntry", "Obj", "aad",
-           "decode", "encode", "key", "newest", "trim"]
+           "decode", "encode", "key", "newest", "publish", "trim"]
 
 SNAPSHOT_EVERY = 1000
 AUDIT_KEEP = 10_000
@@ -137,3 +141,19 @@ async def trim(backend: Backend, log_prefix: str, snapshots_prefix: str, seq: in
         await backend.delete(name)
         deleted += 1
     return deleted
+
+
+async def publish(store: Backend, log_prefix: str, seq: int, blob: bytes, every: int) -> None:
+    """The committer of entry ``seq`` creates its snapshot in the store, then trims the store's log.
+
+    Best effort: a store error is logged, and the next snapshot trims what this one could not.
+    """
+    try:
+        try:
+            await create_resolved(store, key(STORE_SNAPSHOTS, seq), blob)
+        except Conflict:
+            pass  # another node's snapshot of the same state
+        trimmed = await trim(store, log_prefix, STORE_SNAPSHOTS, seq, every)
+        log.log(_log, logging.INFO, "snapshotted the control plane", seq=seq, trimmed=trimmed)
+    except StoreError as exc:
+        log.log(_log, logging.WARNING, "could not snapshot the control plane", seq=seq, error=str(exc))
