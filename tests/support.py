@@ -350,3 +350,26 @@ def conditional_put_race(client_factory: Callable[[], Any], bucket: str, rounds:
     for worker in workers:
         worker.join()
     return wins
+
+
+def store_outage(store_env: dict[str, str], request: Any) -> Callable[[], None]:
+    """Make the test's shared store unreachable; returns the step that brings it back.
+
+    S3: the moto server is stopped (SIGSTOP), so requests hang until a deadline ends them. fs:
+    the store's directory is moved away and a file put in its place, so every operation fails.
+    """
+    spec = store_env["HELIOS_SHARED_STORE"]
+    if spec.startswith("s3://"):
+        moto: MotoServer = request.getfixturevalue("moto_s3")
+        assert moto.proc is not None
+        moto.proc.send_signal(signal.SIGSTOP)
+        return lambda: moto.proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+    store = Path(spec)
+    hidden = store.with_name("shared-hidden")
+    store.rename(hidden)
+    store.write_bytes(b"not a directory")
+
+    def restore() -> None:
+        store.unlink()
+        hidden.rename(store)
+    return restore

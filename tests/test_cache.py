@@ -20,7 +20,7 @@ import trio
 from backends.base import check_prefix
 from backends.fs import FsBackend
 from backends.memory import MemoryBackend
-from support import SYNC_SECS, Record, Server, ndjson, wait_until
+from support import SYNC_SECS, Record, Server, ndjson, store_outage, wait_until
 
 IDLE_BUDGET = 6  # store requests per node per sync interval when nothing changes (issue 18)
 REQUEST_OPS = ("GET", "PUT", "LIST", "DELETE")
@@ -298,27 +298,6 @@ def test_a_fresh_node_with_a_quarter_of_the_store_as_cache_answers_exactly_withi
     assert metric(c, "helios_local_cache_bytes") <= capacity
 
 
-def _store_outage(store_env: dict[str, str], request: pytest.FixtureRequest) -> Callable[[], None]:
-    """Make the shared store unreachable (as tests/test_replication.py does); returns the restore step."""
-    import signal
-
-    spec = store_env["HELIOS_SHARED_STORE"]
-    if spec.startswith("s3://"):
-        moto = request.getfixturevalue("moto_s3")
-        assert moto.proc is not None
-        moto.proc.send_signal(signal.SIGSTOP)  # requests hang: only a deadline ends them
-        return lambda: moto.proc.send_signal(signal.SIGCONT)
-    store = Path(spec)
-    hidden = store.with_name("shared-hidden")
-    store.rename(hidden)
-    store.write_bytes(b"not a directory")  # every store operation now fails
-
-    def restore() -> None:
-        store.unlink()
-        hidden.rename(store)
-    return restore
-
-
 def test_an_unreachable_store_gives_partial_answers_within_the_deadline_and_local_rows_stay_exact(
         server_factory: Callable[..., Server], store_env: dict[str, str], records: list[Record],
         request: pytest.FixtureRequest) -> None:
@@ -334,7 +313,7 @@ def test_an_unreachable_store_gives_partial_answers_within_the_deadline_and_loca
     early = {"from": records[0].time_ns, "to": records[500].time_ns}  # the first block only: C reads (caches) it
     assert c.count(dataset="o", **early) == 500
     total_blocks = a.datasets()["o"]["blocks"]
-    restore = _store_outage(store_env, request)
+    restore = store_outage(store_env, request)
     try:
         began = time.monotonic()
         reply = c.request("POST", "/api/v1/query", json={"q": "* | stats count() as n", "dataset": "o"})

@@ -10,7 +10,7 @@ from typing import Callable
 import pytest
 
 from backends.s3 import S3Backend
-from support import SYNC_SECS, MotoServer, Record, Server, ndjson, settled, typical, wait_until
+from support import SYNC_SECS, Record, Server, ndjson, settled, store_outage, typical, wait_until
 
 # A request to a stopped S3 store hangs this long before it fails: an operation that waited
 # on the store would take at least this.
@@ -82,27 +82,11 @@ def test_kill9_writer_mid_stream_converges_without_loss_or_duplicates(
 def test_store_outage_keeps_local_work_going_then_converges(
         server_factory: Callable[..., Server], store_env: dict[str, str], records: list[Record],
         request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    import signal
-
     a = server_factory("a", **store_env)
     b = server_factory("b", **store_env)
     assert a.ingest(ndjson(records[:500]), dataset="o").status_code == 200
     wait_until(lambda: b.count(dataset="o") == 500, what="initial sync")
-    spec = store_env["HELIOS_SHARED_STORE"]
-    if spec.startswith("s3://"):
-        moto: MotoServer = request.getfixturevalue("moto_s3")
-        assert moto.proc is not None
-        moto.proc.send_signal(signal.SIGSTOP)  # requests hang and time out: the store is down
-        restore = lambda: moto.proc.send_signal(signal.SIGCONT)  # noqa: E731
-    else:
-        store = Path(spec)
-        hidden = store.with_name("shared-hidden")
-        store.rename(hidden)
-        store.write_bytes(b"not a directory")  # every store operation now fails
-
-        def restore() -> None:
-            store.unlink()
-            hidden.rename(store)
+    restore = store_outage(store_env, request)
     try:
         # Ingest and local queries do not wait on the store: none takes as long as one store timeout.
         for step in (lambda: a.ingest(ndjson(records[500:1500]), dataset="o").json() == {"ingested": 1000},
