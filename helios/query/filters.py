@@ -198,7 +198,7 @@ def may_match(node: ast.Filter, index: BlockIndex | None, dataset: str) -> bool:
             return isinstance(node, ast.FieldEq) and node.value == ""
         return may_match_tokens(node, index.tokens)
     if isinstance(node, (ast.Word, ast.Phrase)):
-        if index.bloom is None:
+        if index.bloom is None or not node.text.isascii():  # lower() may split a non-ASCII letter ("İ")
             return True
         tokens = _TOKENS.findall(node.text.lower())
         if isinstance(node, ast.Word):
