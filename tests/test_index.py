@@ -105,7 +105,9 @@ def _queries(seed: int, count: int) -> list[str]:
 
     leaves = [word, prefix, phrase, field, separated]
     queries = ["error", "ERROR", "system", "k", "connection", "日本語", "İstanbul", "s*", "err*",
-               '"connection reset"', "level:ERROR", "service:unicode", "-level:INFO", "* | stats count()"]
+               '"connection reset"', "level:ERROR", "service:unicode", "-level:INFO", "* | stats count()",
+               "* | stats count() as n by (level)", "* | stats count() by (service)", "* | stats count() by (nosuch)",
+               "* | stats count() as a, count() as b by (host)"]
     while len(queries) < count:
         shape = rng.random()
         if shape < 0.55:
