@@ -107,7 +107,8 @@ def _queries(seed: int, count: int) -> list[str]:
     queries = ["error", "ERROR", "system", "k", "connection", "日本語", "İstanbul", "s*", "err*",
                '"connection reset"', "level:ERROR", "service:unicode", "-level:INFO", "* | stats count()",
                "* | stats count() as n by (level)", "* | stats count() by (service)", "* | stats count() by (nosuch)",
-               "* | stats count() as a, count() as b by (host)"]
+               "* | stats count() as a, count() as b by (host)", "* | timechart 1h", "* | timechart 7m count() as n",
+               "error | timechart 1d"]
     while len(queries) < count:
         shape = rng.random()
         if shape < 0.55:
@@ -160,3 +161,14 @@ def test_a_node_answers_through_the_index_and_refuses_a_damaged_one(server_facto
     assert reply.status_code == 503 and "damaged" in reply.json()["error"], reply.text
     assert str(block) in quarantined(node)
     assert node.request("GET", "/healthz", token=None).status_code == 200
+
+
+@pytest.mark.parametrize("pipe", ["stats count()", "stats count() as n by (level)", "stats count() by (nosuch)",
+                                  "timechart 1h", "timechart 13m count() as a, count() as b"])
+def test_counts_from_the_index_equal_counting_rows(blocks: dict[str, tuple[BlockEntry, Path]], pipe: str) -> None:
+    """``* | stats count() by (f)`` and ``* | timechart`` answered without reading rows equal the same
+    pipe over the rows themselves (a ``fields`` pipe first makes the executor read them)."""
+    cache = BlockCache(1 << 30)
+    fast, _ = _run(f"* | {pipe}", blocks["indexed"], cache)
+    slow, stats = _run(f"* | fields _time, _msg, level | {pipe}", blocks["indexed"], cache)
+    assert fast == slow and fast
