@@ -12,7 +12,9 @@ year of data reads the last blocks only.
 
 from __future__ import annotations
 
+import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -38,6 +40,7 @@ ROWS_PER_CHUNK = 2000  # rows turned into Python objects at once while encoding 
 CELLS_PER_CHUNK = 200_000  # …and fewer when rows are wide (20,000 rows of 998 fields once cost 900 MB)
 
 _AGGREGATING = (ast.Stats, ast.Timechart, ast.Top)
+SCAN_WORKERS = max(2, min(4, os.cpu_count() or 2))  # blocks of one query scanned at once
 
 
 @dataclass
@@ -60,6 +63,22 @@ def _needed_columns(query: ast.Query) -> list[str] | None:
     if isinstance(first, ast.Top):
         return [first.field]
     return None
+
+
+_SCANNERS = ThreadPoolExecutor(max_workers=SCAN_WORKERS, thread_name_prefix="helios-scan")
+
+
+def _scan_ahead(ahead: dict[str, Future[BlockPart | bool | None]], query: ast.Query, sources: list[Source],
+                cache: BlockCache, fetch: Any, *, needed: list[str] | None, low: int, high: int,
+                check: Check) -> None:
+    """Start scanning the next ``SCAN_WORKERS`` blocks on the scan threads (pyarrow releases the GIL)."""
+    for source in sources:
+        if len(ahead) >= SCAN_WORKERS:
+            return
+        if source.block is None or source.block.id in ahead or source.max_time < low or source.min_time >= high:
+            continue
+        ahead[source.block.id] = _SCANNERS.submit(scan_block, query, source, cache, fetch, needed=needed,
+                                                  low=low, high=high, keep_last=None, check=check)
 
 
 def _newest(table: pa.Table, count: int) -> pa.Table:
@@ -95,7 +114,9 @@ def execute(query: ast.Query, sources: list[Source], cache: BlockCache, *,
     kept = 0
     boundary: int | None = None
 
-    for source in sorted(sources, key=lambda s: s.max_time, reverse=True):
+    ordered = sorted(sources, key=lambda s: s.max_time, reverse=True)
+    ahead: dict[str, Future[BlockPart | bool | None]] = {}
+    for at, source in enumerate(ordered):
         check()
         is_block = source.block is not None
         outside = source.max_time < low or source.min_time >= high
@@ -104,8 +125,12 @@ def execute(query: ast.Query, sources: list[Source], cache: BlockCache, *,
             counters["blocks_pruned"] += is_block
             continue
         if is_block:
-            got = scan_block(query, source, cache, fetch, needed=needed, low=low, high=high,
-                             keep_last=cap if plain else None, check=check)
+            if not plain and source.block.id not in ahead:  # scan the next blocks in parallel
+                _scan_ahead(ahead, query, ordered[at:], cache, fetch, needed=needed, low=low, high=high,
+                            check=check)
+            got = ahead.pop(source.block.id).result() if source.block.id in ahead else scan_block(
+                query, source, cache, fetch, needed=needed, low=low, high=high,
+                keep_last=cap if plain else None, check=check)
             if got is None:  # neither local nor fetchable before the deadline: the answer is partial
                 counters["blocks_missing"] += 1
                 continue
@@ -139,6 +164,8 @@ def execute(query: ast.Query, sources: list[Source], cache: BlockCache, *,
             pieces, kept = [merged], merged.num_rows
             boundary = merged.column("_time").cast(pa.int64())[-1].as_py() if kept else None
 
+    for future in ahead.values():  # a block scanned ahead whose answer was not needed
+        future.cancel()
     if pieces:
         table = pa.concat_tables(pieces, promote_options="default")
     else:
