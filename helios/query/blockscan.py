@@ -29,7 +29,7 @@ from helios.storage.blocks import BlockIndex
 from helios.storage.cache import BlockCache
 from helios.storage.engine import Source
 
-__all__ = ["BlockPart", "scan_block"]
+__all__ = ["BlockPart", "Gone", "locator", "scan_block"]
 
 Fetch = Callable[[Source], Path | bytes | None]
 
@@ -47,7 +47,7 @@ def _take(table: pa.Table, rows: np.ndarray) -> pa.Table:
     return table.take(pa.array(rows))
 
 
-class _Gone(Exception):
+class Gone(Exception):
     """The block's bytes cannot be had (not local, and the store did not give them in time)."""
 
 
@@ -66,13 +66,13 @@ def scan_block(query: ast.Query, source: Source, cache: BlockCache, fetch: Fetch
     if index is not None and not may_match(query.filter, index, source.dataset):
         return False
     try:
-        return _scan(query, source, cache, _locator(source, fetch), index, needed=needed, low=low, high=high,
+        return _scan(query, source, cache, locator(source, fetch), index, needed=needed, low=low, high=high,
                      keep_last=keep_last, check=check)
-    except _Gone:
+    except Gone:
         return None
 
 
-def _locator(source: Source, fetch: Fetch | None) -> Callable[[], Path | bytes]:
+def locator(source: Source, fetch: Fetch | None) -> Callable[[], Path | bytes]:
     """Where the block's bytes are, asked for only when a column or index is not in memory."""
     found: list[Path | bytes] = []
 
@@ -80,7 +80,7 @@ def _locator(source: Source, fetch: Fetch | None) -> Callable[[], Path | bytes]:
         if not found:
             got = source.path if fetch is None else fetch(source)
             if got is None:
-                raise _Gone()
+                raise Gone()
             found.append(got)
         return found[0]
     return where

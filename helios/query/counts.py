@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 
 from helios import timeutil
 from helios.query import ast
+from helios.query.blockscan import Gone, locator
 from helios.query.cancel import Check
 from helios.query.pipes import sort
 from helios.storage.cache import BlockCache
@@ -71,12 +72,12 @@ def time_counts(query: ast.Query, sources: list[Source], cache: BlockCache, fetc
             stats["blocks_pruned"] += source.block is not None
             continue
         if source.block is not None:
-            where = source.path if fetch is None else fetch(source)
-            if where is None:
+            try:
+                times = cache.columns(locator(source, fetch), source.block, ["_time"]).column("_time")
+            except Gone:
                 stats["blocks_missing"] += 1
                 continue
             stats["blocks_scanned"] += 1
-            times = cache.columns(where, source.block, ["_time"]).column("_time")
         else:
             assert source.table is not None
             times = source.table.column("_time")
@@ -136,12 +137,13 @@ def count_by(query: ast.Query, sources: list[Source], cache: BlockCache, fetch: 
             counts.append(np.array([entry.rows]))  # its manifest entry knows
             continue
         if entry is not None:
-            where = source.path if fetch is None else fetch(source)
-            if where is None:
+            where = locator(source, fetch)  # fetched only if the index or a column is not in memory
+            try:
+                index = cache.index(where, entry)
+            except Gone:
                 stats["blocks_missing"] += 1
                 continue
             stats["blocks_scanned"] += 1
-            index = cache.index(where, entry)
             if inside and index.tokens is not None and (field in index.tokens.fields or field not in index.columns):
                 stats["blocks_indexed"] += 1
                 if field in index.tokens.fields:
@@ -152,7 +154,11 @@ def count_by(query: ast.Query, sources: list[Source], cache: BlockCache, fetch: 
                 values.append(pa.concat_arrays([got, pa.nulls(1, pa.string())]))
                 counts.append(np.append(per_value, nulls))
                 continue
-            table = cache.columns(where, entry, ["_time", *([field] if field else [])])
+            try:
+                table = cache.columns(where, entry, ["_time", *([field] if field else [])])
+            except Gone:
+                stats["blocks_missing"] += 1
+                continue
         else:
             assert source.table is not None
             table = source.table
