@@ -266,19 +266,23 @@ def test_fs_store_sweeps_temporary_files_stranded_by_crashes(tmp_path: Path) -> 
     assert [i.key for i in trio.run(store.list, "")] == ["a/b"]
 
 
-def test_a_damaged_block_index_is_never_used_for_pruning(tmp_path: Path) -> None:
-    """A flipped bit in a block's footer (where its term filter lives) fails the checksum: nothing is pruned."""
+@pytest.mark.parametrize("token_index", [True, False], ids=["token-index", "format-1-bloom"])
+def test_a_damaged_block_index_is_never_used_for_pruning(tmp_path: Path, token_index: bool) -> None:
+    """A flipped bit in a block's index (the token index after the Parquet bytes, or a format 1 block's
+    footer where its term filter lives) fails the checksum: nothing is pruned from it."""
     import pyarrow as pa
 
     from helios.storage.blocks import CorruptBlock, build_block, load_index
 
     table = pa.table({"_time": pa.array([1, 2], pa.int64()).cast(pa.timestamp("ns", "UTC")),
                       "_msg": ["Connection reset by peer", "disk full"]})
-    entry = build_block(tmp_path, "b1", [table], dataset="d", day=0, node="n", created_ns=0)
+    entry = build_block(tmp_path, "b1", [table], dataset="d", day=0, node="n", created_ns=0,
+                        token_index=token_index)
     path = tmp_path / entry.filename
-    assert load_index(path, entry).bloom is not None
+    index = load_index(path, entry)
+    assert (index.tokens is not None) if token_index else (index.bloom is not None)
     data = bytearray(path.read_bytes())
-    data[-200] ^= 0x01  # inside the footer's key-value metadata
+    data[-(entry.index_bytes // 2) if token_index else -200] ^= 0x01  # inside the index / the footer
     path.write_bytes(bytes(data))
     with pytest.raises(CorruptBlock):
         load_index(path, entry)

@@ -12,7 +12,9 @@ year of data reads the last blocks only.
 
 from __future__ import annotations
 
+import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -25,6 +27,8 @@ import pyarrow.compute as pc
 from helios import timeutil
 from helios.query import ast
 from helios.query.cancel import Check, never
+from helios.query.blockscan import BlockPart, scan_block
+from helios.query.counts import count_by, countable
 from helios.query.filters import mask, may_match
 from helios.query.pipes import apply
 from helios.storage.cache import BlockCache
@@ -36,6 +40,7 @@ ROWS_PER_CHUNK = 2000  # rows turned into Python objects at once while encoding 
 CELLS_PER_CHUNK = 200_000  # …and fewer when rows are wide (20,000 rows of 998 fields once cost 900 MB)
 
 _AGGREGATING = (ast.Stats, ast.Timechart, ast.Top)
+SCAN_WORKERS = max(2, min(4, os.cpu_count() or 2))  # blocks of one query scanned at once
 
 
 @dataclass
@@ -60,6 +65,22 @@ def _needed_columns(query: ast.Query) -> list[str] | None:
     return None
 
 
+_SCANNERS = ThreadPoolExecutor(max_workers=SCAN_WORKERS, thread_name_prefix="helios-scan")
+
+
+def _scan_ahead(ahead: dict[str, Future[BlockPart | bool | None]], query: ast.Query, sources: list[Source],
+                cache: BlockCache, fetch: Any, *, needed: list[str] | None, low: int, high: int,
+                check: Check) -> None:
+    """Start scanning the next ``SCAN_WORKERS`` blocks on the scan threads (pyarrow releases the GIL)."""
+    for source in sources:
+        if len(ahead) >= SCAN_WORKERS:
+            return
+        if source.block is None or source.block.id in ahead or source.max_time < low or source.min_time >= high:
+            continue
+        ahead[source.block.id] = _SCANNERS.submit(scan_block, query, source, cache, fetch, needed=needed,
+                                                  low=low, high=high, keep_last=None, check=check)
+
+
 def _newest(table: pa.Table, count: int) -> pa.Table:
     order = pc.sort_indices(table, sort_keys=[("_time", "descending")])
     return table.take(order[:count]) if count < table.num_rows else table.take(order)
@@ -82,12 +103,20 @@ def execute(query: ast.Query, sources: list[Source], cache: BlockCache, *,
     needed = _needed_columns(query)
     low = -(1 << 63) if start_ns is None else start_ns
     high = (1 << 63) - 1 if end_ns is None else end_ns
-    counters = {"rows_scanned": 0, "blocks_scanned": 0, "blocks_pruned": 0, "blocks_missing": 0}
+    if countable(query):  # counts the block indexes know, without reading rows
+        table, counters = count_by(query, sources, cache, fetch, low=low, high=high, check=check)
+        counters["truncated"] = table.num_rows > limit
+        counters["partial"] = counters["blocks_missing"] > 0
+        return QueryResult(table.slice(0, limit), True, counters)
+    counters = {"rows_scanned": 0, "blocks_scanned": 0, "blocks_indexed": 0, "blocks_pruned": 0,
+                "blocks_missing": 0}
     pieces: list[pa.Table] = []
     kept = 0
     boundary: int | None = None
 
-    for source in sorted(sources, key=lambda s: s.max_time, reverse=True):
+    ordered = sorted(sources, key=lambda s: s.max_time, reverse=True)
+    ahead: dict[str, Future[BlockPart | bool | None]] = {}
+    for at, source in enumerate(ordered):
         check()
         is_block = source.block is not None
         outside = source.max_time < low or source.min_time >= high
@@ -96,28 +125,37 @@ def execute(query: ast.Query, sources: list[Source], cache: BlockCache, *,
             counters["blocks_pruned"] += is_block
             continue
         if is_block:
-            table = _block_table(query, source, cache, fetch)
-            if table is None:  # neither local nor fetchable before the deadline: the answer is partial
+            if not plain and source.block.id not in ahead:  # scan the next blocks in parallel
+                _scan_ahead(ahead, query, ordered[at:], cache, fetch, needed=needed, low=low, high=high,
+                            check=check)
+            got = ahead.pop(source.block.id).result() if source.block.id in ahead else scan_block(
+                query, source, cache, fetch, needed=needed, low=low, high=high,
+                keep_last=cap if plain else None, check=check)
+            if got is None:  # neither local nor fetchable before the deadline: the answer is partial
                 counters["blocks_missing"] += 1
                 continue
+            if got is False:
+                counters["blocks_pruned"] += 1
+                continue
+            assert isinstance(got, BlockPart)
+            counters["blocks_scanned"] += 1
+            counters["blocks_indexed"] += got.indexed
+            counters["rows_scanned"] += got.rows_scanned
+            part = got.table
         elif not may_match(query.filter, None, source.dataset):
             continue
         else:
             table = source.table
-        if table is False:
-            counters["blocks_pruned"] += 1
-            continue
-        counters["blocks_scanned"] += is_block
-        counters["rows_scanned"] += table.num_rows
-        rows = mask(query.filter, table, source.dataset, check)
-        if source.min_time < low or source.max_time >= high:
-            times = table.column("_time").cast(pa.int64())
-            rows = pc.and_(rows, pc.and_(pc.greater_equal(times, low), pc.less(times, high)))
-        part = table.filter(rows)
+            counters["rows_scanned"] += table.num_rows
+            rows = mask(query.filter, table, source.dataset, check)
+            if source.min_time < low or source.max_time >= high:
+                times = table.column("_time").cast(pa.int64())
+                rows = pc.and_(rows, pc.and_(pc.greater_equal(times, low), pc.less(times, high)))
+            part = table.filter(rows)
+            if needed is not None:
+                part = part.select([name for name in dict.fromkeys(needed) if name in part.column_names])
         if part.num_rows == 0:
             continue
-        if needed is not None:
-            part = part.select([name for name in dict.fromkeys(needed) if name in part.column_names])
         part = part.append_column("dataset", pa.repeat(source.dataset, part.num_rows))
         pieces.append(part)
         kept += part.num_rows
@@ -126,6 +164,8 @@ def execute(query: ast.Query, sources: list[Source], cache: BlockCache, *,
             pieces, kept = [merged], merged.num_rows
             boundary = merged.column("_time").cast(pa.int64())[-1].as_py() if kept else None
 
+    for future in ahead.values():  # a block scanned ahead whose answer was not needed
+        future.cancel()
     if pieces:
         table = pa.concat_tables(pieces, promote_options="default")
     else:
@@ -134,8 +174,8 @@ def execute(query: ast.Query, sources: list[Source], cache: BlockCache, *,
         if needed is not None:
             table = pa.table({name: pa.array([], timeutil.TIME_TYPE if name == "_time" else pa.string())
                               for name in dict.fromkeys([*needed, "dataset"])})
-    if "_time" in table.column_names:
-        table = _newest(table, table.num_rows)
+    if "_time" in table.column_names and not (query.pipes and isinstance(query.pipes[0], _AGGREGATING)):
+        table = _newest(table, table.num_rows)  # an aggregation does not need its rows in order
     for pipe in query.pipes:
         check()
         table = apply(pipe, table, check)
@@ -145,25 +185,6 @@ def execute(query: ast.Query, sources: list[Source], cache: BlockCache, *,
     counters["truncated"] = truncated
     counters["partial"] = counters["blocks_missing"] > 0
     return QueryResult(table, aggregated, counters)
-
-
-def _block_table(query: ast.Query, source: Source, cache: BlockCache,
-                 fetch: Callable[[Source], Path | bytes | None] | None) -> pa.Table | bool | None:
-    """A block's rows; False if its index rules it out; None if its bytes cannot be had (``fetch``)."""
-    entry = source.block
-    assert entry is not None
-    index = cache.known_index(entry.id)
-    if index is not None and not may_match(query.filter, index, source.dataset):
-        return False
-    table = cache.cached_table(entry.id, count_hit=True)
-    if table is not None:
-        return table
-    where = source.path if fetch is None else fetch(source)
-    if where is None:
-        return None
-    if index is None and not may_match(query.filter, cache.index(where, entry), source.dataset):
-        return False
-    return cache.table(where, entry)
 
 
 _FIRST = {"_time": 0, "_msg": 1, "dataset": 2}

@@ -3,7 +3,12 @@
 A block is self-describing: its footer carries the format version, the
 partition, the row count, the time bounds and the Bloom filter of its terms.
 It is checksummed: the manifest entry holds the SHA-256 of the whole file,
-checked on every load. A block's name never changes and its bytes never do.
+checked before its rows are first used. A block's name never changes and its bytes never do.
+
+Format 2 blocks end with their token index (``helios/storage/tokens.py``) after the Parquet bytes:
+the entry's ``index_bytes`` is its size and ``index_sha256`` its own checksum, so the index can be
+read and verified alone (it replaces the Bloom filter of format 1 blocks, which still load). Their
+Parquet pages carry CRC checksums, verified whenever a column is read.
 """
 
 from __future__ import annotations
@@ -19,15 +24,17 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import zstandard
 
 from helios import timeutil
 from helios.storage.bloom import Bloom, block_terms
 from helios.storage.fsutil import write_atomic
+from helios.storage.tokens import TokenIndex, build_index
 
 __all__ = ["BlockEntry", "BlockIndex", "CorruptBlock", "build_block", "is_compacted", "load_block", "load_index",
-           "new_block_id"]
+           "new_block_id", "parquet_part", "verify"]
 
-FORMAT = 1
+FORMAT = 2
 _META_INFO = b"helios.block"
 _META_BLOOM = b"helios.bloom"
 
@@ -64,13 +71,21 @@ class BlockEntry:
     sha256: str
     node: str
     created_ns: int
+    index_bytes: int = 0  # format 2: the token index's size, at the end of the file (0: no index)
+    index_sha256: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> BlockEntry:
-        return cls(**{name: doc[name] for name in cls.__dataclass_fields__})
+        optional = {"index_bytes": 0, "index_sha256": ""}
+        return cls(**{name: doc[name] if name not in optional else doc.get(name, optional[name])
+                      for name in cls.__dataclass_fields__})
+
+    @property
+    def parquet_bytes(self) -> int:
+        return self.bytes - self.index_bytes
 
     @property
     def filename(self) -> str:
@@ -79,10 +94,17 @@ class BlockEntry:
 
 @dataclass(frozen=True)
 class BlockIndex:
-    """What pruning needs without reading the rows: the columns and the term filter."""
+    """What pruning needs without reading the rows: the columns, and the token index (format 2) or the
+    term filter (format 1)."""
 
     columns: frozenset[str]
     bloom: Bloom | None
+    tokens: TokenIndex | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return 256 + (self.tokens.nbytes if self.tokens is not None else 0) + (
+            len(self.bloom.bits) if self.bloom is not None else 0)
 
 
 def _arrange(tables: list[pa.Table]) -> pa.Table:
@@ -94,23 +116,33 @@ def _arrange(tables: list[pa.Table]) -> pa.Table:
 
 
 def build_block(directory: Path, block_id: str, tables: list[pa.Table], *, dataset: str,
-                day: int, node: str, created_ns: int) -> BlockEntry:
-    """Write the rows of ``tables`` as block ``block_id`` under ``directory``, durably."""
+                day: int, node: str, created_ns: int, token_index: bool = True) -> BlockEntry:
+    """Write the rows of ``tables`` as block ``block_id`` under ``directory``, durably.
+
+    ``token_index=False`` writes a format 1 block (a Bloom filter in the footer, no token index): what
+    older nodes wrote, kept so that tests can prove such blocks still answer."""
     table = _arrange(tables)
-    terms = block_terms(table)
-    bloom = Bloom.build(terms, len(terms))
+    index = build_index(table) if token_index else b""
     times = table.column("_time").cast(pa.int64())
     bounds = pc.min_max(times)
     info = {"format": FORMAT, "dataset": dataset, "day": timeutil.day_name(day),
             "rows": table.num_rows, "min_time": bounds["min"].as_py(), "max_time": bounds["max"].as_py()}
-    table = table.replace_schema_metadata({_META_INFO: orjson.dumps(info), _META_BLOOM: bloom.to_bytes()})
+    metadata = {_META_INFO: orjson.dumps(info)}
+    if not token_index:
+        terms = block_terms(table)
+        metadata = {_META_INFO: orjson.dumps({**info, "format": 1}),
+                    _META_BLOOM: Bloom.build(terms, len(terms)).to_bytes()}
+    table = table.replace_schema_metadata(metadata)
     sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd", compression_level=3, row_group_size=256 * 1024)
+    pq.write_table(table, sink, compression="zstd", compression_level=3, row_group_size=256 * 1024,
+                   write_page_checksum=True)
+    sink.write(index)
     data = sink.getvalue()
     directory.mkdir(parents=True, exist_ok=True)
     entry = BlockEntry(id=block_id, rows=table.num_rows, bytes=len(data), min_time=info["min_time"],
                        max_time=info["max_time"], sha256=hashlib.sha256(data).hexdigest(),
-                       node=node, created_ns=created_ns)
+                       node=node, created_ns=created_ns, index_bytes=len(index),
+                       index_sha256=hashlib.sha256(index).hexdigest() if index else "")
     write_atomic(directory / entry.filename, data)
     return entry
 
@@ -124,18 +156,64 @@ def _verified(where: Path | bytes, entry: BlockEntry) -> bytes:
     return data
 
 
+def verify(where: Path | bytes, entry: BlockEntry) -> None:
+    """Raise ``CorruptBlock`` unless the block's bytes match its manifest entry."""
+    _verified(where, entry)
+
+
+def parquet_part(where: Path | bytes, entry: BlockEntry) -> pa.NativeFile:
+    """The block's Parquet bytes as a readable file (a local file is memory-mapped, not read)."""
+    if isinstance(where, bytes):
+        return pa.BufferReader(pa.py_buffer(where)[: entry.parquet_bytes])
+    try:
+        mapped = pa.memory_map(str(where))
+        if mapped.size() != entry.bytes:
+            raise CorruptBlock(f"block {entry.id} at {where} has {mapped.size()} bytes, not {entry.bytes}", where)
+        return pa.BufferReader(mapped.read_buffer()[: entry.parquet_bytes])
+    except OSError as exc:
+        raise CorruptBlock(f"block {entry.id} at {where} cannot be read: {exc}", where) from exc
+
+
 def load_block(where: Path | bytes, entry: BlockEntry) -> pa.Table:
     """Read a whole block (its file, or its bytes fetched from the store), verifying its checksum."""
-    return pq.read_table(pa.BufferReader(_verified(where, entry)))
+    data = _verified(where, entry)
+    try:
+        return pq.read_table(pa.BufferReader(pa.py_buffer(data)[: entry.parquet_bytes]))
+    except (OSError, pa.ArrowException) as exc:
+        raise CorruptBlock(f"block {entry.id} cannot be decoded: {exc}",
+                           None if isinstance(where, bytes) else where) from exc
+
+
+def _index_section(where: Path | bytes, entry: BlockEntry) -> bytes:
+    start = entry.parquet_bytes
+    if isinstance(where, bytes):
+        section = where[start:]
+    else:
+        with open(where, "rb") as file:
+            file.seek(start)
+            section = file.read(entry.index_bytes + 1)
+    if len(section) != entry.index_bytes or hashlib.sha256(section).hexdigest() != entry.index_sha256:
+        place = "fetched" if isinstance(where, bytes) else f"at {where}"
+        raise CorruptBlock(f"the token index of block {entry.id} {place} does not match its checksum",
+                           None if isinstance(where, bytes) else where)
+    return section
 
 
 def load_index(where: Path | bytes, entry: BlockEntry) -> BlockIndex:
-    """The block's columns and term filter, read only from bytes that match the manifest's checksum.
+    """What prunes a block, read only from bytes that match their checksum.
 
-    A flipped bit in the filter could otherwise prune a block that matches
-    and silently drop rows. (The cost, one read and hash of the block, is paid
-    once per block while its index stays in the cache.)
+    Format 2: the token index section alone, checked against the entry's ``index_sha256``.
+    Format 1: the Bloom filter in the Parquet footer, after the whole block was read and hashed (a
+    flipped bit in a filter could otherwise prune a block that matches and silently drop rows).
     """
+    if entry.index_bytes:
+        section = _index_section(where, entry)
+        try:
+            tokens = TokenIndex(section)
+        except (ValueError, KeyError, TypeError, zstandard.ZstdError) as exc:  # checksummed, yet not ours
+            raise CorruptBlock(f"the token index of block {entry.id} cannot be read: {exc}",
+                               None if isinstance(where, bytes) else where) from exc
+        return BlockIndex(columns=tokens.columns, bloom=None, tokens=tokens)
     schema = pq.read_schema(pa.BufferReader(_verified(where, entry)))
     raw = (schema.metadata or {}).get(_META_BLOOM)
     return BlockIndex(columns=frozenset(schema.names), bloom=Bloom.from_bytes(raw) if raw else None)

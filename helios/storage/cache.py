@@ -1,79 +1,149 @@
-"""A byte-bounded LRU of decoded blocks and block indexes, shared by query threads."""
+"""A byte-bounded LRU of decoded block columns and block indexes (memory), shared by query threads.
+
+A block's bytes are hashed against its manifest entry the first time its rows are used in this
+process; later reads of its columns rely on that check and on the Parquet page checksums (format 2)
+instead of hashing the whole file again, so a query's cost follows the columns it reads. Token indexes
+are checked on their own (``load_index``). Both kinds of entry share the one byte bound.
+"""
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any, Callable, Iterable
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from helios.storage.blocks import BlockEntry, BlockIndex, load_block, load_index
+from helios.storage.blocks import BlockEntry, BlockIndex, CorruptBlock, load_index, parquet_part, verify
 
-__all__ = ["BlockCache"]
+__all__ = ["BlockCache", "Where"]
+
+Where = Path | bytes | Callable[[], Path | bytes]
 
 
 class BlockCache:
     def __init__(self, capacity_bytes: int) -> None:
         self.capacity_bytes = capacity_bytes
-        self._tables: OrderedDict[str, tuple[pa.Table, int]] = OrderedDict()
+        self._columns: OrderedDict[tuple[str, str], tuple[Any, int]] = OrderedDict()
         self._indexes: OrderedDict[str, BlockIndex] = OrderedDict()
+        self._verified: set[str] = set()
         self._bytes = 0
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
     def cached_table(self, block_id: str, *, count_hit: bool = False) -> pa.Table | None:
-        """The decoded block if it is in memory (no I/O)."""
+        """The decoded block if all its columns are in memory (no I/O)."""
         with self._lock:
-            cached = self._tables.get(block_id)
-            if cached is None:
+            index = self._indexes.get(block_id)
+            if index is None:
+                return None
+            names = sorted(index.columns, key=_column_order)
+            found = [self._columns.get((block_id, name)) for name in names]
+            if any(f is None for f in found):
                 return None
             if count_hit:
-                self._tables.move_to_end(block_id)
                 self.hits += 1
-            return cached[0]
+            return pa.table({name: f[0] for name, f in zip(names, found)})  # type: ignore[index]
 
     def known_index(self, block_id: str) -> BlockIndex | None:
         """The block's index if it was read before (no I/O): pruning without the block's bytes."""
         with self._lock:
             return self._indexes.get(block_id)
 
-    def table(self, path: Path | bytes, entry: BlockEntry) -> pa.Table:
-        with self._lock:
-            cached = self._tables.get(entry.id)
-            if cached is not None:
-                self._tables.move_to_end(entry.id)
-                self.hits += 1
-                return cached[0]
-            self.misses += 1
-        table = load_block(path, entry)
-        size = table.nbytes
-        with self._lock:
-            if entry.id not in self._tables and size <= self.capacity_bytes // 2:
-                self._tables[entry.id] = (table, size)
-                self._bytes += size
-                while self._bytes > self.capacity_bytes and self._tables:
-                    _, (_, dropped) = self._tables.popitem(last=False)
-                    self._bytes -= dropped
-        return table
+    def table(self, where: Where, entry: BlockEntry) -> pa.Table:
+        """Every column of the block."""
+        return self.columns(where, entry, None)
 
-    def index(self, path: Path | bytes, entry: BlockEntry) -> BlockIndex:
+    def columns(self, where: Where, entry: BlockEntry, names: Iterable[str] | None) -> pa.Table:
+        """The block's columns ``names`` that exist (``None``: all), decoded once and kept while they fit.
+
+        ``where`` is the block's file or bytes, or a function giving them, called only when something
+        is not in memory."""
+        index = self.index(where, entry)
+        wanted = sorted(index.columns if names is None else set(names) & index.columns, key=_column_order)
+        with self._lock:
+            found = {name: self._columns.get((entry.id, name)) for name in wanted}
+            for name, got in found.items():
+                if got is not None:
+                    self._columns.move_to_end((entry.id, name))
+            missing = [name for name, got in found.items() if got is None]
+            if missing:
+                self.misses += 1
+            else:
+                self.hits += 1
+        read: dict[str, Any] = {}
+        if missing:
+            where = _resolve(where)
+            if entry.id not in self._verified:
+                verify(where, entry)
+                with self._lock:
+                    self._verified.add(entry.id)
+            try:
+                table = pq.ParquetFile(parquet_part(where, entry),
+                                       page_checksum_verification=True).read(columns=missing)
+            except (OSError, pa.ArrowException) as exc:
+                raise CorruptBlock(f"block {entry.id} cannot be decoded: {exc}",
+                                   None if isinstance(where, bytes) else where) from exc
+            for name in missing:
+                column = table.column(name).combine_chunks()
+                read[name] = column
+            self._keep(entry.id, read)
+        columns = {name: (read[name] if name in read else found[name][0]) for name in wanted}  # type: ignore[index]
+        if not columns:
+            return pa.table({"_": pa.nulls(entry.rows)}).drop_columns(["_"])
+        return pa.table(columns)
+
+    def _keep(self, block_id: str, columns: dict[str, Any]) -> None:
+        with self._lock:
+            for name, column in columns.items():
+                size = column.nbytes
+                if (block_id, name) in self._columns or size > self.capacity_bytes // 2:
+                    continue
+                self._columns[(block_id, name)] = (column, size)
+                self._bytes += size
+            self._trim()
+
+    def _trim(self) -> None:
+        while self._bytes > self.capacity_bytes and self._columns:
+            _, (_, dropped) = self._columns.popitem(last=False)
+            self._bytes -= dropped
+
+    def index(self, where: Where, entry: BlockEntry) -> BlockIndex:
         with self._lock:
             cached = self._indexes.get(entry.id)
             if cached is not None:
                 self._indexes.move_to_end(entry.id)
                 return cached
-        index = load_index(path, entry)
+        index = load_index(_resolve(where), entry)
+        if not entry.index_bytes:  # format 1: its whole bytes were just checked
+            with self._lock:
+                self._verified.add(entry.id)
         with self._lock:
-            self._indexes[entry.id] = index
+            if entry.id not in self._indexes:
+                self._indexes[entry.id] = index
+                self._bytes += index.nbytes
             while len(self._indexes) > 100_000:
-                self._indexes.popitem(last=False)
+                _, dropped = self._indexes.popitem(last=False)
+                self._bytes -= dropped.nbytes
+            self._trim()
         return index
 
     def forget(self, block_id: str) -> None:
         with self._lock:
-            dropped = self._tables.pop(block_id, None)
+            for key in [k for k in self._columns if k[0] == block_id]:
+                self._bytes -= self._columns.pop(key)[1]
+            dropped = self._indexes.pop(block_id, None)
             if dropped is not None:
-                self._bytes -= dropped[1]
-            self._indexes.pop(block_id, None)
+                self._bytes -= dropped.nbytes
+            self._verified.discard(block_id)
+
+
+def _resolve(where: Where) -> Path | bytes:
+    return where() if callable(where) else where
+
+
+def _column_order(name: str) -> tuple[int, str]:
+    return ({"_time": 0, "_msg": 1}.get(name, 2), name)

@@ -82,12 +82,13 @@ class QueryBlocks:
         self._plan = list(self._slots.values())
         self._next = 0  # the first planned block the executor has not asked for yet
         self._moved = trio.Event()
+        self._trio = trio.lowlevel.current_trio_token()  # the executor's scan threads are not trio's
 
     # -- the executor's side (a worker thread) -------------------------------------------
 
     def open(self, source: Source) -> Path | bytes | None:
         """The block's file or verified bytes, or None if it cannot be had before the deadline."""
-        return trio.from_thread.run(self._take, source)
+        return trio.from_thread.run(self._take, source, trio_token=self._trio)
 
     # -- trio's side ----------------------------------------------------------------------
 
@@ -113,11 +114,12 @@ class QueryBlocks:
         return data
 
     def _advance(self, index: int) -> None:
-        """The executor reached planned block ``index``: fetch further ahead, forget what it passed."""
+        """The executor reached planned block ``index``: fetch further ahead.
+
+        The executor may ask out of order (an aggregation scans blocks on several threads), so blocks it
+        passed keep their bytes until asked for or the query ends (at most ``in_flight`` ahead)."""
         if index + 1 <= self._next:
             return
-        for slot in self._plan[self._next : index]:
-            slot.data = None  # skipped (a plain search's early stop): its bytes are not needed
         self._next = index + 1
         self._moved.set()
         self._moved = trio.Event()

@@ -1,0 +1,319 @@
+"""The token index of a block: each lower-cased ``_msg`` token, and each value of a low-cardinality
+field, with the sorted ids of the rows that hold it.
+
+Built when a block is built (flush and compaction), vectorised (numpy over the Arrow buffers; no
+per-row Python). Stored after the block's Parquet bytes, as one section whose SHA-256 and size are in
+the block's manifest entry, so it is covered by the block's checksum and can be read (and verified)
+on its own. Layout of the section::
+
+    b"HLXI" · u32 header length · header (JSON) · blobs (each zstd-compressed)
+
+    header: format, rows, columns, fields (the indexed ones), terms, postings, frame,
+            blobs {name: [offset, length]}, frames [[offset, length]]
+    blobs:  (offsets from the end of the header)
+            term_offsets (int32) + term_data: the sorted terms, as an Arrow string array's buffers
+            starts (uint32, terms + 1): postings of term i are postings[starts[i]:starts[i+1]]
+            postings, in frames of ``FRAME`` values: row ids, delta-coded within each term
+            unsure (uint32): rows whose ``_msg`` is not ASCII
+
+Terms: a ``_msg`` token is a maximal run of ``[a-z0-9_]`` in the ASCII-lower-cased message — on ASCII
+text exactly DESIGN section 7's tokens. Rows whose message holds any non-ASCII character are listed as
+*unsure* and left out of the token postings: a query always checks them by scanning, so Unicode case
+folding can never make the index disagree with a scan. A field value's term is ``\\0field\\0value``
+(exact, case-sensitive), sorting before every token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import zstandard
+
+__all__ = ["FIELD_MAX_VALUES", "FRAME", "MAGIC", "TokenIndex", "build_index", "field_term"]
+
+MAGIC = b"HLXI"
+FORMAT = 1
+FRAME = 1 << 16  # postings per compressed frame: a lookup decodes only the frames it needs
+FIELD_MAX_VALUES = 4096  # a string field with more distinct values in a block is not indexed
+_HEAD = struct.Struct("<4sI")
+
+
+def field_term(name: str, value: str) -> str:
+    return f"\x00{name}\x00{value}"
+
+
+def _string_buffers(array: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets as int64, data as uint8) of a string array without nulls."""
+    offsets = np.frombuffer(array.buffers()[1], dtype=np.int32, count=len(array) + 1,
+                            offset=array.offset * 4).astype(np.int64)
+    data = array.buffers()[2]
+    return offsets, (np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8))
+
+
+def _tokens(msg: pa.Array) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """(the tokens of the ASCII rows as one string array, the row of each token, unsure rows)."""
+    n = len(msg)
+    msg = pc.fill_null(msg, "")
+    ascii_rows = pc.string_is_ascii(msg).to_numpy(zero_copy_only=False)
+    unsure = np.flatnonzero(~ascii_rows).astype(np.uint32)
+    if len(unsure):
+        msg = pc.if_else(pa.array(ascii_rows), msg, "")
+    lowered = pc.binary_join_element_wise(pc.ascii_lower(msg), "", " ")  # a space ends every row
+    if isinstance(lowered, pa.ChunkedArray):
+        lowered = lowered.combine_chunks()
+    offsets, data = _string_buffers(lowered)
+    base, end = int(offsets[0]), int(offsets[-1])
+    text = data[base:end]
+    word = (text - np.uint8(97)) < 26  # a-z (wraps below 97), then 0-9 and _
+    word |= (text - np.uint8(48)) < 10
+    word |= text == 95
+    edges = np.flatnonzero(np.diff(word.view(np.int8), prepend=np.int8(0), append=np.int8(0)))
+    starts, ends = edges[0::2], edges[1::2]  # runs of word bytes: [start, end)
+    rel = offsets - base
+    per_row = np.diff(np.searchsorted(starts, rel))
+    rows = np.repeat(np.arange(n, dtype=np.uint32), per_row)
+    count = len(starts)
+    if count == 0:
+        return pa.array([], pa.string()), rows, unsure
+    bounds = np.empty(2 * count, dtype=np.int32)  # token, gap, token, gap, …, token
+    bounds[0::2] = starts + base
+    bounds[1::2] = ends + base
+    pieces = pa.StringArray.from_buffers(2 * count - 1, pa.py_buffer(bounds), lowered.buffers()[2])
+    return pieces.take(pa.array(np.arange(0, 2 * count, 2, dtype=np.int32))), rows, unsure
+
+
+def _group(ids: np.ndarray, rows: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, postings): for each id < ``size`` its sorted distinct rows."""
+    if len(ids) == 0:
+        return np.zeros(size + 1, np.uint32), np.zeros(0, np.uint32)
+    keys = (ids.astype(np.uint64) << np.uint64(32)) | rows.astype(np.uint64)
+    keys.sort()
+    keep = np.empty(len(keys), dtype=bool)
+    keep[0] = True
+    np.not_equal(keys[1:], keys[:-1], out=keep[1:])
+    keys = keys[keep]
+    postings = (keys & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    counts = np.bincount((keys >> np.uint64(32)).astype(np.int64), minlength=size)
+    starts = np.zeros(size + 1, np.uint32)
+    np.cumsum(counts, out=starts[1:])
+    return starts, postings
+
+
+def _token_part(msg: pa.Array) -> tuple[pa.Array, np.ndarray, np.ndarray, np.ndarray]:
+    pieces, rows, unsure = _tokens(msg)
+    if len(pieces) == 0:
+        return pa.array([], pa.string()), np.zeros(1, np.uint32), np.zeros(0, np.uint32), unsure
+    encoded = pc.dictionary_encode(pieces)
+    ids = encoded.indices.to_numpy()
+    dictionary = encoded.dictionary
+    used = np.flatnonzero(np.bincount(ids, minlength=len(dictionary)))
+    terms = dictionary.take(pa.array(used))
+    order = pc.sort_indices(terms).to_numpy()
+    rank = np.full(len(dictionary), -1, dtype=np.int64)
+    rank[used[order]] = np.arange(len(used))
+    starts, postings = _group(rank[ids], rows, len(used))
+    return terms.take(pa.array(order)), starts, postings, unsure
+
+
+def _field_part(table: pa.Table) -> tuple[list[str], list[pa.Array], list[np.ndarray], list[np.ndarray]]:
+    fields, terms, starts, postings = [], [], [], []
+    for name in table.column_names:
+        column = table.column(name)
+        if name in ("_time", "_msg") or not pa.types.is_string(column.type):
+            continue
+        encoded = pc.dictionary_encode(column.combine_chunks())
+        values = encoded.dictionary
+        if len(values) > FIELD_MAX_VALUES:
+            continue
+        valid = pc.is_valid(encoded.indices).to_numpy(zero_copy_only=False)
+        rows = np.flatnonzero(valid).astype(np.uint32)
+        ids = encoded.indices.to_numpy(zero_copy_only=False)[valid].astype(np.int64)
+        order = pc.sort_indices(values).to_numpy()
+        rank = np.empty(len(values), dtype=np.int64)
+        rank[order] = np.arange(len(values))
+        s, p = _group(rank[ids], rows, len(values))
+        fields.append(name)
+        terms.append(pc.binary_join_element_wise(f"\x00{name}", values.take(pa.array(order)), "\x00"))
+        starts.append(s)
+        postings.append(p)
+    return fields, terms, starts, postings
+
+
+def build_index(table: pa.Table) -> bytes:
+    """The index section of a block whose rows are ``table`` (already in block order)."""
+    n = table.num_rows
+    if "_msg" in table.column_names:
+        msg = table.column("_msg").combine_chunks()
+        tokens, token_starts, token_postings, unsure = _token_part(msg.cast(pa.string()))
+    else:
+        tokens, token_starts = pa.array([], pa.string()), np.zeros(1, np.uint32)
+        token_postings, unsure = np.zeros(0, np.uint32), np.zeros(0, np.uint32)
+    fields, field_terms, field_starts, field_postings = _field_part(table)
+    order = sorted(range(len(fields)), key=lambda i: f"\x00{fields[i]}\x00")
+    all_terms = pa.concat_arrays([*(field_terms[i].cast(pa.string()) for i in order), tokens])
+    postings = np.concatenate([*(field_postings[i] for i in order), token_postings])
+    starts_parts, shift = [np.zeros(1, np.uint64)], 0
+    for s in [*(field_starts[i] for i in order), token_starts]:
+        starts_parts.append(s[1:].astype(np.uint64) + shift)
+        shift += int(s[-1])
+    starts = np.concatenate(starts_parts).astype(np.uint32)
+    deltas = postings.copy()
+    if len(deltas):
+        deltas[1:] -= postings[:-1]
+        first = starts[:-1][starts[:-1] < starts[1:]]
+        deltas[first] = postings[first]
+    compressor = zstandard.ZstdCompressor(level=3)
+    term_offsets, term_data = _string_buffers(all_terms)
+    blobs = {"term_offsets": (term_offsets - term_offsets[0]).astype(np.int32).tobytes(),
+             "term_data": term_data[int(term_offsets[0]) : int(term_offsets[-1])].tobytes(),
+             "starts": starts.tobytes(), "unsure": unsure.tobytes()}
+    body, placed = bytearray(), {}
+    for name, raw in blobs.items():
+        packed = compressor.compress(raw)
+        placed[name] = [len(body), len(packed)]
+        body += packed
+    frames = []
+    for at in range(0, len(deltas), FRAME):
+        packed = compressor.compress(deltas[at : at + FRAME].tobytes())
+        frames.append([len(body), len(packed)])
+        body += packed
+    header = orjson.dumps({"format": FORMAT, "rows": n, "columns": table.column_names, "fields": fields,
+                           "terms": len(all_terms), "postings": len(postings), "frame": FRAME,
+                           "blobs": placed, "frames": frames})
+    return _HEAD.pack(MAGIC, len(header)) + header + bytes(body)
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class _Frames:
+    """Decoded posting frames, a few kept (a lookup of a common term touches the same frames again)."""
+
+    cache: OrderedDict[int, np.ndarray]
+    lock: threading.Lock
+
+
+class TokenIndex:
+    """A parsed index section: binary search over the sorted terms, postings decoded on demand."""
+
+    def __init__(self, section: bytes) -> None:
+        magic, size = _HEAD.unpack_from(section)
+        if magic != MAGIC:
+            raise ValueError("not a token index section")
+        head = orjson.loads(section[_HEAD.size : _HEAD.size + size])
+        if head.get("format") != FORMAT:
+            raise ValueError(f"unknown token index format {head.get('format')!r}")
+        self.rows: int = head["rows"]
+        self.columns: frozenset[str] = frozenset(head["columns"])
+        self.fields: frozenset[str] = frozenset(head["fields"])
+        self._frame_size: int = head["frame"]
+        self._section = memoryview(section)[_HEAD.size + size :]
+        self._frames_at: list[list[int]] = head["frames"]
+        blobs = {name: self._blob(where) for name, where in head["blobs"].items()}
+        terms = head["terms"]
+        offsets = np.frombuffer(blobs["term_offsets"], dtype=np.int32)
+        if len(offsets) != terms + 1:
+            raise ValueError("token index terms do not match their count")
+        self.terms = pa.StringArray.from_buffers(terms, pa.py_buffer(offsets.tobytes()),
+                                                 pa.py_buffer(blobs["term_data"]))
+        self.starts = np.frombuffer(blobs["starts"], dtype=np.uint32).astype(np.int64)
+        self.unsure = np.frombuffer(blobs["unsure"], dtype=np.uint32).astype(np.int64)
+        if len(self.starts) != terms + 1 or int(self.starts[-1]) != head["postings"]:
+            raise ValueError("token index postings do not match their count")
+        self.nbytes = len(section) + self.terms.nbytes + self.starts.nbytes + self.unsure.nbytes
+        self._frames = _Frames(OrderedDict(), threading.Lock())
+
+    def _blob(self, where: list[int]) -> bytes:
+        at, size = where
+        return zstandard.ZstdDecompressor().decompress(self._section[at : at + size])  # type: ignore[arg-type]
+
+    def _frame(self, number: int) -> np.ndarray:
+        with self._frames.lock:
+            found = self._frames.cache.get(number)
+            if found is not None:
+                self._frames.cache.move_to_end(number)
+                return found
+        values = np.frombuffer(self._blob(self._frames_at[number]), dtype=np.uint32).astype(np.int64)
+        with self._frames.lock:
+            self._frames.cache[number] = values
+            while len(self._frames.cache) > 8:
+                self._frames.cache.popitem(last=False)
+        return values
+
+    def _deltas(self, lo: int, hi: int) -> np.ndarray:
+        if lo >= hi:
+            return np.zeros(0, np.int64)
+        first, last = lo // self._frame_size, (hi - 1) // self._frame_size
+        parts = [self._frame(i) for i in range(first, last + 1)]
+        joined = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        base = first * self._frame_size
+        return joined[lo - base : hi - base]
+
+    def _lower_bound(self, term: str) -> int:
+        lo, hi = 0, len(self.terms)
+        terms = self.terms
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if terms[mid].as_py() < term:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+    def _rows_of_terms(self, first: int, last: int) -> np.ndarray:
+        """The sorted distinct rows of terms ``first`` … ``last - 1`` (contiguous postings)."""
+        if first >= last:
+            return np.zeros(0, np.int64)
+        lo, hi = int(self.starts[first]), int(self.starts[last])
+        sums = np.cumsum(self._deltas(lo, hi))
+        if last - first == 1:
+            return sums
+        begins = self.starts[first:last] - lo
+        lengths = np.diff(self.starts[first : last + 1])
+        before = np.where(begins > 0, sums[np.maximum(begins - 1, 0)], 0)
+        return np.unique(sums - np.repeat(before, lengths))
+
+    def term(self, term: str) -> np.ndarray:
+        """Rows holding exactly ``term`` (a token, or a ``field_term``)."""
+        at = self._lower_bound(term)
+        if at < len(self.terms) and self.terms[at].as_py() == term:
+            return self._rows_of_terms(at, at + 1)
+        return np.zeros(0, np.int64)
+
+    def has_term(self, term: str) -> bool:
+        at = self._lower_bound(term)
+        return at < len(self.terms) and self.terms[at].as_py() == term
+
+    def has_prefix(self, text: str) -> bool:
+        at = self._lower_bound(text)
+        return at < len(self.terms) and self.terms[at].as_py().startswith(text)
+
+    def prefix(self, text: str) -> np.ndarray:
+        """Rows holding a token that starts with ``text``."""
+        first = self._lower_bound(text)
+        lo, hi = first, len(self.terms)
+        while lo < hi:  # the first term past ``first`` that does not start with ``text``
+            mid = (lo + hi) // 2
+            if self.terms[mid].as_py().startswith(text):
+                lo = mid + 1
+            else:
+                hi = mid
+        return self._rows_of_terms(first, lo)
+
+    def value_counts(self, name: str) -> tuple[pa.Array, np.ndarray]:
+        """(values, rows holding each) of an indexed field."""
+        head = f"\x00{name}\x00"
+        first = self._lower_bound(head)
+        last = self._lower_bound(f"\x00{name}\x01")
+        values = pc.utf8_slice_codeunits(self.terms.slice(first, last - first), len(head))
+        return values, np.diff(self.starts[first : last + 1])

@@ -1,0 +1,174 @@
+"""The token index answers exactly what a plain scan answers (issue 14), and a damaged one is never used.
+
+The same Loghub rows (plus rows of non-ASCII text, which the index leaves to the scan) are written as
+two blocks: one with a token index (format 2) and one without (format 1, what older nodes wrote: its
+queries scan every row). 200 random words, prefixes, phrases and ``field:value`` filters, alone and
+combined, must pick the same rows, row for row, from both.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from helios.query.executor import execute
+from helios.query.parser import parse
+from helios.storage.blocks import BlockEntry, build_block
+from helios.storage.cache import BlockCache
+from helios.storage.engine import Source
+from support import loghub_records, wait_until
+from test_store_faults import quarantined, rows
+
+_UNICODE = [
+    "Fehler: Verbindung ÜBER Proxy abgelehnt, error 17",
+    "ſystem error: the long s folds to s",  # RE2 matches "system" here; ASCII lowering does not
+    "temperature 300 K (Kelvin sign) – connection RESET",
+    "日本語のログ error 警告",
+    "ERROR İstanbul node-3 failed",
+]
+
+
+def _table() -> pa.Table:
+    records = loghub_records()
+    messages = [r.msg for r in records] + _UNICODE
+    extra = len(_UNICODE)
+    return pa.table({
+        "_time": pa.array([r.time_ns for r in records] + [records[-1].time_ns + i + 1 for i in range(extra)],
+                          pa.int64()).cast(pa.timestamp("ns", "UTC")),
+        "_msg": messages,
+        "service": [r.service for r in records] + ["unicode"] * extra,
+        "host": [r.host for r in records] + ["web-9"] * extra,
+        "level": [r.level for r in records] + [None] * extra,
+    })
+
+
+@pytest.fixture(scope="module")
+def blocks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[BlockEntry, Path]]:
+    root = tmp_path_factory.mktemp("blocks")
+    table = _table()
+    made = {}
+    for name, indexed in (("indexed", True), ("scanned", False)):
+        entry = build_block(root / name, f"b-{name}", [table], dataset="d", day=0, node="n",
+                            created_ns=0, token_index=indexed)
+        made[name] = (entry, root / name / entry.filename)
+    return made
+
+
+def _run(text: str, block: tuple[BlockEntry, Path], cache: BlockCache) -> tuple[list[tuple[Any, ...]], dict]:
+    entry, path = block
+    source = Source(dataset="d", day=0, min_time=entry.min_time, max_time=entry.max_time, rows=entry.rows,
+                    block=entry, path=path)
+    result = execute(parse(text), [source], cache, start_ns=None, end_ns=None, limit=100_000)
+    table = result.table
+    if result.aggregated:
+        return table.to_pylist(), result.stats
+    return sorted(zip(table.column("_time").cast(pa.int64()).to_pylist(), table.column("_msg").to_pylist())), \
+        result.stats
+
+
+def _queries(seed: int, count: int) -> list[str]:
+    rng = random.Random(seed)
+    messages = _table().column("_msg").to_pylist()
+    tokens = sorted({t for m in messages for t in re.findall(r"[A-Za-z0-9_]+", m)})
+    services = sorted({r.service for r in loghub_records()})
+    levels = sorted({r.level for r in loghub_records() if r.level})
+
+    def word() -> str:
+        token = rng.choice(tokens)
+        return rng.choice([token, token.upper(), token.capitalize(), token + "zz"])
+
+    def prefix() -> str:
+        token = rng.choice(tokens)
+        return token[: rng.randint(1, max(1, min(5, len(token))))] + "*"
+
+    def phrase() -> str:
+        message = rng.choice(messages)
+        start = rng.randrange(0, max(1, len(message) - 3))
+        text = message[start : start + rng.randint(3, 24)].replace('"', "").replace("\\", "")
+        return '"' + (text.swapcase() if rng.random() < 0.3 else text) + '"' if text.strip() else '"error"'
+
+    def field() -> str:
+        name = rng.choice(["service", "level", "host", "nosuchfield"])
+        value = {"service": rng.choice(services + ["nosuch"]), "level": rng.choice(levels + ["error"]),
+                 "host": f"web-{rng.randint(0, 9)}", "nosuchfield": "x"}[name]
+        return f"{name}:{value}"
+
+    def separated() -> str:  # a word with separators: the index gives candidates, the scan decides
+        message = rng.choice(messages)
+        found = re.findall(r"[A-Za-z0-9_]+[.:/\-][A-Za-z0-9_]+", message)
+        return rng.choice(found) if found else "blk_-1"
+
+    leaves = [word, prefix, phrase, field, separated]
+    queries = ["error", "ERROR", "system", "k", "connection", "日本語", "İstanbul", "s*", "err*",
+               '"connection reset"', "level:ERROR", "service:unicode", "-level:INFO", "* | stats count()",
+               "* | stats count() as n by (level)", "* | stats count() by (service)", "* | stats count() by (nosuch)",
+               "* | stats count() as a, count() as b by (host)", "* | timechart 1h", "* | timechart 7m count() as n",
+               "error | timechart 1d"]
+    while len(queries) < count:
+        shape = rng.random()
+        if shape < 0.55:
+            queries.append(rng.choice(leaves)())
+        elif shape < 0.75:
+            queries.append(f"{rng.choice(leaves)()} {rng.choice(leaves)()}")
+        elif shape < 0.9:
+            queries.append(f"({rng.choice(leaves)()} OR {rng.choice(leaves)()})")
+        else:
+            queries.append(f"{rng.choice(leaves)()} -{rng.choice(leaves)()}")
+    return queries
+
+
+def test_index_answers_equal_a_plain_scan_row_for_row(blocks: dict[str, tuple[BlockEntry, Path]]) -> None:
+    indexed_cache, scanned_cache = BlockCache(1 << 30), BlockCache(1 << 30)
+    used_index = 0
+    for text in _queries(seed=14, count=200):
+        expected, scan_stats = _run(text, blocks["scanned"], scanned_cache)
+        got, stats = _run(text, blocks["indexed"], indexed_cache)
+        assert got == expected, f"{text!r}: index gives {len(got)} rows, a scan gives {len(expected)}"
+        assert scan_stats["blocks_indexed"] == 0
+        used_index += stats["blocks_indexed"]
+    assert used_index >= 150, "most of the random filters should be answered through the index"
+
+
+def test_exact_lookups_read_no_message(blocks: dict[str, tuple[BlockEntry, Path]]) -> None:
+    """A word is an index lookup: only the block's few non-ASCII rows are scanned."""
+    cache = BlockCache(1 << 30)
+    rows_, stats = _run("error", blocks["indexed"], cache)
+    assert rows_ and stats["blocks_indexed"] == 1 and stats["rows_scanned"] == len(_UNICODE)
+    rows_, stats = _run("zzzznotthere", blocks["indexed"], cache)  # absent: only the unsure rows are checked
+    assert rows_ == [] and stats["rows_scanned"] == len(_UNICODE)
+
+
+def test_a_node_answers_through_the_index_and_refuses_a_damaged_one(server_factory: Any) -> None:
+    node = server_factory("solo", HELIOS_FLUSH_SECS="0.2")
+    assert node.ingest(rows(200, "needle")).status_code == 200
+    wait_until(lambda: list(node.data_dir.glob("parts/default/*/*.parquet")), what="a block on disk")
+    answer = node.query("needle | stats count() as n")
+    assert answer["rows"] == [{"n": 200}] and answer["stats"]["blocks_indexed"] == 1, answer
+    answer = node.query("haystack")
+    assert answer["rows"] == [] and answer["stats"]["blocks_pruned"] == 1, answer  # an ASCII block: pruned
+    node.stop()
+    block = next(iter(node.data_dir.glob("parts/default/*/*.parquet")))
+    data = bytearray(block.read_bytes())
+    data[-20] ^= 0x01  # the end of the file: the token index
+    block.write_bytes(bytes(data))
+    node.start()
+    reply = node.request("POST", "/api/v1/query", json={"q": "haystack"})  # not pruned from the damaged index
+    assert reply.status_code == 503 and "damaged" in reply.json()["error"], reply.text
+    assert str(block) in quarantined(node)
+    assert node.request("GET", "/healthz", token=None).status_code == 200
+
+
+@pytest.mark.parametrize("pipe", ["stats count()", "stats count() as n by (level)", "stats count() by (nosuch)",
+                                  "timechart 1h", "timechart 13m count() as a, count() as b"])
+def test_counts_from_the_index_equal_counting_rows(blocks: dict[str, tuple[BlockEntry, Path]], pipe: str) -> None:
+    """``* | stats count() by (f)`` and ``* | timechart`` answered without reading rows equal the same
+    pipe over the rows themselves (a ``fields`` pipe first makes the executor read them)."""
+    cache = BlockCache(1 << 30)
+    fast, _ = _run(f"* | {pipe}", blocks["indexed"], cache)
+    slow, stats = _run(f"* | fields _time, _msg, level | {pipe}", blocks["indexed"], cache)
+    assert fast == slow and fast
