@@ -1,0 +1,7 @@
+// Placeholder: this page is being built.
+import { h, replace } from "../dom.js";
+
+export async function render(main, ctx) {
+  ctx.title("dashboard");
+  replace(main, h("h1", null, "dashboard"), h("p", { class: "muted" }, "This page is being built."));
+}
