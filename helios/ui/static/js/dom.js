@@ -2,7 +2,7 @@
 //
 // The rule this module makes structural: user data (log lines, field values, names, error
 // messages) is only ever rendered as text. h() turns strings into text nodes and refuses
-// attributes that could run code or style inline (on*, style, srcdoc, innerHTML…); the page's
+// attributes that could run code or style inline (on*, style, srcdoc, the HTML properties); the page's
 // CSP (Trusted Types required, no inline script or style) makes any other path throw.
 
 const REFUSED = /^(on|style$|srcdoc$|innerhtml$|outerhtml$)/i;

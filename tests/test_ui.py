@@ -1,0 +1,274 @@
+"""The web UI (issue 17) in a real browser: Playwright driving Debian's chromium against a real node.
+
+One browser and one node (with the Loghub rows in dataset ``loghub``) for the module; each test
+opens its own browser context (a fresh tab: no session) and fails on any page error or
+unexpected console error (``ui_support.Browse.check``). No sleeps: Playwright's expectations
+wait for what the page must show.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import orjson
+import pytest
+
+from support import ADMIN_PASSWORD, Record, Server, ndjson
+from ui_support import CHROMIUM, Browse, browser_or_skip, login, open_page, screenshot
+
+sync_api = browser_or_skip()
+expect = sync_api.expect
+
+# The Loghub records lie between 2023-11-14 22:13 and 2023-11-17 05:46 UTC (tests/support.py).
+RANGE = "from=2023-11-14T00:00:00Z&to=2023-11-18T00:00:00Z"
+WORD = re.compile(r"\w+")
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory, records: list[Record]) -> Iterator[Server]:
+    data_dir = tmp_path_factory.mktemp("ui") / "node"
+    data_dir.mkdir()
+    server = Server(data_dir).start()
+    assert server.ingest(ndjson(records), dataset="loghub").json() == {"ingested": len(records)}
+    yield server
+    server.kill()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM))
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def browse(browser: Any, node: Server) -> Iterator[Browse]:
+    """A fresh tab 1280 px wide; the test fails on a page error or an unexpected console error."""
+    pages = open_page(browser, node.url)
+    page = next(pages)
+    try:
+        yield page
+        page.check()
+    finally:
+        pages.close()
+
+
+@pytest.fixture
+def phone(browser: Any, node: Server) -> Iterator[Browse]:
+    """A fresh tab 390 px wide (a phone)."""
+    pages = open_page(browser, node.url, width=390, height=800)
+    page = next(pages)
+    try:
+        yield page
+        page.check()
+    finally:
+        pages.close()
+
+
+def make_user(node: Server, username: str, role: str, password: str = "password-123") -> str:
+    reply = node.request("POST", "/api/v1/users", json={"username": username, "password": password, "role": role})
+    assert reply.status_code in (201, 409), reply.text
+    return password
+
+
+def unique_line(records: list[Record]) -> tuple[Record, str]:
+    """An OpenSSH record and a word of its message that no other record has."""
+    counts: dict[str, int] = {}
+    for record in records:
+        for word in set(WORD.findall(record.msg.lower())):
+            counts[word] = counts.get(word, 0) + 1
+    for record in records:
+        if record.service == "openssh" and "Failed password" in record.msg:
+            words = [w for w in WORD.findall(record.msg) if counts[w.lower()] == 1]
+            if words:
+                return record, words[0]
+    raise AssertionError("no OpenSSH line with a unique word")
+
+
+# -- served by the node ---------------------------------------------------------------------------
+
+
+def test_pages_and_assets_are_served_with_strict_headers(node: Server) -> None:
+    for path in ("/", "/login", "/dashboards", "/dashboards/abc123", "/monitors", "/admin", "/admin/users",
+                 "/cluster"):
+        reply = httpx.get(node.url + path)
+        assert reply.status_code == 200, path
+        assert reply.headers["content-type"] == "text/html; charset=utf-8"
+        csp = reply.headers["content-security-policy"]
+        for directive in ("default-src 'self'", "script-src 'self'", "style-src 'self'", "object-src 'none'",
+                          "base-uri 'none'", "frame-ancestors 'none'", "require-trusted-types-for 'script'"):
+            assert directive in csp, (path, directive)
+        assert "unsafe" not in csp
+        assert reply.headers["x-content-type-options"] == "nosniff"
+        assert reply.headers["x-frame-options"] == "DENY"
+    index = httpx.get(node.url + "/").text
+    assert not re.search(r"<script(?![^>]*\bsrc=)", index), "an inline script"
+    assert not re.search(r"\sstyle=|<style|\son\w+=", index), "an inline style or handler"
+    tag = re.search(r"/ui/([0-9a-f]{12})/js/main\.js", index).group(1)
+    main = httpx.get(f"{node.url}/ui/{tag}/js/main.js")
+    assert main.status_code == 200 and main.headers["content-type"] == "text/javascript; charset=utf-8"
+    assert main.headers["cache-control"] == "public, max-age=31536000, immutable"
+    css = httpx.get(f"{node.url}/ui/{tag}/css/app.css")
+    assert css.headers["content-type"] == "text/css; charset=utf-8"
+    licence = httpx.get(f"{node.url}/ui/{tag}/vendor/uplot/LICENSE")
+    assert licence.status_code == 200 and "MIT" in licence.text
+    assert httpx.get(f"{node.url}/ui/000000000000/js/main.js").headers["cache-control"] == "no-cache"
+    for missing in (f"/ui/{tag}/js/nothing.js", f"/ui/{tag}/../../helios/__init__.py", "/ui/x", "/nothing"):
+        reply = httpx.get(node.url + missing)
+        assert reply.status_code == 404 and reply.headers["content-type"] == "application/json", missing
+    api = node.request("GET", "/api/v1/datasets")
+    assert api.headers["content-security-policy"] == "default-src 'none'; frame-ancestors 'none'"
+    assert api.headers["cache-control"] == "no-store"
+
+
+def test_the_ui_never_builds_html_from_strings() -> None:
+    """User data reaches the page as text: no HTML sink is used anywhere (Trusted Types would throw)."""
+    static = Path(__file__).resolve().parent.parent / "helios" / "ui" / "static"
+    sinks = re.compile(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write|\beval\(|new Function|"
+                       r"setAttribute\(\s*[\"']style|\.srcdoc")
+    found = [f"{p.name}: {m.group(0)}" for p in (static / "js").rglob("*.js") for m in sinks.finditer(p.read_text())]
+    assert not found
+
+
+# -- the session ----------------------------------------------------------------------------------
+
+
+def test_login_logout_and_a_401_anywhere_returns_to_login(browse: Browse) -> None:
+    page = browse.goto("/dashboards")
+    expect(page).to_have_url(re.compile(r"/login\?next=%2Fdashboards$"))
+    page.get_by_label("Username").fill("admin")
+    page.get_by_label("Password").fill("wrong-password")
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("alert")).to_contain_text("Wrong username or password")
+    page.get_by_label("Password").fill(ADMIN_PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    expect(page).to_have_url(re.compile(r"/dashboards$"))
+    expect(page.get_by_role("navigation", name="Main").get_by_role("link")).to_have_text(
+        ["Search", "Dashboards", "Monitors", "Cluster", "Admin"])
+    expect(page.get_by_text("admin (admin)")).to_be_visible()
+    # The token goes bad (as when it expires): the next call answers 401 and the login page is back.
+    page.evaluate("sessionStorage.setItem('helios.token', 'not-a-token')")
+    page.get_by_role("link", name="Monitors").click()
+    expect(page).to_have_url(re.compile(r"/login\?next=%2Fmonitors$"))
+    login(browse, "admin", ADMIN_PASSWORD)
+    page.get_by_role("button", name="Log out").click()
+    expect(page).to_have_url(re.compile(r"/login$"))
+    assert page.evaluate("sessionStorage.getItem('helios.token')") is None
+
+
+# -- search ---------------------------------------------------------------------------------------
+
+
+def test_search_finds_a_known_line_with_histogram_facets_and_stats(browse: Browse, records: list[Record],
+                                                                   tmp_path: Path) -> None:
+    record, word = unique_line(records)
+    page = login(browse, "admin", ADMIN_PASSWORD, f"/?{RANGE}&dataset=loghub")
+    expect(page.locator("#histogram")).to_have_attribute("data-points", re.compile(r"^[1-9]\d*$"))
+    expect(page.get_by_role("status").filter(has_text="rows scanned")).to_be_visible()
+    expect(page.get_by_label("Top values of level").get_by_role("button", name="ERROR")).to_be_visible()
+    screenshot(page, "search", tmp_path)
+    page.get_by_label("Query").fill(word)
+    page.get_by_role("button", name="Search").click()
+    row = page.locator("table.results tbody tr:not(.details)")
+    expect(row).to_have_count(1)
+    expect(row.locator("td.msg")).to_have_text(record.msg)
+    expect(page.get_by_role("status").filter(has_text="rows scanned")).to_contain_text("1 rows shown")
+    assert f"q={word}" in page.url and "dataset=loghub" in page.url and "from=2023-11-14" in page.url
+    # Expand the row: every field, and a click on a value adds field:value to the query.
+    row.get_by_role("button", name=re.compile("Show all fields")).click()
+    details = page.locator("table.results tr.details")
+    expect(details).to_contain_text("latency")
+    details.get_by_role("button", name=record.host, exact=True).click()
+    expect(page.get_by_label("Query")).to_have_value(f"{word} host:{record.host}")
+    expect(row).to_have_count(1)
+    row.get_by_role("button", name=re.compile("Show all fields")).click()
+    page.get_by_role("button", name=f"Exclude service:{record.service}").click()
+    expect(page.get_by_label("Query")).to_have_value(f"{word} host:{record.host} -service:{record.service}")
+    expect(page.get_by_text("No rows match.")).to_be_visible()
+    # The same address in a new tab reproduces the view.
+    address = page.url
+    page.goto(address)
+    expect(page.get_by_label("Query")).to_have_value(f"{word} host:{record.host} -service:{record.service}")
+
+
+def test_a_syntax_error_is_shown_at_its_column(browse: Browse) -> None:
+    page = login(browse, "admin", ADMIN_PASSWORD, f"/?{RANGE}")
+    page.get_by_label("Query").fill("level:ERROR (sshd")
+    page.get_by_label("Query").press("Enter")
+    alert = page.get_by_role("alert")
+    expect(alert).to_contain_text("column 18")
+    expect(alert.locator(".caret")).to_have_text("level:ERROR (sshd\n" + " " * 17 + "^")
+    expect(page.get_by_label("Query")).to_have_attribute("aria-invalid", "true")
+
+
+def test_an_aggregation_is_a_table_and_a_chart(browse: Browse) -> None:
+    page = login(browse, "admin", ADMIN_PASSWORD,
+                 f"/?{RANGE}&q=" + "* | stats count() as n by (service)".replace(" ", "+"))
+    results = page.get_by_role("region", name="Results")
+    expect(results.locator("tbody tr")).to_have_count(10)
+    expect(results.locator(".chart")).to_have_attribute("data-points", "10")
+    page.get_by_label("Query").fill("* | timechart 6h count() as n by (level)")
+    page.get_by_role("button", name="Search").click()
+    expect(results.locator(".chart")).to_have_attribute("data-points", re.compile(r"^[1-9]\d+$"))
+    expect(results.locator(".table-wrap th")).to_have_text(["_time", "level", "n"])
+
+
+def test_dragging_on_the_histogram_selects_a_range(browse: Browse) -> None:
+    page = login(browse, "admin", ADMIN_PASSWORD, f"/?{RANGE}")
+    histogram = page.locator("#histogram")
+    expect(histogram).to_have_attribute("data-points", re.compile(r"^[1-9]"))
+    box = page.locator("#histogram .u-over").bounding_box()
+    y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + box["width"] * 0.4, y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.6, y, steps=5)
+    page.mouse.up()
+    expect(page.get_by_label("Time range", exact=True)).to_have_value("custom")
+    expect(page.get_by_label("From (UTC)")).to_have_value(re.compile(r"^2023-11-15 "))
+    assert "from=2023-11-15T" in page.url
+
+
+# -- live tail ------------------------------------------------------------------------------------
+
+
+def test_live_tail_shows_a_freshly_ingested_line(browse: Browse, node: Server) -> None:
+    page = login(browse, "admin", ADMIN_PASSWORD, "/?q=tailcheck")
+    page.get_by_role("button", name="Live tail").click()
+    expect(page.get_by_role("button", name="Live tail")).to_have_attribute("aria-pressed", "true")
+    expect(page.locator("[data-live=connected]")).to_have_count(1)
+    line = "tailcheck a fresh line from the UI test"
+    assert node.ingest(orjson.dumps({"_msg": line, "level": "WARN"}) + b"\n", dataset="tailed").status_code == 200
+    expect(page.locator("table.results td.msg")).to_have_text([line])
+    expect(page.get_by_text("Following: 1 rows received")).to_be_visible()
+    page.get_by_role("button", name="Live tail").click()
+    expect(page.get_by_role("button", name="Live tail")).to_have_attribute("aria-pressed", "false")
+    expect(page.locator("[data-live=connected]")).to_have_count(0)
+
+
+# -- safety ---------------------------------------------------------------------------------------
+
+
+def test_a_script_log_line_renders_as_text(browse: Browse, node: Server) -> None:
+    line = "<script>window.__pwned = 1</script><img src=x onerror=\"window.__pwned = 2\"> scriptcheck"
+    assert node.ingest(orjson.dumps({"_msg": line, "level": "<b>bold</b>"}) + b"\n",
+                       dataset="hostile").status_code == 200
+    page = login(browse, "admin", ADMIN_PASSWORD, "/?q=scriptcheck&range=24h&dataset=hostile")
+    message = page.locator("table.results td.msg")
+    expect(message).to_have_text(line)
+    expect(page.get_by_role("button", name="<b>bold</b>", exact=True)).to_be_visible()
+    page.get_by_role("button", name=re.compile("Show all fields")).click()
+    expect(page.locator("tr.details")).to_contain_text("<img src=x")
+    assert page.evaluate("window.__pwned") is None
+    assert page.locator("table.results script, table.results img, table.results b").count() == 0
+    browse.check(strict=True)
+
+
+def test_the_search_page_fits_a_phone(phone: Browse) -> None:
+    page = login(phone, "admin", ADMIN_PASSWORD, f"/?{RANGE}&dataset=loghub")
+    expect(page.locator("#histogram")).to_have_attribute("data-points", re.compile(r"^[1-9]"))
+    expect(page.locator("table.results tbody tr").first).to_be_visible()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
