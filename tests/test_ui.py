@@ -272,3 +272,141 @@ def test_the_search_page_fits_a_phone(phone: Browse) -> None:
     expect(page.locator("#histogram")).to_have_attribute("data-points", re.compile(r"^[1-9]"))
     expect(page.locator("table.results tbody tr").first).to_be_visible()
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
+
+
+# -- dashboards -----------------------------------------------------------------------------------
+
+
+def test_build_a_dashboard_with_a_timechart_panel_and_resolve_an_edit_conflict(browse: Browse, node: Server) -> None:
+    page = login(browse, "admin", ADMIN_PASSWORD, "/dashboards")
+    page.get_by_role("link", name="New dashboard").click()
+    expect(page.get_by_role("heading", name="New dashboard")).to_be_visible()
+    page.goto(f"{node.url}/dashboards/new?{RANGE}")  # the Loghub rows are in 2023
+    page.get_by_label("Title", exact=True).fill("Loghub by level")
+    panel = page.get_by_role("group", name="Panel 1")
+    panel.get_by_label("Panel title").fill("Rows by level")
+    panel.get_by_label("Type").select_option("timechart")
+    panel.get_by_label("Query").fill("* | timechart 6h count() as n by (level)")
+    panel.get_by_label("Dataset").fill("loghub")
+    panel.get_by_role("button", name="Preview").click()
+    expect(panel.locator(".chart")).to_have_attribute("data-points", re.compile(r"^[1-9]\d+$"))
+    page.get_by_role("button", name="Create dashboard").click()
+    expect(page).to_have_url(re.compile(r"/dashboards/[0-9a-f]{12}\?from=2023-11-14"))
+    drawn = page.get_by_role("region", name="Rows by level").locator(".chart")
+    expect(drawn).to_have_attribute("data-points", re.compile(r"^[1-9]\d+$"))
+    expect(drawn.locator("canvas")).to_have_count(1)
+    dashboard_id = re.search(r"/dashboards/([0-9a-f]{12})", page.url).group(1)
+    # Someone else saves first: the 409 is shown with the current version, and saving over it works.
+    page.get_by_role("button", name="Edit").click()
+    expect(page.get_by_role("heading", name="Edit Loghub by level")).to_be_visible()
+    other = node.request("PUT", f"/api/v1/dashboards/{dashboard_id}", json={
+        "title": "Renamed elsewhere", "panels": [], "version": 1})
+    assert other.status_code == 200, other.text
+    page.get_by_label("Title", exact=True).fill("Loghub by level, mine")
+    page.get_by_role("button", name="Save", exact=True).click()
+    alert = page.get_by_role("alert")
+    expect(alert).to_contain_text("You edited version 1; the dashboard is now at version 2.")
+    alert.get_by_role("button", name="Save over version 2").click()
+    expect(page.get_by_role("heading", name="Loghub by level, mine", exact=True)).to_be_visible()
+    assert node.request("GET", f"/api/v1/dashboards/{dashboard_id}").json()["version"] == 3
+    # Delete it from the list (two steps).
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Dashboards").click()
+    row = page.get_by_role("row").filter(has_text="Loghub by level, mine")
+    row.get_by_role("button", name="Delete").click()
+    row.get_by_role("button", name="Delete Loghub by level, mine").click()
+    expect(page.get_by_role("link", name="Loghub by level, mine")).to_have_count(0)
+    assert node.request("GET", f"/api/v1/dashboards/{dashboard_id}").status_code == 404
+
+
+OVERVIEW = {"title": "Loghub overview", "description": "Ten Loghub services, 20,000 lines", "panels": [
+    {"title": "Rows by level", "type": "timechart", "query": "* | timechart 3h count() as rows by (level)",
+     "dataset": "loghub"},
+    {"title": "Errors", "type": "stat", "query": "level:ERROR", "dataset": "loghub"},
+    {"title": "Rows per service", "type": "bar", "query": "* | stats count() as rows by (service)",
+     "dataset": "loghub"},
+    {"title": "Top hosts", "type": "table", "query": "* | top 5 host", "dataset": "loghub"},
+    {"title": "Latest errors", "type": "logs", "query": "level:ERROR", "dataset": "loghub"},
+]}
+
+
+def overview(node: Server) -> str:
+    reply = node.request("POST", "/api/v1/dashboards", json=OVERVIEW)
+    assert reply.status_code == 201, reply.text
+    return reply.json()["id"]
+
+
+def test_every_panel_type_is_drawn_from_its_query(browse: Browse, node: Server, records: list[Record],
+                                                   tmp_path: Path) -> None:
+    dashboard_id = overview(node)
+    errors = sum(1 for r in records if r.level == "ERROR")
+    page = login(browse, "admin", ADMIN_PASSWORD, f"/dashboards/{dashboard_id}?{RANGE}")
+    expect(page.get_by_role("region", name="Rows by level").locator(".chart")).to_have_attribute(
+        "data-points", re.compile(r"^[1-9]\d+$"))
+    expect(page.get_by_role("region", name="Errors").locator(".stat")).to_have_text(f"{errors:,}")
+    expect(page.get_by_role("region", name="Rows per service").locator(".chart")).to_have_attribute(
+        "data-points", "10")
+    expect(page.get_by_role("region", name="Top hosts").locator("tbody tr")).to_have_count(5)
+    expect(page.get_by_role("region", name="Latest errors").locator("td.msg").first).to_be_visible()
+    expect(page.get_by_role("status").filter(has_text="Updated")).to_be_visible()
+    screenshot(page, "dashboard", tmp_path)
+    page.get_by_label("Refresh every").select_option("10s")
+    assert "refresh=10s" in page.url
+
+
+# -- monitors -------------------------------------------------------------------------------------
+
+
+def test_create_a_monitor_with_its_query_previewed(browse: Browse, node: Server) -> None:
+    page = login(browse, "admin", ADMIN_PASSWORD, "/monitors")
+    page.get_by_role("link", name="New monitor").click()
+    page.get_by_label("Name").fill("Loghub errors")
+    page.get_by_label("Query").fill("level:ERROR")
+    page.get_by_label("Dataset").fill("loghub")
+    page.get_by_label("Threshold").fill("100")
+    page.get_by_role("button", name="Preview").click()
+    preview = page.get_by_role("region", name="Preview")
+    expect(preview).to_contain_text("Value over the last 5m: 0")  # the Loghub rows are from 2023
+    expect(preview).to_contain_text("would not fire")
+    page.get_by_label("Query").fill("level:ERROR (")
+    page.get_by_role("button", name="Preview").click()
+    expect(preview.get_by_role("alert")).to_contain_text("column")
+    page.get_by_label("Query").fill("level:ERROR")
+    page.get_by_role("button", name="Create monitor").click()
+    expect(page.get_by_role("heading", name="Monitor created")).to_be_visible()
+    expect(page.get_by_label("Webhook secret")).to_have_text(re.compile(r"^whsec_[0-9a-f]{48}$"))
+    page.get_by_role("link", name="Open the monitor").click()
+    expect(page.get_by_role("heading", name="Loghub errors")).to_be_visible()
+    expect(page.locator("dl.kv")).to_contain_text("value > 100")
+    expect(page.locator("dl.kv .badge")).to_have_text(re.compile(r"^(ok|error|firing)$"))
+    page.get_by_role("link", name="All monitors").click()
+    row = page.get_by_role("row").filter(has_text="Loghub errors")
+    expect(row.locator(".badge")).to_have_text(re.compile(r"^(ok|error|firing)$"))
+    assert [m["name"] for m in node.request("GET", "/api/v1/monitors").json()] == ["Loghub errors"]
+
+
+# -- roles ----------------------------------------------------------------------------------------
+
+
+def test_a_viewer_sees_no_admin_pages_and_no_edit_buttons(browse: Browse, node: Server) -> None:
+    dashboard_id = overview(node)
+    password = make_user(node, "ui-viewer", "viewer")
+    page = login(browse, "ui-viewer", password, "/dashboards")
+    expect(page.get_by_role("navigation", name="Main").get_by_role("link")).to_have_text(
+        ["Search", "Dashboards", "Monitors", "Cluster"])
+    expect(page.get_by_role("link", name="Loghub overview").first).to_be_visible()
+    expect(page.get_by_role("link", name="New dashboard")).to_have_count(0)
+    expect(page.get_by_role("button", name="Delete")).to_have_count(0)
+    page.goto(f"{node.url}/dashboards/{dashboard_id}?{RANGE}")
+    expect(page.get_by_role("region", name="Errors").locator(".stat")).not_to_have_text("")
+    expect(page.get_by_role("button", name="Edit")).to_have_count(0)
+    expect(page.get_by_role("button", name="Delete")).to_have_count(0)
+    for path in ("/admin", "/admin/users", "/admin/tokens"):
+        page.goto(node.url + path)
+        expect(page.get_by_role("heading", name="Not allowed")).to_be_visible()
+        expect(page.get_by_role("alert")).to_contain_text("The viewer role may not see this page.")
+        expect(page.locator("main form, main table")).to_have_count(0)
+    page.goto(node.url + "/dashboards/new")
+    expect(page.get_by_role("alert")).to_contain_text("may not make dashboards")
+    page.goto(node.url + "/monitors")
+    expect(page.get_by_role("heading", name="Monitors")).to_be_visible()
+    expect(page.get_by_role("link", name="New monitor")).to_have_count(0)

@@ -110,7 +110,9 @@ export function barChart(box, labels, series, options = {}) {
     legend: { show: shown.length > 1 },
     cursor: { drag: { x: false, y: false } },
     scales: { x: { time: false, range: [-0.6, labels.length - 0.4] } },
-    axes: [{ stroke: "#5b6475", grid: { show: false }, incrs: [1], values: (u, splits) => splits.map((i) => short[i] ?? "") },
+    axes: [{ stroke: "#5b6475", grid: { show: false }, incrs: [1, 2, 5, 10, 20, 50], space: 18,
+      rotate: labels.length > 6 ? 30 : 0, size: labels.length > 6 ? 72 : 40,
+      values: (u, splits) => splits.map((i) => (Number.isInteger(i) ? short[i] ?? "" : "")) },
       { stroke: "#5b6475", grid: { stroke: "#eceef2" }, size: 56 }],
     series: [{ label: "category", value: (u, i) => labels[i] ?? "" }, ...shown.map((s, i) => ({
       label: s.label,

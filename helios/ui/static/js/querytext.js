@@ -84,3 +84,17 @@ export function tailQuery(text) {
   const kept = pipes.filter((p) => pipeName(p) === "fields");
   return { q: [filter || "*", ...kept].join(" | "), dropped: pipes.length - kept.length };
 }
+
+/**
+ * What a timechart pipe says about empty buckets: {stepText, zero}. zero is true when every
+ * result counts or sums (no rows in a bucket means 0 there), false for avg/min/max/quantile
+ * (no value). null when the query has no timechart.
+ */
+export function timechartOf(text) {
+  const pipe = splitQuery(text).pipes.find((p) => pipeName(p) === "timechart");
+  if (!pipe) return null;
+  const stepText = (pipe.match(/^timechart\s+(\S+)/i) || [])[1] || "";
+  const aggs = pipe.replace(/\bby\s*\(.*$/is, "");
+  const funcs = [...aggs.matchAll(/([A-Za-z_]+)\s*\(/g)].map((m) => m[1].toLowerCase());
+  return { stepText, zero: funcs.every((f) => ["count", "count_distinct", "sum"].includes(f)) };
+}

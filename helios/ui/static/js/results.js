@@ -3,8 +3,8 @@
 
 import { barChart, timeChart } from "./chart.js";
 import { h, num, replace, show, table } from "./dom.js";
-import { isFieldName } from "./querytext.js";
-import { display, parseTime } from "./time.js";
+import { isFieldName, timechartOf } from "./querytext.js";
+import { display, durationMs, parseTime } from "./time.js";
 
 const SIDE_FIELDS = ["level", "service", "host"];
 
@@ -26,12 +26,22 @@ function isNumeric(rows, column) {
   return any;
 }
 
-/** Aggregation rows with _time → {xs (s), series [{label, values}]}: one series per group and result. */
-export function pivotTime(rows) {
+/**
+ * Aggregation rows with _time → {xs (s), series [{label, values}]}: one series per group and result.
+ * fill {fromMs, toMs, stepMs, zero}: every step of the range gets a point; a bucket without rows
+ * is 0 when zero (counts, sums), a gap otherwise.
+ */
+export function pivotTime(rows, fill) {
   const columns = columnsOf(rows).filter((c) => c !== "_time");
   const values = columns.filter((c) => isNumeric(rows, c));
   const groups = columns.filter((c) => !values.includes(c));
-  const xs = [...new Set(rows.map((r) => parseTime(r._time) / 1000))].filter(Number.isFinite).sort((a, b) => a - b);
+  let xs = [...new Set(rows.map((r) => parseTime(r._time) / 1000))].filter(Number.isFinite);
+  if (fill && fill.stepMs > 0 && (fill.toMs - fill.fromMs) / fill.stepMs <= 2000) {
+    for (let t = Math.floor(fill.fromMs / fill.stepMs) * fill.stepMs; t < fill.toMs; t += fill.stepMs) xs.push(t / 1000);
+    xs = [...new Set(xs)];
+  }
+  xs.sort((a, b) => a - b);
+  const empty = fill && fill.zero ? 0 : null;
   const index = new Map(xs.map((x, i) => [x, i]));
   const series = new Map();
   for (const row of rows) {
@@ -40,11 +50,18 @@ export function pivotTime(rows) {
     const group = groups.map((g) => show(row[g]) || "(none)").join(" / ");
     for (const column of values) {
       const label = group ? (values.length > 1 ? `${group} · ${column}` : group) : column;
-      if (!series.has(label)) series.set(label, { label, values: new Array(xs.length).fill(null) });
+      if (!series.has(label)) series.set(label, { label, values: new Array(xs.length).fill(empty) });
       series.get(label).values[i] = row[column];
     }
   }
   return { xs, series: [...series.values()] };
+}
+
+/** The pivotTime fill of a query's timechart over a range (undefined without a timechart). */
+export function fillFor(text, range) {
+  const chart = timechartOf(text);
+  if (!chart || !durationMs(chart.stepText)) return undefined;
+  return { fromMs: range.fromMs, toMs: range.toMs, stepMs: durationMs(chart.stepText), zero: chart.zero };
 }
 
 /** Aggregation rows without _time → {labels, series}: categories from the text columns. */
@@ -56,7 +73,10 @@ export function categories(rows) {
   return { labels, series: values.map((c) => ({ label: c, values: rows.map((r) => r[c] ?? null) })) };
 }
 
-/** Fill a box with an aggregation's chart (time, categories, or one big number) and its table. */
+/**
+ * Fill a box with an aggregation's chart (time, categories, or one big number) and its table.
+ * options: height, signal, label, fill (see pivotTime), table (false: chart only), stat (false: no big number).
+ */
 export function aggregation(box, rows, options = {}) {
   const chartBox = h("div", { class: "chart", dataset: { points: "0" } });
   const parts = [chartBox];
@@ -67,7 +87,7 @@ export function aggregation(box, rows, options = {}) {
     return;
   }
   if (rows.some((r) => "_time" in r)) {
-    const { xs, series } = pivotTime(rows);
+    const { xs, series } = pivotTime(rows, options.fill);
     timeChart(chartBox, xs, series, { height: options.height, signal: options.signal, label: options.label });
   } else {
     const { labels, series } = categories(rows);

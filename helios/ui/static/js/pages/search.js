@@ -5,7 +5,7 @@ import { api, query } from "../api.js";
 import { timeChart } from "../chart.js";
 import { field, h, notice, num, replace, select } from "../dom.js";
 import { addTerm, filterOf, isAggregation, term } from "../querytext.js";
-import { aggregation, columnsOf, logTable } from "../results.js";
+import { aggregation, columnsOf, fillFor, logTable } from "../results.js";
 import { drawFacets } from "../search_facets.js";
 import { follow } from "../search_tail.js";
 import { PRESETS, customRange, display, parseTime, rangeOf, rangeParams, stepFor } from "../time.js";
@@ -169,7 +169,7 @@ export async function render(main, ctx) {
         }),
       ]);
       if (aggregate) {
-        aggregation(results, answer.rows, { signal, height: 260 });
+        aggregation(results, answer.rows, { signal, height: 260, fill: fillFor(req.q, range) });
       } else {
         const table = logTable({ onTerm: addToQuery });
         table.set(answer.rows);
