@@ -29,9 +29,11 @@ WORD = re.compile(r"\w+")
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory, records: list[Record]) -> Iterator[Server]:
-    data_dir = tmp_path_factory.mktemp("ui") / "node"
+    root = tmp_path_factory.mktemp("ui")
+    data_dir = root / "node"
     data_dir.mkdir()
-    server = Server(data_dir).start()
+    # A shared (filesystem) store, so that the cluster page has sync to show.
+    server = Server(data_dir, {"HELIOS_SHARED_STORE": str(root / "shared")}).start()
     assert server.ingest(ndjson(records), dataset="loghub").json() == {"ingested": len(records)}
     yield server
     server.kill()
@@ -259,7 +261,8 @@ def test_a_script_log_line_renders_as_text(browse: Browse, node: Server) -> None
     page = login(browse, "admin", ADMIN_PASSWORD, "/?q=scriptcheck&range=24h&dataset=hostile")
     message = page.locator("table.results td.msg")
     expect(message).to_have_text(line)
-    expect(page.get_by_role("button", name="<b>bold</b>", exact=True)).to_be_visible()
+    expect(page.get_by_role("region", name="Results").get_by_role("button", name="<b>bold</b>", exact=True)) \
+        .to_be_visible()
     page.get_by_role("button", name=re.compile("Show all fields")).click()
     expect(page.locator("tr.details")).to_contain_text("<img src=x")
     assert page.evaluate("window.__pwned") is None
@@ -410,3 +413,73 @@ def test_a_viewer_sees_no_admin_pages_and_no_edit_buttons(browse: Browse, node: 
     page.goto(node.url + "/monitors")
     expect(page.get_by_role("heading", name="Monitors")).to_be_visible()
     expect(page.get_by_role("link", name="New monitor")).to_have_count(0)
+
+
+# -- admin and cluster ----------------------------------------------------------------------------
+
+
+def test_admin_users_tokens_retention_and_audit(browse: Browse, node: Server) -> None:
+    page = login(browse, "admin", ADMIN_PASSWORD, "/admin")
+    expect(page.get_by_role("heading", name="Admin: Users")).to_be_visible()
+    form = page.get_by_role("form", name="New user")
+    form.get_by_label("Username").fill("ui-editor")
+    form.get_by_label("Password").fill("editor-password-1")
+    form.get_by_label("Role").select_option("editor")
+    form.get_by_role("button", name="Create user").click()
+    expect(page.get_by_role("status").filter(has_text="User ui-editor created.")).to_be_visible()
+    row = page.get_by_role("row").filter(has_text="ui-editor")
+    expect(row.get_by_label("Role of ui-editor")).to_have_value("editor")
+    row.get_by_label("Role of ui-editor").select_option("viewer")
+    expect(page.get_by_role("status").filter(has_text="ui-editor is now viewer.")).to_be_visible()
+    assert node.request("GET", "/api/v1/users/ui-editor").json()["role"] == "viewer"
+    # API tokens: the secret is shown once, and works.
+    page.get_by_role("link", name="API tokens").click()
+    form = page.get_by_role("form", name="New API token")
+    form.get_by_label("Token name").fill("ui shipper")
+    form.get_by_role("button", name="Create token").click()
+    secret = page.get_by_label("The new token")
+    expect(secret).to_have_text(re.compile(r"^hlt_[0-9a-f]{16}_"))
+    token = secret.inner_text()
+    assert node.ingest(b'{"_msg": "from the ui token"}\n', dataset="uitoken",
+                       headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    expect(page.get_by_role("table", name="API tokens")).to_contain_text("ui shipper")
+    page.reload()
+    expect(page.get_by_role("table", name="API tokens")).to_contain_text("ui shipper")
+    expect(page.get_by_text(token)).to_have_count(0)  # shown once
+    # Dataset retention.
+    page.get_by_role("link", name="Settings and retention").click()
+    page.get_by_label("Retention of loghub (days)").fill("400")
+    page.get_by_label("Retention of loghub (days)").press("Enter")
+    expect(page.get_by_role("status").filter(has_text="Retention of loghub saved.")).to_be_visible()
+    assert node.datasets()["loghub"]["retention_days"] == 400
+    page.get_by_label("Default retention (days)").fill("800")
+    page.get_by_role("button", name="Save settings").click()
+    expect(page.get_by_role("status").filter(has_text="Settings saved.")).to_be_visible()
+    assert node.request("GET", "/api/v1/settings").json()["default_retention_days"] == 800
+    # The audit log has all of it.
+    page.get_by_role("link", name="Audit log").click()
+    audit = page.get_by_role("table", name="Audit log")
+    expect(audit).to_contain_text("ui-editor")
+    page.get_by_label("Kind").select_option("datasets")
+    expect(audit.locator("tbody tr")).to_have_count(1)
+    expect(audit).to_contain_text("loghub")
+
+
+def test_the_cluster_page_shows_the_node_its_leaders_sync_and_metrics(browse: Browse, node: Server,
+                                                                       tmp_path: Path) -> None:
+    info = node.request("GET", "/api/v1/cluster").json()
+    page = login(browse, "admin", ADMIN_PASSWORD, "/cluster")
+    this = page.get_by_role("region", name="This node")
+    expect(this).to_contain_text(info["node_id"])
+    expect(this).to_contain_text(info["shared_store"])
+    leaders = page.get_by_role("region", name="Leaders")
+    for job in ("compaction", "retention", "monitors"):
+        expect(leaders).to_contain_text(job)
+    expect(leaders).to_contain_text("(this node)")
+    expect(page.get_by_role("region", name="Sync with the store")).to_contain_text("Pending uploads")
+    expect(page.get_by_role("region", name="Metrics")).to_contain_text(re.compile(r"Rows ingested\s*2\d,\d{3}"))
+    page.get_by_text("All metrics").click()
+    page.get_by_label("Filter metrics").fill("tail_streams_max")
+    expect(page.get_by_role("table", name="All metrics").locator("tbody tr")).to_have_count(1)
+    page.get_by_text("All metrics").click()
+    screenshot(page, "cluster", tmp_path)

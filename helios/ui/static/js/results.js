@@ -163,7 +163,7 @@ export function logTable({ onTerm, sides: fixed } = {}) {
     msg.addEventListener("dblclick", toggle);
     const line = h("tr", null, h("td", null, expand), h("td", { class: "time" }, display(row._time)),
       sides.map((f) => h("td", { class: `side-${f}` },
-        valueButton(f, row[f], f === "level" ? `level-${show(row[f])}` : null))), msg);
+        valueButton(f, row[f], f === "level" && /^\w+$/.test(show(row[f])) ? `level-${show(row[f])}` : null))), msg);
     return [line, more];
   }
 
