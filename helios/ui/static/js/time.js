@@ -40,11 +40,14 @@ export function iso(ms) {
   return new Date(ms).toISOString();
 }
 
-/** ms or RFC 3339 text → "2023-11-14 22:13:20" (UTC; fractions kept when the text has them). */
-export function display(value) {
-  if (typeof value === "number") return iso(value).replace("T", " ").replace(/\.000Z$|Z$/, "");
-  const text = String(value || "");
-  return text.replace("T", " ").replace(/Z$/, "").replace(/\.0+$/, "");
+/**
+ * ms or RFC 3339 text → "2023-11-14 22:13:20" (UTC). Fractions of a second are kept when the
+ * text has them (log rows), unless seconds is true (times of events: last pull, updated at).
+ */
+export function display(value, seconds = false) {
+  if (typeof value === "number") return iso(value).replace("T", " ").replace(/\.\d+Z$|Z$/, "");
+  const text = String(value || "").replace("T", " ").replace(/Z$/, "");
+  return seconds ? text.replace(/\.\d+$/, "") : text.replace(/\.0+$/, "");
 }
 
 /** The range a page's address names: {preset, fromMs, toMs, from, to} (from/to RFC 3339). */

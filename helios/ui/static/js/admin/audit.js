@@ -17,7 +17,7 @@ export async function render(box, ctx) {
     if (kind.value) params.set("kind", kind.value);
     const entries = await api("GET", `/api/v1/audit?${params}`, undefined, { signal: ctx.signal });
     replace(list, entries.length ? table(["#", "At (UTC)", "By", "Node", "Action", "Kind", "Id", "Version", "Changed"],
-      entries.map((e) => [String(e.seq), display(e.at), show(e.by), show(e.node), show(e.action), show(e.kind),
+      entries.map((e) => [String(e.seq), display(e.at, true), show(e.by), show(e.node), show(e.action), show(e.kind),
         show(e.id), show(e.version), (e.changed || []).join(", ")]), { "aria-label": "Audit log" })
       : h("p", { class: "muted" }, "No entries."));
   }

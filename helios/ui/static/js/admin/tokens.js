@@ -42,8 +42,8 @@ export async function render(box, ctx) {
     const tokens = await api("GET", "/api/v1/tokens", undefined, { signal: ctx.signal });
     tokens.sort((a, b) => a.name.localeCompare(b.name));
     replace(list, tokens.length ? table(["Name", "Id", "Role", "Created (UTC)", "Expires (UTC)", "Actions"],
-      tokens.map((t) => [t.name, h("code", null, t.id), t.role, `${display(t.created_at)} by ${t.created_by}`,
-        t.expires_at ? display(t.expires_at) : "never",
+      tokens.map((t) => [t.name, h("code", null, t.id), t.role, `${display(t.created_at, true)} by ${t.created_by}`,
+        t.expires_at ? display(t.expires_at, true) : "never",
         confirmButton("Revoke", `Revoke ${t.name}`, async () => {
           try {
             await api("DELETE", `/api/v1/tokens/${encodeURIComponent(t.id)}`);

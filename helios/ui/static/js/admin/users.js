@@ -58,7 +58,7 @@ export async function render(box, ctx) {
     replace(list, table(["Username", "Role", "Updated (UTC)", "Actions"], users.map((user) => {
       const roleBox = select(ROLES, user.role, { "aria-label": `Role of ${user.username}` });
       roleBox.addEventListener("change", () => change(user, { role: roleBox.value }, `${user.username} is now ${roleBox.value}.`));
-      return [user.username, roleBox, `${display(user.updated_at)} by ${user.updated_by}`,
+      return [user.username, roleBox, `${display(user.updated_at, true)} by ${user.updated_by}`,
         h("span", { class: "actions" }, passwordCell(user), user.username === ctx.session.name ? null
           : confirmButton("Delete", `Delete ${user.username}`, async () => {
             try {

@@ -40,7 +40,7 @@ function card(title, ...body) {
   return h("section", { class: "card", "aria-label": title }, h("h2", null, title), body);
 }
 
-const when = (value) => (value ? display(value) : "never");
+const when = (value) => (value ? display(value, true) : "never");
 
 /** The failing tasks and quarantined objects of helios/supervisor.py Health, if any. */
 function problems(health) {

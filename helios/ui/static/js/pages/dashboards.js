@@ -24,7 +24,7 @@ export async function render(main, ctx) {
     if (canEdit) columns.push("Actions");
     replace(list, table(columns, dashboards.map((d) => {
       const cells = [h("a", { href: `/dashboards/${encodeURIComponent(d.id)}` }, d.title), String(d.panels.length),
-        display(d.updated_at), d.updated_by];
+        display(d.updated_at, true), d.updated_by];
       if (canEdit) {
         cells.push(confirmButton("Delete", `Delete ${d.title}`, async () => {
           try {

@@ -62,17 +62,17 @@ export async function render(main, ctx) {
     ["Repeat while firing", monitor.repeat || "—"],
     ["Webhook", monitor.webhook || "none"],
     ["Enabled", monitor.enabled ? "yes" : "no"],
-    ["Last evaluated (UTC)", monitor.last_evaluated_at ? display(monitor.last_evaluated_at) : "not yet"],
+    ["Last evaluated (UTC)", monitor.last_evaluated_at ? display(monitor.last_evaluated_at, true) : "not yet"],
     ["Last value", num(monitor.last_value)],
     ["Last error", monitor.last_error || "—"],
-    ["Changed", `${display(monitor.updated_at)} by ${monitor.updated_by} (version ${monitor.version})`],
+    ["Changed", `${display(monitor.updated_at, true)} by ${monitor.updated_by} (version ${monitor.version})`],
   ];
   replace(main, h("h1", null, monitor.name), actions, message,
     h("div", { class: "card" }, h("dl", { class: "kv" }, facts.flatMap(([k, v]) => [h("dt", null, k), h("dd", null, v)]))),
     h("h2", null, "History"),
     history.length ? table(["At (UTC)", "State", "Value", "Condition", "Window (UTC)", "Delivery", "Attempts", "Error"],
-      history.map((t) => [display(t.at), stateBadge(t.state), num(t.value), `${t.op} ${t.threshold}`,
-        `${display(t.window.from)} – ${display(t.window.to)}`, stateBadge(t.delivery), String(t.attempts),
+      history.map((t) => [display(t.at, true), stateBadge(t.state), num(t.value), `${t.op} ${t.threshold}`,
+        `${display(t.window.from, true)} – ${display(t.window.to, true)}`, stateBadge(t.delivery), String(t.attempts),
         show(t.error)]), { "aria-label": "History" })
       : h("p", { class: "muted" }, "No transitions yet."),
     h("p", null, h("a", { href: "/monitors" }, "All monitors")));

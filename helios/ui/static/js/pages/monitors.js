@@ -34,7 +34,7 @@ export async function render(main, ctx) {
       stateBadge(m.state),
       h("code", null, conditionText(m)),
       `${m.window} / ${m.schedule}`,
-      m.last_evaluated_at ? display(m.last_evaluated_at) : "not yet",
+      m.last_evaluated_at ? display(m.last_evaluated_at, true) : "not yet",
       m.last_error ? h("span", { class: "muted", title: m.last_error }, "error") : num(m.last_value),
     ]), { "aria-label": "Monitors" }) : h("p", { class: "muted" }, "No monitors yet."));
     replace(status, `Updated ${new Date().toISOString().slice(11, 19)} UTC; refreshed every ${REFRESH_MS / 1000} s.`);
