@@ -9,6 +9,7 @@ wait for what the page must show.
 from __future__ import annotations
 
 import re
+import secrets
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -16,7 +17,7 @@ import httpx
 import orjson
 import pytest
 
-from support import ADMIN_PASSWORD, Record, Server, ndjson
+from support import ADMIN_PASSWORD, Record, Server, ndjson, wait_until
 from ui_support import CHROMIUM, Browse, browser_or_skip, login, open_page, screenshot
 
 sync_api = browser_or_skip()
@@ -232,6 +233,53 @@ def test_dragging_on_the_histogram_selects_a_range(browse: Browse) -> None:
     expect(page.get_by_label("Time range", exact=True)).to_have_value("custom")
     expect(page.get_by_label("From (UTC)")).to_have_value(re.compile(r"^2023-11-15 "))
     assert "from=2023-11-15T" in page.url
+    # A facet of a field the user picks, over the selected range.
+    page.get_by_label("Facet field").fill("service")
+    page.get_by_role("button", name="Show top values").click()
+    expect(page.get_by_label("Top values of service").get_by_role("button").first).to_be_visible()
+    page.get_by_label("Facet field").fill("dataset")
+    page.get_by_role("button", name="Show top values").click()
+    expect(page.get_by_label("Top values of dataset").get_by_role("button", name="loghub")).to_be_visible()
+    assert "facet=dataset" in page.url
+    # A preset replaces the custom range in the address.
+    page.get_by_label("Time range", exact=True).select_option("24h")
+    expect(page).to_have_url(re.compile(r"range=24h"))
+    assert "from=" not in page.url
+
+
+def test_a_partial_answer_is_a_visible_warning(browser: Any, server_factory: Any, records: list[Record],
+                                              tmp_path: Path) -> None:
+    """Node C reads A's blocks from a shared store that goes away: C answers with what it has, and says so."""
+    secrets_dir = tmp_path / "secrets"
+    secrets_dir.mkdir()
+    for name in ("control.key", "jwt.secret"):
+        (secrets_dir / name).write_bytes(secrets.token_bytes(32))
+        (secrets_dir / name).chmod(0o600)
+    store = tmp_path / "shared"
+    env = {"HELIOS_SHARED_STORE": str(store), "HELIOS_BLOCK_SYNC_SECS": "2",
+           "HELIOS_CONTROL_KEY_PATH": str(secrets_dir / "control.key"),
+           "HELIOS_JWT_SECRET_PATH": str(secrets_dir / "jwt.secret")}
+    a = server_factory("a", **env, HELIOS_MEMTABLE_ROWS="500")
+    for start in range(0, 2000, 500):
+        assert a.ingest(ndjson(records[start : start + 500]), dataset="far").status_code == 200
+    wait_until(lambda: a.request("GET", "/api/v1/cluster").json()["sync"]["pending_uploads"] == 0,
+               what="A's blocks in the store")
+    c = server_factory("c", **env, HELIOS_FETCH_DEADLINE_SECS="2")
+    wait_until(lambda: c.datasets().get("far", {}).get("rows") == 2000, what="C to know A's blocks")
+    hidden = store.with_name("shared-hidden")
+    store.rename(hidden)  # every store operation now fails
+    store.write_bytes(b"not a directory")
+    pages = open_page(browser, c.url)
+    browse = next(pages)
+    try:
+        page = login(browse, "admin", ADMIN_PASSWORD, f"/?{RANGE}&dataset=far")
+        warning = page.get_by_role("alert").filter(has_text="Partial result")
+        expect(warning).to_contain_text(re.compile(r"[1-9]\d* blocks could not be read"), timeout=60_000)
+        browse.check()
+    finally:
+        pages.close()
+        store.unlink()
+        hidden.rename(store)
 
 
 # -- live tail ------------------------------------------------------------------------------------
@@ -268,6 +316,26 @@ def test_a_script_log_line_renders_as_text(browse: Browse, node: Server) -> None
     assert page.evaluate("window.__pwned") is None
     assert page.locator("table.results script, table.results img, table.results b").count() == 0
     browse.check(strict=True)
+
+
+def test_search_works_from_the_keyboard(browse: Browse) -> None:
+    page = login(browse, "admin", ADMIN_PASSWORD, f"/?{RANGE}&dataset=loghub")
+    expect(page.get_by_role("heading", name="Search")).to_be_focused()  # focus moves to each page's heading
+    page.keyboard.press("Tab")
+    expect(page.get_by_label("Query")).to_be_focused()
+    page.keyboard.press("ControlOrMeta+a")
+    page.keyboard.type("sshd level:ERROR")
+    page.keyboard.press("Enter")
+    expect(page.locator("table.results td.msg").first).to_contain_text("sshd")
+    expand = page.get_by_role("button", name=re.compile("Show all fields")).first
+    expand.focus()
+    page.keyboard.press("Enter")
+    expect(expand).to_have_attribute("aria-expanded", "true")
+    expect(page.locator("tr.details").first).to_be_visible()
+    page.keyboard.press("Tab")  # the row's level value
+    page.keyboard.press("Tab")  # the row's service value
+    page.keyboard.press("Enter")
+    expect(page.get_by_label("Query")).to_have_value("sshd level:ERROR service:openssh")
 
 
 def test_the_search_page_fits_a_phone(phone: Browse) -> None:
