@@ -9,23 +9,19 @@ wait for what the page must show.
 from __future__ import annotations
 
 import re
-import secrets
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import httpx
 import orjson
 import pytest
 
-from support import ADMIN_PASSWORD, Record, Server, ndjson, wait_until
-from ui_support import CHROMIUM, Browse, browser_or_skip, login, open_page, screenshot
+from support import ADMIN_PASSWORD, Record, Server, ndjson
+from ui_support import browse, browser, browser_or_skip, login, make_user, overview, phone  # noqa: F401
+from ui_support import RANGE, Browse, screenshot, unique_line
 
 sync_api = browser_or_skip()
 expect = sync_api.expect
-
-# The Loghub records lie between 2023-11-14 22:13 and 2023-11-17 05:46 UTC (tests/support.py).
-RANGE = "from=2023-11-14T00:00:00Z&to=2023-11-18T00:00:00Z"
-WORD = re.compile(r"\w+")
 
 
 @pytest.fixture(scope="module")
@@ -38,58 +34,6 @@ def node(tmp_path_factory: pytest.TempPathFactory, records: list[Record]) -> Ite
     assert server.ingest(ndjson(records), dataset="loghub").json() == {"ingested": len(records)}
     yield server
     server.kill()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM))
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def browse(browser: Any, node: Server) -> Iterator[Browse]:
-    """A fresh tab 1280 px wide; the test fails on a page error or an unexpected console error."""
-    pages = open_page(browser, node.url)
-    page = next(pages)
-    try:
-        yield page
-        page.check()
-    finally:
-        pages.close()
-
-
-@pytest.fixture
-def phone(browser: Any, node: Server) -> Iterator[Browse]:
-    """A fresh tab 390 px wide (a phone)."""
-    pages = open_page(browser, node.url, width=390, height=800)
-    page = next(pages)
-    try:
-        yield page
-        page.check()
-    finally:
-        pages.close()
-
-
-def make_user(node: Server, username: str, role: str, password: str = "password-123") -> str:
-    reply = node.request("POST", "/api/v1/users", json={"username": username, "password": password, "role": role})
-    assert reply.status_code in (201, 409), reply.text
-    return password
-
-
-def unique_line(records: list[Record]) -> tuple[Record, str]:
-    """An OpenSSH record and a word of its message that no other record has."""
-    counts: dict[str, int] = {}
-    for record in records:
-        for word in set(WORD.findall(record.msg.lower())):
-            counts[word] = counts.get(word, 0) + 1
-    for record in records:
-        if record.service == "openssh" and "Failed password" in record.msg:
-            words = [w for w in WORD.findall(record.msg) if counts[w.lower()] == 1]
-            if words:
-                return record, words[0]
-    raise AssertionError("no OpenSSH line with a unique word")
 
 
 # -- served by the node ---------------------------------------------------------------------------
@@ -247,53 +191,36 @@ def test_dragging_on_the_histogram_selects_a_range(browse: Browse) -> None:
     assert "from=" not in page.url
 
 
-def test_a_partial_answer_is_a_visible_warning(browser: Any, server_factory: Any, records: list[Record],
-                                              tmp_path: Path) -> None:
-    """Node C reads A's blocks from a shared store that goes away: C answers with what it has, and says so."""
-    secrets_dir = tmp_path / "secrets"
-    secrets_dir.mkdir()
-    for name in ("control.key", "jwt.secret"):
-        (secrets_dir / name).write_bytes(secrets.token_bytes(32))
-        (secrets_dir / name).chmod(0o600)
-    store = tmp_path / "shared"
-    env = {"HELIOS_SHARED_STORE": str(store), "HELIOS_BLOCK_SYNC_SECS": "2",
-           "HELIOS_CONTROL_KEY_PATH": str(secrets_dir / "control.key"),
-           "HELIOS_JWT_SECRET_PATH": str(secrets_dir / "jwt.secret")}
-    a = server_factory("a", **env, HELIOS_MEMTABLE_ROWS="500")
-    for start in range(0, 2000, 500):
-        assert a.ingest(ndjson(records[start : start + 500]), dataset="far").status_code == 200
-    wait_until(lambda: a.request("GET", "/api/v1/cluster").json()["sync"]["pending_uploads"] == 0,
-               what="A's blocks in the store")
-    c = server_factory("c", **env, HELIOS_FETCH_DEADLINE_SECS="2")
-    wait_until(lambda: c.datasets().get("far", {}).get("rows") == 2000, what="C to know A's blocks")
-    hidden = store.with_name("shared-hidden")
-    store.rename(hidden)  # every store operation now fails
-    store.write_bytes(b"not a directory")
-    pages = open_page(browser, c.url)
-    browse = next(pages)
-    try:
-        page = login(browse, "admin", ADMIN_PASSWORD, f"/?{RANGE}&dataset=far")
-        warning = page.get_by_role("alert").filter(has_text="Partial result")
-        expect(warning).to_contain_text(re.compile(r"[1-9]\d* blocks could not be read"), timeout=60_000)
-        browse.check()
-    finally:
-        pages.close()
-        store.unlink()
-        hidden.rename(store)
-
-
 # -- live tail ------------------------------------------------------------------------------------
 
 
-def test_live_tail_shows_a_freshly_ingested_line(browse: Browse, node: Server) -> None:
-    page = login(browse, "admin", ADMIN_PASSWORD, "/?q=tailcheck")
+def test_live_tail_shows_a_freshly_ingested_line_and_pauses_on_scroll(browse: Browse, node: Server) -> None:
+    filler = b"".join(orjson.dumps({"_msg": f"earlier line {i}", "level": "INFO"}) + b"\n" for i in range(60))
+    assert node.ingest(filler, dataset="tailed").status_code == 200
+    page = login(browse, "admin", ADMIN_PASSWORD, "/?dataset=tailed")
     page.get_by_role("button", name="Live tail").click()
     expect(page.get_by_role("button", name="Live tail")).to_have_attribute("aria-pressed", "true")
     expect(page.locator("[data-live=connected]")).to_have_count(1)
-    line = "tailcheck a fresh line from the UI test"
-    assert node.ingest(orjson.dumps({"_msg": line, "level": "WARN"}) + b"\n", dataset="tailed").status_code == 200
-    expect(page.locator("table.results td.msg")).to_have_text([line])
-    expect(page.get_by_text("Following: 1 rows received")).to_be_visible()
+    messages = page.locator("table.results td.msg")
+    expect(messages).to_have_count(60)  # the backfill, newest first
+    expect(messages.first).to_have_text("earlier line 59")
+
+    def ingest(line: str) -> None:
+        assert node.ingest(orjson.dumps({"_msg": line, "level": "WARN"}) + b"\n", dataset="tailed").status_code == 200
+
+    ingest("tailcheck a fresh line from the UI test")
+    expect(messages.first).to_have_text("tailcheck a fresh line from the UI test")
+    expect(page.get_by_text("Following: 61 rows received")).to_be_visible()
+    # Scrolled away from the newest rows, the view pauses: the next row waits until asked for.
+    page.locator(".scroller").evaluate("el => el.scrollTop = 300")
+    expect(page.get_by_text("paused while scrolled")).to_be_visible()
+    ingest("tailcheck while paused")
+    show = page.get_by_role("button", name="Show 1 new rows")
+    expect(show).to_be_visible()
+    expect(messages.first).to_have_text("tailcheck a fresh line from the UI test")
+    show.click()
+    expect(messages.first).to_have_text("tailcheck while paused")
+    expect(messages).to_have_count(62)
     page.get_by_role("button", name="Live tail").click()
     expect(page.get_by_role("button", name="Live tail")).to_have_attribute("aria-pressed", "false")
     expect(page.locator("[data-live=connected]")).to_have_count(0)
@@ -387,23 +314,6 @@ def test_build_a_dashboard_with_a_timechart_panel_and_resolve_an_edit_conflict(b
     row.get_by_role("button", name="Delete Loghub by level, mine").click()
     expect(page.get_by_role("link", name="Loghub by level, mine")).to_have_count(0)
     assert node.request("GET", f"/api/v1/dashboards/{dashboard_id}").status_code == 404
-
-
-OVERVIEW = {"title": "Loghub overview", "description": "Ten Loghub services, 20,000 lines", "panels": [
-    {"title": "Rows by level", "type": "timechart", "query": "* | timechart 3h count() as rows by (level)",
-     "dataset": "loghub"},
-    {"title": "Errors", "type": "stat", "query": "level:ERROR", "dataset": "loghub"},
-    {"title": "Rows per service", "type": "bar", "query": "* | stats count() as rows by (service)",
-     "dataset": "loghub"},
-    {"title": "Top hosts", "type": "table", "query": "* | top 5 host", "dataset": "loghub"},
-    {"title": "Latest errors", "type": "logs", "query": "level:ERROR", "dataset": "loghub"},
-]}
-
-
-def overview(node: Server) -> str:
-    reply = node.request("POST", "/api/v1/dashboards", json=OVERVIEW)
-    assert reply.status_code == 201, reply.text
-    return reply.json()["id"]
 
 
 def test_every_panel_type_is_drawn_from_its_query(browse: Browse, node: Server, records: list[Record],

@@ -20,6 +20,8 @@ from typing import Any, Iterator
 
 import pytest
 
+from support import Record, Server
+
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = Path(os.environ.get("HELIOS_CHROMIUM") or "/usr/bin/chromium")
 FIX = "apt-get install chromium"
@@ -27,6 +29,9 @@ FIX = "apt-get install chromium"
 # writes them under the test's tmp dir, so `make test` leaves the checkout unchanged).
 SCREENSHOTS = REPO / "docs" / "screenshots"
 WIDTH, HEIGHT = 1280, 860
+WORD = re.compile(r"\w+")
+# The Loghub records lie between 2023-11-14 22:13 and 2023-11-17 05:46 UTC (tests/support.py).
+RANGE = "from=2023-11-14T00:00:00Z&to=2023-11-18T00:00:00Z"
 FAILED_REQUEST = re.compile(r"^Failed to load resource: the server responded with a status of 4\d\d")
 
 
@@ -101,3 +106,72 @@ def screenshot(page: Any, name: str, tmp_path: Path) -> Path:
     page.screenshot(path=str(path), full_page=False)
     assert path.stat().st_size > 10_000  # a drawn page, not a blank one
     return path
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with browser_or_skip().sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM))
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def browse(browser: Any, node: Server) -> Iterator[Browse]:
+    """A fresh tab 1280 px wide; the test fails on a page error or an unexpected console error."""
+    pages = open_page(browser, node.url)
+    page = next(pages)
+    try:
+        yield page
+        page.check()
+    finally:
+        pages.close()
+
+
+@pytest.fixture
+def phone(browser: Any, node: Server) -> Iterator[Browse]:
+    """A fresh tab 390 px wide (a phone)."""
+    pages = open_page(browser, node.url, width=390, height=800)
+    page = next(pages)
+    try:
+        yield page
+        page.check()
+    finally:
+        pages.close()
+
+
+def make_user(node: Server, username: str, role: str, password: str = "password-123") -> str:
+    reply = node.request("POST", "/api/v1/users", json={"username": username, "password": password, "role": role})
+    assert reply.status_code in (201, 409), reply.text
+    return password
+
+
+def unique_line(records: list[Record]) -> tuple[Record, str]:
+    """An OpenSSH record and a word of its message that no other record has."""
+    counts: dict[str, int] = {}
+    for record in records:
+        for word in set(WORD.findall(record.msg.lower())):
+            counts[word] = counts.get(word, 0) + 1
+    for record in records:
+        if record.service == "openssh" and "Failed password" in record.msg:
+            words = [w for w in WORD.findall(record.msg) if counts[w.lower()] == 1]
+            if words:
+                return record, words[0]
+    raise AssertionError("no OpenSSH line with a unique word")
+
+
+OVERVIEW = {"title": "Loghub overview", "description": "Ten Loghub services, 20,000 lines", "panels": [
+    {"title": "Rows by level", "type": "timechart", "query": "* | timechart 3h count() as rows by (level)",
+     "dataset": "loghub"},
+    {"title": "Errors", "type": "stat", "query": "level:ERROR", "dataset": "loghub"},
+    {"title": "Rows per service", "type": "bar", "query": "* | stats count() as rows by (service)",
+     "dataset": "loghub"},
+    {"title": "Top hosts", "type": "table", "query": "* | top 5 host", "dataset": "loghub"},
+    {"title": "Latest errors", "type": "logs", "query": "level:ERROR", "dataset": "loghub"},
+]}
+
+
+def overview(node: Server) -> str:
+    reply = node.request("POST", "/api/v1/dashboards", json=OVERVIEW)
+    assert reply.status_code == 201, reply.text
+    return reply.json()["id"]
