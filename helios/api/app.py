@@ -4,7 +4,7 @@
     ├── ConnectionGuard (ASGI)   security headers; drain-or-close after early answers
     ├── error handlers           HeliosError → its status; store error → 503 (helios.errors.from_store);
     │                            framework HTTP error → its status, JSON; anything else → 500, logged
-    ├── BLUEPRINTS               health · ingest · query · cluster · session · users · resources
+    ├── BLUEPRINTS               health · ingest · query · cluster · session · users · resources · ui
     └── fallback                 any other path → JSON 404
 
 Routes reach the node through ``helios.api.common.node()``, typed by the
@@ -21,7 +21,7 @@ from werkzeug.exceptions import HTTPException
 
 from backends.base import StoreError
 from helios import log
-from helios.api import cluster, compat, health, ingest, monitor_routes, query, resources, session, tail, users
+from helios.api import cluster, compat, health, ingest, monitor_routes, query, resources, session, tail, ui, users
 from helios.api.common import NODE_KEY, QUERIES_KEY, NodeApi, answer, principal, validate_dataset
 from helios.api.guard import ConnectionGuard
 from helios.errors import HeliosError, NotFound, from_store
@@ -31,6 +31,7 @@ __all__ = ["BLUEPRINTS", "DRAIN_S", "create_app", "validate_dataset"]
 
 BLUEPRINTS: tuple[Blueprint, ...] = (
     health.bp, ingest.bp, query.bp, cluster.bp, session.bp, users.bp, resources.bp,
+    ui.bp,  # the web UI: its pages and files (helios/ui)
 )
 DRAIN_S = 5.0  # how long an early answer waits for the rest of the request body before closing instead
 _log = log.get("helios.api")

@@ -2,8 +2,10 @@
 
 Security headers: every HTTP answer carries ``X-Content-Type-Options:
 nosniff``, ``Cache-Control: no-store`` (tokens, logs and settings must not
-be cached by a browser or a proxy), ``Referrer-Policy: no-referrer`` and
-``X-Frame-Options: DENY``, unless the route set its own value.
+be cached by a browser or a proxy), ``Referrer-Policy: no-referrer``,
+``X-Frame-Options: DENY`` and a ``Content-Security-Policy`` that lets an
+API answer opened in a browser load nothing and be framed nowhere, unless
+the route set its own value (the web UI sets its own, ``helios.api.ui``).
 
 Early answers: a handler may answer (401, 403, 400, 413, 408) before the
 client has sent its whole body; httpx, for one, sends the body after the
@@ -36,6 +38,7 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"cache-control", b"no-store"),
     (b"referrer-policy", b"no-referrer"),
     (b"x-frame-options", b"DENY"),
+    (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
 )
 
 
