@@ -20,6 +20,7 @@ from helios.query.executor import execute
 from helios.query.parser import parse
 from helios.storage.blocks import BlockEntry, build_block
 from helios.storage.cache import BlockCache
+from helios.storage import tokens
 from helios.storage.engine import Source
 from support import loghub_records, wait_until
 from test_store_faults import quarantined, rows
@@ -52,10 +53,12 @@ def blocks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[BlockEnt
     root = tmp_path_factory.mktemp("blocks")
     table = _table()
     made = {}
-    for name, indexed in (("indexed", True), ("scanned", False)):
-        entry = build_block(root / name, f"b-{name}", [table], dataset="d", day=0, node="n",
-                            created_ns=0, token_index=indexed)
-        made[name] = (entry, root / name / entry.filename)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tokens, "CHUNK_ROWS", 3000)  # several chunks: their merge is what a big block goes through
+        for name, indexed in (("indexed", True), ("scanned", False)):
+            entry = build_block(root / name, f"b-{name}", [table], dataset="d", day=0, node="n",
+                                created_ns=0, token_index=indexed)
+            made[name] = (entry, root / name / entry.filename)
     return made
 
 

@@ -42,6 +42,7 @@ __all__ = ["FIELD_MAX_VALUES", "FRAME", "MAGIC", "TokenIndex", "build_index", "f
 MAGIC = b"HLXI"
 FORMAT = 1
 FRAME = 1 << 16  # postings per compressed frame: a lookup decodes only the frames it needs
+CHUNK_ROWS = 1 << 16  # messages tokenised at once: the build's memory is a chunk's, not the block's
 FIELD_MAX_VALUES = 4096  # a string field with more distinct values in a block is not indexed
 _HEAD = struct.Struct("<4sI")
 
@@ -107,20 +108,48 @@ def _group(ids: np.ndarray, rows: np.ndarray, size: int) -> tuple[np.ndarray, np
     return starts, postings
 
 
-def _token_part(msg: pa.Array) -> tuple[pa.Array, np.ndarray, np.ndarray, np.ndarray]:
+def _token_chunk(msg: pa.Array, first_row: int) -> tuple[pa.Array, np.ndarray, np.ndarray, np.ndarray]:
+    """(sorted terms, starts, postings, unsure rows) of the messages of rows ``first_row`` …"""
     pieces, rows, unsure = _tokens(msg)
+    unsure = unsure + np.uint32(first_row)
     if len(pieces) == 0:
         return pa.array([], pa.string()), np.zeros(1, np.uint32), np.zeros(0, np.uint32), unsure
     encoded = pc.dictionary_encode(pieces)
-    ids = encoded.indices.to_numpy()
-    dictionary = encoded.dictionary
-    used = np.flatnonzero(np.bincount(ids, minlength=len(dictionary)))
-    terms = dictionary.take(pa.array(used))
+    terms = encoded.dictionary
     order = pc.sort_indices(terms).to_numpy()
-    rank = np.full(len(dictionary), -1, dtype=np.int64)
-    rank[used[order]] = np.arange(len(used))
-    starts, postings = _group(rank[ids], rows, len(used))
-    return terms.take(pa.array(order)), starts, postings, unsure
+    rank = np.empty(len(terms), dtype=np.int64)
+    rank[order] = np.arange(len(terms))
+    starts, postings = _group(rank[encoded.indices.to_numpy()], rows, len(terms))
+    return terms.take(pa.array(order)), starts, postings + np.uint32(first_row), unsure
+
+
+def _merge(parts: list[tuple[pa.Array, np.ndarray, np.ndarray, np.ndarray]]
+           ) -> tuple[pa.Array, np.ndarray, np.ndarray, np.ndarray]:
+    """One index of several chunks' (rows of later chunks are greater: postings concatenate sorted)."""
+    if len(parts) == 1:
+        return parts[0]
+    encoded = pc.dictionary_encode(pa.concat_arrays([p[0] for p in parts]))
+    terms = encoded.dictionary
+    order = pc.sort_indices(terms).to_numpy()
+    rank = np.empty(len(terms), dtype=np.int64)
+    rank[order] = np.arange(len(terms))
+    segment_rank = rank[encoded.indices.to_numpy()]  # a segment: one chunk's postings of one term
+    segment_chunk = np.repeat(np.arange(len(parts)), [len(p[0]) for p in parts])
+    shift = np.cumsum([0] + [len(p[2]) for p in parts[:-1]])
+    segment_start = np.concatenate([p[1][:-1].astype(np.int64) + s for p, s in zip(parts, shift)])
+    segment_size = np.concatenate([np.diff(p[1].astype(np.int64)) for p in parts])
+    placed = np.lexsort((segment_chunk, segment_rank))  # by term, then chunk: rows stay sorted
+    sizes = segment_size[placed]
+    source = np.repeat(segment_start[placed] - (np.cumsum(sizes) - sizes), sizes) + np.arange(int(sizes.sum()))
+    postings = np.concatenate([p[2] for p in parts])[source]
+    starts = np.zeros(len(terms) + 1, np.uint32)
+    starts[1:] = np.cumsum(np.bincount(segment_rank, weights=segment_size, minlength=len(terms)).astype(np.int64))
+    return terms.take(pa.array(order)), starts, postings, np.concatenate([p[3] for p in parts])
+
+
+def _token_part(msg: pa.Array) -> tuple[pa.Array, np.ndarray, np.ndarray, np.ndarray]:
+    """The token terms of a block, built ``CHUNK_ROWS`` rows at a time (bounded memory) and merged."""
+    return _merge([_token_chunk(msg.slice(at, CHUNK_ROWS), at) for at in range(0, max(1, len(msg)), CHUNK_ROWS)])
 
 
 def _field_part(table: pa.Table) -> tuple[list[str], list[pa.Array], list[np.ndarray], list[np.ndarray]]:
