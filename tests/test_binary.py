@@ -18,7 +18,8 @@ REPO = Path(__file__).resolve().parent.parent
 BINARY = REPO / "dist" / "helios"
 MAX_BYTES = 80 * 1024 * 1024
 SOURCES = [REPO / "pyinstaller.spec", REPO / "pyproject.toml", REPO / "constraints.txt",
-           *(REPO / "helios").rglob("*.py"), *(REPO / "backends").rglob("*.py")]
+           *(REPO / "helios").rglob("*.py"), *(REPO / "backends").rglob("*.py"),
+           *(p for p in (REPO / "helios" / "ui" / "static").rglob("*") if p.is_file())]
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +59,8 @@ def test_binary_serves_ingests_queries_and_stops_on_sigterm(binary: Path, clean_
     print(f"dist/helios serve: listening after {time.monotonic() - began:.2f} s")
     assert node.ingest(ndjson(records[:5000]), dataset="loghub").json() == {"ingested": 5000}
     assert node.count(dataset="loghub") == 5000
+    page = node.request("GET", "/", token=None)  # the web UI is inside the binary
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"], page.text[:200]
     assert node.count("service:hdfs", dataset="loghub") == sum(1 for r in records[:5000] if r.service == "hdfs")
     client = {**clean_env, "HELIOS_URL": node.url, "HELIOS_PASSWORD": ADMIN_PASSWORD}
     logfile = tmp_path / "more.ndjson"
