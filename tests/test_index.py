@@ -175,3 +175,15 @@ def test_counts_from_the_index_equal_counting_rows(blocks: dict[str, tuple[Block
     fast, _ = _run(f"* | {pipe}", blocks["indexed"], cache)
     slow, stats = _run(f"* | fields _time, _msg, level | {pipe}", blocks["indexed"], cache)
     assert fast == slow and fast
+
+
+def test_a_plain_search_cut_at_its_limit_says_truncated(blocks: dict[str, tuple[BlockEntry, Path]]) -> None:
+    for name in ("indexed", "scanned"):
+        entry, path = blocks[name]
+        source = Source(dataset="d", day=0, min_time=entry.min_time, max_time=entry.max_time, rows=entry.rows,
+                        block=entry, path=path)
+        cut = execute(parse("error"), [source], BlockCache(1 << 30), start_ns=None, end_ns=None, limit=10)
+        assert cut.table.num_rows == 10 and cut.stats["truncated"] is True
+        whole = execute(parse("error | limit 100000"), [source], BlockCache(1 << 30), start_ns=None, end_ns=None,
+                        limit=100_000)
+        assert 10 < whole.table.num_rows < 100_000 and whole.stats["truncated"] is False

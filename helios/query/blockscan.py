@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from helios.query import ast
 from helios.query.cancel import Check
 from helios.query.filters import mask, may_match
-from helios.query.lookup import filter_columns, hits
+from helios.query.lookup import Hit, filter_columns, hits
 from helios.storage.blocks import BlockIndex
 from helios.storage.cache import BlockCache
 from helios.storage.engine import Source
@@ -39,6 +39,7 @@ class BlockPart:
     table: pa.Table  # the matching rows, with the needed columns (all when ``needed`` is None)
     rows_scanned: int  # rows whose values a scan checked
     indexed: bool  # the token index chose the rows
+    more: bool = False  # a plain search left older matching rows of this block out
 
 
 def _take(table: pa.Table, rows: np.ndarray) -> pa.Table:
@@ -98,50 +99,48 @@ def _scan(query: ast.Query, source: Source, cache: BlockCache, where: Callable[[
     wanted = None if needed is None else [*dict.fromkeys(needed)]
     inside = source.min_time >= low and source.max_time < high
     hit = hits(query.filter, index.tokens, source.dataset) if index.tokens is not None else None
-    if hit is None:  # scan the filter's columns whole
-        table = cache.columns(where, entry, filter_columns(query.filter) | {"_time"} |
-                              (set(index.columns) if wanted is None else set(wanted)))
+    if hit is None:  # scan the filter's columns whole, then read the other columns for the matches only
+        table = cache.columns(where, entry, filter_columns(query.filter) | ({"_time"} if not inside else set()))
         rows = mask(query.filter, table, source.dataset, check)
         if not inside:
             times = table.column("_time").cast(pa.int64())
             rows = pc.and_(rows, pc.and_(pc.greater_equal(times, low), pc.less(times, high)))
-        chosen = pc.indices_nonzero(rows).to_numpy()
-        if keep_last is not None:
-            chosen = chosen[len(chosen) - min(keep_last, len(chosen)):]
-        table = _take(table, chosen)
-        if wanted is not None:
-            table = table.select([name for name in wanted if name in table.column_names])
-        return BlockPart(table, len(rows), False)
-    unsure = index.tokens.unsure  # type: ignore[union-attr]
-    chosen = hit.rows
-    scanned = 0
-    if hit.exact:
-        if len(unsure):
-            scanned = len(unsure)
-            extra = _check_rows(query, source, cache, where, entry, unsure, check)
-            if chosen is not None:
-                chosen = np.union1d(np.setdiff1d(chosen, unsure, assume_unique=True), extra)
-            else:
-                chosen = np.union1d(np.setdiff1d(np.arange(entry.rows), unsure, assume_unique=True), extra)
+        scanned, chosen, indexed = table.num_rows, pc.indices_nonzero(rows).to_numpy(), False
     else:
-        candidates = np.arange(entry.rows) if chosen is None else np.union1d(chosen, unsure)
-        scanned = len(candidates)
-        chosen = _check_rows(query, source, cache, where, entry, candidates, check)
-    if not inside:
-        first, last = _row_span(cache.columns(where, entry, ["_time"]).column("_time"), low, high)
-        if chosen is None:
-            chosen = np.arange(first, last)
-        else:
-            chosen = chosen[(chosen >= first) & (chosen < last)]
+        scanned, chosen, indexed = _from_index(query, source, cache, where, hit, check)
+        if not inside:
+            first, last = _row_span(cache.columns(where, entry, ["_time"]).column("_time"), low, high)
+            chosen = np.arange(first, last) if chosen is None else chosen[(chosen >= first) & (chosen < last)]
+    more = False
     if keep_last is not None:
         if chosen is None:
-            chosen = np.arange(max(0, entry.rows - keep_last), entry.rows)
-        else:
-            chosen = chosen[len(chosen) - min(keep_last, len(chosen)):]
+            chosen = np.arange(entry.rows)
+        more = len(chosen) > keep_last
+        chosen = chosen[len(chosen) - min(keep_last, len(chosen)):]
     table = cache.columns(where, entry, wanted)
     if chosen is not None and len(chosen) != entry.rows:
         table = _take(table, chosen)
-    return BlockPart(table, scanned, True)
+    return BlockPart(table, scanned, indexed, more)
+
+
+def _from_index(query: ast.Query, source: Source, cache: BlockCache, where: Callable[[], Path | bytes],
+                hit: Hit, check: Check) -> tuple[int, np.ndarray | None, bool]:
+    """(rows scanned, the matching rows or None for all, True): the index's answer, its unsure rows or
+    its candidates checked by a scan."""
+    entry = source.block
+    assert entry is not None
+    index = cache.known_index(entry.id)
+    assert index is not None and index.tokens is not None
+    unsure = index.tokens.unsure
+    chosen = hit.rows
+    if not hit.exact:
+        candidates = np.arange(entry.rows) if chosen is None else np.union1d(chosen, unsure)
+        return len(candidates), _check_rows(query, source, cache, where, entry, candidates, check), True
+    if not len(unsure):
+        return 0, chosen, True
+    extra = _check_rows(query, source, cache, where, entry, unsure, check)
+    sure = np.setdiff1d(np.arange(entry.rows) if chosen is None else chosen, unsure, assume_unique=True)
+    return len(unsure), np.union1d(sure, extra), True
 
 
 def _check_rows(query: ast.Query, source: Source, cache: BlockCache, where: Callable[[], Path | bytes], entry,

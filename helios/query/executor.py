@@ -116,11 +116,13 @@ def execute(query: ast.Query, sources: list[Source], cache: BlockCache, *,
 
     ordered = sorted(sources, key=lambda s: s.max_time, reverse=True)
     ahead: dict[str, Future[BlockPart | bool | None]] = {}
+    more = False  # a plain search left matching rows out (its answer is truncated)
     for at, source in enumerate(ordered):
         check()
         is_block = source.block is not None
         outside = source.max_time < low or source.min_time >= high
         passed = plain and boundary is not None and kept >= cap and source.max_time < boundary
+        more = more or (passed and source.rows > 0)  # older rows not read: more may match
         if outside or passed or (plain and cap == 0):
             counters["blocks_pruned"] += is_block
             continue
@@ -141,6 +143,7 @@ def execute(query: ast.Query, sources: list[Source], cache: BlockCache, *,
             counters["blocks_scanned"] += 1
             counters["blocks_indexed"] += got.indexed
             counters["rows_scanned"] += got.rows_scanned
+            more = more or got.more
             part = got.table
         elif not may_match(query.filter, None, source.dataset):
             continue
@@ -160,6 +163,7 @@ def execute(query: ast.Query, sources: list[Source], cache: BlockCache, *,
         pieces.append(part)
         kept += part.num_rows
         if plain and kept >= cap and "_time" in part.column_names:
+            more = more or kept > cap
             merged = _newest(pa.concat_tables(pieces, promote_options="default"), cap)
             pieces, kept = [merged], merged.num_rows
             boundary = merged.column("_time").cast(pa.int64())[-1].as_py() if kept else None
@@ -179,7 +183,7 @@ def execute(query: ast.Query, sources: list[Source], cache: BlockCache, *,
     for pipe in query.pipes:
         check()
         table = apply(pipe, table, check)
-    truncated = table.num_rows > limit
+    truncated = table.num_rows > limit or (plain and more and table.num_rows >= cap)
     table = table.slice(0, limit)
     counters["elapsed_ms"] = round((time.perf_counter() - began) * 1000, 3)
     counters["truncated"] = truncated
