@@ -215,8 +215,9 @@ def check_answers(key: str, helios: dict[str, Any], duck: list[tuple], rows: int
         counts_h = [r[next(k for k in r if k != "_time")] for r in sorted(got, key=lambda r: r["_time"])]
         same = counts_h == [n for _, n in duck]
         return f"`timechart`: {len(got)} buckets, {'the same counts as' if same else 'DIFFERENT from'} DuckDB"
-    return (f"newest `exception`: Helios {len(got)} rows (whole token), DuckDB {len(duck)} rows "
-            f"(substring); newest `_time` {got[0]['_time'] if got else '-'}")
+    times = [r["_time"] for r in got]
+    ordered = "newest first" if times == sorted(times, reverse=True) else "NOT newest first"
+    return f"newest `exception`: Helios {len(got)} rows ({ordered}, whole token), DuckDB {len(duck)} rows (substring)"
 
 
 def run_size(rows: int, args: argparse.Namespace, records: list, rare: str, one_in: int,
