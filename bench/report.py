@@ -7,6 +7,7 @@ largest size, the growth goal between the smallest and the largest.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 __all__ = ["CHDB_BYTES_PER_ROW", "QueryRow", "SizeResult", "render"]
@@ -48,6 +49,8 @@ def _rows(n: int) -> str:
 
 
 def _time(s: float) -> str:
+    if not math.isfinite(s):
+        return "failed"
     if s >= 1:
         return f"{s:.2f} s"
     ms = s * 1000
@@ -59,7 +62,13 @@ def _rate(r: float) -> str:
 
 
 def _ratio(x: float) -> str:
+    if not math.isfinite(x):
+        return "—"
     return f"{x:.2f}×" if x < 10 else f"{x:.1f}×"
+
+
+def _growth(x: float) -> str:
+    return f"×{x:.1f}" if math.isfinite(x) else "—"
 
 
 def _mark(ok: bool | None) -> str:
@@ -89,11 +98,11 @@ def render(machine: str, setup: str, queries: list[QueryRow], results: list[Size
             cells += [_time(h), _time(d), _ratio(h / d)]
         hf, df = first.times[q.key]
         hl, dl = last.times[q.key]
-        row(cells, f"×{hl / hf:.1f} (×{dl / df:.1f})",
+        row(cells, f"{_growth(hl / hf)} ({_growth(dl / df)})",
             all(r.times[q.key][0] / r.times[q.key][1] <= q.goal for r in results))
         if q.key == "rare" and growing:
             cells = [f"rare token: time at {_rows(last.rows)} / time at {_rows(first.rows)} rows", "≤ 2×"]
-            row(cells + ["", "", ""] * len(results), f"×{hl / hf:.1f} (×{dl / df:.1f})", hl / hf <= 2.0)
+            row(cells + ["", "", ""] * len(results), f"{_growth(hl / hf)} ({_growth(dl / df)})", hl / hf <= 2.0)
 
     for clients, goal in ((1, "— (raise it)"), (2, "≥ 1.0× (floor 0.5×)")):
         cells = [f"HTTP ingest, {clients} client{'s' if clients > 1 else ''}, 5,000-row batches, vs DuckDB "
