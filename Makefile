@@ -30,8 +30,8 @@ binary: install
 	@ls -l dist/helios
 
 bench: install
-	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/query.py
+	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/compat.py
 	$(BIN)/python bench/cache.py
 
