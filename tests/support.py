@@ -209,8 +209,11 @@ class Server:
             try:
                 line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
             except queue.Empty:
+                self.proc.kill()
+                self.proc.wait(timeout=30)
                 raise AssertionError("the server did not start:\n" + "\n".join(self.logs)) from None
             if line is None:
+                self.proc.wait(timeout=30)  # reaped here, not by a warning in a later test
                 raise AssertionError("the server exited:\n" + "\n".join(self.logs))
             if '"listening"' in line:
                 self.url = orjson.loads(line)["urls"][0]
