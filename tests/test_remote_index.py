@@ -137,6 +137,7 @@ def test_a_query_reads_index_sections_and_fetches_only_blocks_whose_rows_it_read
              {"b7", "odd"}),
             ("error | stats count() as n by (host)", {}, None, indexed),  # a column for the pipes
             ("error | limit 5", {}, None, set()),  # a plain search: rows, newest first, no index first
+            ("* | stats max(size) as m", {}, set(made), set()),  # rows of every block: no index first
         ]
         for text, window, whole, ranged in cases:
             node.cache = BlockCache(1 << 28)  # nothing in memory: every index is read from the store

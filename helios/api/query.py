@@ -77,9 +77,10 @@ def fetch_plan(parsed: ast.Query, cache: BlockCache, start: int | None, end: int
     """What the query needs of a block that is not in the data dir: ``(needs_rows, needs_index)``.
 
     ``needs_index(source)``: fetch its index section first (when memory lacks it). Yes for every block
-    of a query that is not a plain search — its index may rule the block out or answer without rows
-    — except where the manifest alone answers (``* | stats count()`` over a block inside the range)
-    or the rows are read anyway (``timechart``, a count over a block the range cuts).
+    of a query with a filter that is not a plain search — its index may rule the block out or answer
+    without rows — and for ``* | stats count() by (f)`` over a block inside the range (value counts);
+    no where the manifest alone answers (``* | stats count()``) or the rows are read anyway (a plain
+    search, ``timechart``, a count over a block the range cuts, pipes after ``*``).
 
     ``needs_rows(source)``: fetch the block; asked once its index is known. No when the index rules it
     out, or answers without rows: an exact hit on a block wholly inside the range, with no non-ASCII
@@ -102,7 +103,7 @@ def fetch_plan(parsed: ast.Query, cache: BlockCache, start: int | None, end: int
     def needs_index(source: Source) -> bool:
         if counting:
             return isinstance(first, ast.Stats) and by is not None and inside(source)
-        return not plain
+        return not plain and not isinstance(parsed.filter, ast.All)
 
     def needs_rows(source: Source) -> bool:
         assert source.block is not None

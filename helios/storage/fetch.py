@@ -88,7 +88,6 @@ class QueryBlocks:
         self.indexes_fetched = 0
         self.unreachable = False  # a fetch found the store down or too slow: stop asking it
         self.closed = False  # the query is over: answer None to readers still asking
-        self._token = trio.lowlevel.current_trio_token()  # scan threads were not started by trio
         self._changed = trio.Event()  # set (and replaced) when a fetch ends or the store is given up
         self._scopes: set[trio.CancelScope] = set()  # the fetches under way
         self._wanted = wanted
@@ -103,12 +102,13 @@ class QueryBlocks:
         self._plan: list[_Slot] = []
         self._next = 0  # the first planned block the executor has not asked for yet
         self._moved = trio.Event()
+        self._trio = trio.lowlevel.current_trio_token()  # the executor's scan threads are not trio's
 
     # -- the executor's side (worker threads) -------------------------------------------
 
     def open(self, source: Source) -> Path | bytes | None:
         """The block's file or verified bytes, or None if it cannot be had before the deadline."""
-        return trio.from_thread.run(self._take, source, trio_token=self._token)
+        return trio.from_thread.run(self._take, source, trio_token=self._trio)
 
     # -- trio's side ----------------------------------------------------------------------
 
@@ -140,8 +140,8 @@ class QueryBlocks:
     def _advance(self, index: int) -> None:
         """The executor reached planned block ``index``: fetch further ahead.
 
-        Blocks it passed keep their bytes until it asks or the query ends: the scan threads of an
-        aggregation ask for neighbouring blocks in any order."""
+        The executor may ask out of order (an aggregation scans blocks on several threads), so blocks it
+        passed keep their bytes until asked for or the query ends (at most ``in_flight`` ahead)."""
         if index + 1 <= self._next:
             return
         self._next = index + 1
