@@ -1,4 +1,4 @@
-"""The shared-store interface: get, put, list, delete, and one compare-and-swap primitive.
+"""The shared-store interface: get (whole or a byte range), put, list, delete, and one compare-and-swap primitive.
 
 Every backend implements ``Backend``; helpers (``list_all``,
 ``create_resolved``) are free functions over it, so the interface stays small.
@@ -40,6 +40,7 @@ __all__ = [
     "Unavailable",
     "check_key",
     "check_prefix",
+    "check_range",
     "create_resolved",
     "list_all",
 ]
@@ -119,6 +120,13 @@ def check_prefix(prefix: str) -> str:
     return prefix
 
 
+def check_range(start: int, length: int) -> None:
+    """A byte range of ``get_range``: whole numbers, ``start`` and ``length`` not negative."""
+    for name, value in (("start", start), ("length", length)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise Invalid(f"invalid byte range: {name} {value!r}")
+
+
 @runtime_checkable
 class Backend(Protocol):
     """One shared store. All methods are trio-async; none blocks the event loop."""
@@ -128,6 +136,17 @@ class Backend(Protocol):
 
     async def get(self, key: str) -> bytes:
         """The object's bytes. Raises NotFound."""
+        ...
+
+    async def get_range(self, key: str, start: int, length: int) -> bytes:
+        """The object's bytes ``[start, start + length)``: one request, retried like ``get``.
+
+        Fewer than ``length`` bytes when the object ends first (none when it
+        ends at or before ``start``). ``length == 0`` answers ``b""`` without a
+        request (so without checking that the key exists). Raises NotFound;
+        Invalid for a negative or non-integer ``start`` or ``length``. The
+        caller checks what it gets (a checksum), as it does for ``get``.
+        """
         ...
 
     async def put(self, key: str, data: bytes) -> None:

@@ -61,6 +61,28 @@ async def large_object(b: Backend, ns: str) -> None:
 
 
 @_check
+async def get_range_reads_a_slice(b: Backend, ns: str) -> None:
+    data = bytes(range(256)) * 8
+    key = f"{ns}/r.bin"
+    await b.put(key, data)
+    for start, length in ((0, 10), (100, 256), (2047, 1), (2040, 8), (0, 2048),  # inside the object
+                          (2040, 100), (0, 5000),  # past its end: what exists
+                          (2048, 1), (5000, 3),  # at or after its end: nothing
+                          (7, 0)):  # an empty range
+        got = await b.get_range(key, start, length)
+        assert got == data[start : start + length], f"bytes {start}+{length}: got {len(got)} bytes"
+    large = os.urandom(3 << 20)
+    await b.put(f"{ns}/large", large)
+    assert await b.get_range(f"{ns}/large", (1 << 20) + 5, 1 << 20) == large[(1 << 20) + 5 : (2 << 20) + 5]
+    await b.put(f"{ns}/empty", b"")
+    assert await b.get_range(f"{ns}/empty", 0, 10) == b""
+    await _raises(NotFound, b.get_range(f"{ns}/missing", 0, 10))
+    for start, length in ((-1, 5), (0, -1)):
+        await _raises(Invalid, b.get_range(key, start, length))
+    await _raises(Invalid, b.get_range(f"{ns}/../x", 0, 1))
+
+
+@_check
 async def create_if_absent(b: Backend, ns: str) -> None:
     key = f"{ns}/cas/v-000001"
     await b.create(key, b"first")
@@ -124,6 +146,7 @@ async def delete_is_idempotent(b: Backend, ns: str) -> None:
 async def invalid_keys_are_refused(b: Backend, ns: str) -> None:
     for key in ("", "/abs", f"{ns}/../x", f"{ns}//x", f"{ns}/.hidden", f"{ns}/sp ace", "x" * 2000):
         await _raises(Invalid, b.get(key))
+        await _raises(Invalid, b.get_range(key, 0, 1))
         await _raises(Invalid, b.put(key, b"x"))
 
 

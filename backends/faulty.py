@@ -132,6 +132,12 @@ class FaultyBackend:
         await self._after("get", write=False)
         return data
 
+    async def get_range(self, key: str, start: int, length: int) -> bytes:
+        await self._before("get_range")
+        data = await self.inner.get_range(key, start, length)
+        await self._after("get_range", write=False)
+        return data
+
     async def put(self, key: str, data: bytes) -> None:
         await self._before("put")
         await self.inner.put(key, data)
@@ -169,6 +175,9 @@ class Passthrough:
 
     async def get(self, key: str) -> bytes:
         return await self.inner.get(key)
+
+    async def get_range(self, key: str, start: int, length: int) -> bytes:
+        return await self.inner.get_range(key, start, length)
 
     async def put(self, key: str, data: bytes) -> None:
         await self.inner.put(key, data)

@@ -36,7 +36,7 @@ from pathlib import Path
 import trio
 
 from backends.base import (Conflict, Invalid, NotFound, ObjectInfo, RequestCounters, Unavailable,
-                           check_key, check_prefix)
+                           check_key, check_prefix, check_range)
 
 __all__ = ["FsBackend"]
 
@@ -117,6 +117,20 @@ class FsBackend:
         path = self._path(key)
         self.counters.add("GET")
         return await self._run(path.read_bytes)
+
+    @staticmethod
+    def _read_range(path: Path, start: int, length: int) -> bytes:
+        with open(path, "rb") as file:
+            file.seek(start)
+            return file.read(length)  # a regular file: everything up to ``length`` that exists
+
+    async def get_range(self, key: str, start: int, length: int) -> bytes:
+        path = self._path(key)
+        check_range(start, length)
+        if length == 0:
+            return b""
+        self.counters.add("GET")
+        return await self._run(self._read_range, path, start, length)
 
     def _put(self, path: Path, data: bytes) -> None:
         tmp = self._tmp_file(data)

@@ -6,7 +6,7 @@ import bisect
 
 import trio
 
-from backends.base import (Conflict, NotFound, ObjectInfo, RequestCounters, check_key, check_prefix)
+from backends.base import (Conflict, NotFound, ObjectInfo, RequestCounters, check_key, check_prefix, check_range)
 
 __all__ = ["MemoryBackend"]
 
@@ -25,6 +25,18 @@ class MemoryBackend:
         self.counters.add("GET")
         try:
             return self.objects[key]
+        except KeyError:
+            raise NotFound(key) from None
+
+    async def get_range(self, key: str, start: int, length: int) -> bytes:
+        check_key(key)
+        check_range(start, length)
+        if length == 0:
+            return b""
+        await trio.lowlevel.checkpoint()
+        self.counters.add("GET")
+        try:
+            return self.objects[key][start : start + length]
         except KeyError:
             raise NotFound(key) from None
 

@@ -8,7 +8,10 @@ backoff and full jitter, bounded in attempts and time. A write that timed
 out may have landed: before retrying a create, the key is read back and
 compared with our bytes (which carry a unique commit id) — never assumed.
 403/400 (bad credentials, signature, permissions) are Invalid at once: no
-retry storm.
+retry storm. A ranged read is a ``GET`` with ``Range: bytes=a-b``, retried the
+same way: 206 answers the range (its ``Content-Range`` must start at ``a``),
+416 means the object ends before ``a``, and a 200 (a server that ignores
+``Range``) is sliced here.
 
 Region: ``AWS_REGION``, ``AWS_DEFAULT_REGION`` or the profile's ``region``;
 never the instance metadata service. Endpoint: ``AWS_ENDPOINT_URL_S3``,
@@ -19,6 +22,7 @@ regional endpoint (virtual-hosted addressing).
 from __future__ import annotations
 
 import random
+import re
 import xml.etree.ElementTree as ET
 from typing import Any, Awaitable, Callable, Mapping
 from urllib.parse import quote, urlencode
@@ -30,12 +34,13 @@ from botocore.awsrequest import AWSRequest
 from botocore.session import Session
 
 from backends.base import (Conflict, Invalid, NotFound, ObjectInfo, RequestCounters, Unavailable,
-                           check_key, check_prefix)
+                           check_key, check_prefix, check_range)
 
 __all__ = ["S3Backend", "parse_s3_url", "resolve_region"]
 
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 _RETRY_STATUS = {409, 429, 500, 502, 503, 504}
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:
@@ -126,8 +131,9 @@ class S3Backend:
 
     async def _request(self, op: str, method: str, key: str | None, *, params: dict[str, str] | None = None,
                        data: bytes = b"", headers: dict[str, str] | None = None,
-                       on_ambiguous: Callable[[], Awaitable[bool]] | None = None) -> httpx.Response:
-        """Send with retries. Returns the final response (2xx, 404, 412); raises otherwise.
+                       on_ambiguous: Callable[[], Awaitable[bool]] | None = None,
+                       answers: tuple[int, ...] = (404, 412)) -> httpx.Response:
+        """Send with retries. Returns the final response (2xx, or one of ``answers``); raises otherwise.
 
         ``on_ambiguous`` is called before a retry that follows a possibly-landed
         write; it returns True if the write is known to have landed.
@@ -150,7 +156,7 @@ class S3Backend:
                 reason, maybe_landed = f"{type(exc).__name__}: {exc}", True
             else:
                 status = response.status_code
-                if status < 300 or status in (404, 412):
+                if status < 300 or status in answers:
                     return response
                 if status in _RETRY_STATUS:
                     reason = self._error(response)
@@ -171,6 +177,27 @@ class S3Backend:
         if response.status_code == 404:
             raise NotFound(key)
         return response.content
+
+    async def get_range(self, key: str, start: int, length: int) -> bytes:
+        check_key(key)
+        check_range(start, length)
+        if length == 0:
+            return b""
+        response = await self._request("GET", "GET", key, headers={"Range": f"bytes={start}-{start + length - 1}"},
+                                       answers=(404, 416))
+        status = response.status_code
+        if status == 404:
+            raise NotFound(key)
+        if status == 416:  # the object ends at or before ``start``
+            return b""
+        if status == 206:
+            found = _CONTENT_RANGE.fullmatch(response.headers.get("content-range", ""))
+            if found is None or int(found.group(1)) != start:
+                self.counters.add("errors")
+                raise Unavailable(f"S3 GET s3://{self.bucket}/{self.prefix}{key} bytes {start}-: the answer's "
+                                  f"Content-Range is {response.headers.get('content-range')!r}")
+            return response.content[:length]
+        return response.content[start : start + length]  # 200: the whole object (Range ignored)
 
     async def put(self, key: str, data: bytes) -> None:
         await self._request("PUT", "PUT", check_key(key), data=data)

@@ -290,6 +290,7 @@ class Simulation(Invariants):
         if self.rng.random() < 0.2:
             node.replicator._last_full = -1e18  # a full pass over the partition index
         await node.replicator.pull_once()
+        await node.replicator.fetch_indexes()  # the index task's work: ranged reads of index sections
 
     async def op_tick(self, node: Incarnation) -> None:
         for job, lease in node.leases.items():

@@ -98,16 +98,20 @@ def test_in_process_detector_catches_non_atomic_memory() -> None:
 
 
 class FaultTransport(httpx.AsyncBaseTransport):
-    """Forwards to moto, except for scripted faults: ("status", 503), ("lost",), ("timeout",), ("call", fn)."""
+    """Forwards to moto, except for scripted faults: ("status", 503), ("lost",), ("timeout",), ("call", fn),
+    ("no-range",) (the Range header dropped: a server that ignores it), ("content-range", value)."""
 
     def __init__(self, script: list[tuple[Any, ...]]) -> None:
         self.inner = httpx.AsyncHTTPTransport()
         self.script = list(script)
         self.requests: list[str] = []
+        self.statuses: list[int] = []  # of the answers that came from moto
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request.method)
         fault = self.script.pop(0) if self.script else ("pass",)
+        if fault[0] == "no-range":
+            del request.headers["Range"]
         if fault[0] == "status":
             body = f"<Error><Code>{fault[2] if len(fault) > 2 else 'InternalError'}</Code><Message>injected</Message></Error>"
             return httpx.Response(fault[1], content=body.encode())
@@ -117,6 +121,9 @@ class FaultTransport(httpx.AsyncBaseTransport):
             raise httpx.ReadTimeout("injected timeout", request=request)
         response = await self.inner.handle_async_request(request)
         await response.aread()
+        self.statuses.append(response.status_code)
+        if fault[0] == "content-range":
+            response.headers["Content-Range"] = fault[1]
         if fault[0] == "lost":  # reached the server, answer lost
             raise httpx.ReadTimeout("injected: answer lost", request=request)
         return response
@@ -136,6 +143,27 @@ async def test_s3_retries_5xx_and_throttling(moto_s3: MotoServer) -> None:
     await backend.put("k", b"v")
     assert await backend.get("k") == b"v"
     assert backend.counters.snapshot()["retries"] == 3
+    await backend.aclose()
+
+
+async def test_s3_ranged_reads_retry_like_get_and_check_the_answer(moto_s3: MotoServer) -> None:
+    data = bytes(range(256)) * 4
+    transport = FaultTransport([("pass",), ("status", 503, "SlowDown"), ("status", 500), ("pass",)])
+    backend = s3_backend(moto_s3, transport)
+    await backend.put("k", data)
+    assert await backend.get_range("k", 10, 20) == data[10:30]  # two retries, then 206
+    assert backend.counters.snapshot()["retries"] == 2 and transport.statuses[-1] == 206
+    assert await backend.get_range("k", 1000, 50) == data[1000:]  # the range runs past the end
+    assert await backend.get_range("k", 1024, 5) == b"" and transport.statuses[-1] == 416
+    transport.script = [("no-range",)]  # a server that ignores Range answers 200 with the whole object
+    assert await backend.get_range("k", 300, 4) == data[300:304] and transport.statuses[-1] == 200
+    transport.script = [("content-range", "bytes 0-3/1024")]  # an answer for another range is refused
+    with pytest.raises(Unavailable, match="Content-Range"):
+        await backend.get_range("k", 300, 4)
+    with pytest.raises(NotFound):
+        await backend.get_range("missing", 0, 4)
+    sent = len(transport.requests)
+    assert await backend.get_range("k", 5, 0) == b"" and len(transport.requests) == sent  # no request
     await backend.aclose()
 
 
@@ -211,6 +239,14 @@ async def test_faulty_wrapper_and_create_resolved(tmp_path: Path) -> None:
     assert 5 < outcomes.count(False) < 35
     again = await outcomes_for(3)
     assert again == outcomes, "a seed replays the same faults"
+    flaky = FaultyBackend(inner, seed=3, error_rate=0.5)  # ranged reads are injected the same way
+    ranged = []
+    for _ in range(40):
+        try:
+            ranged.append(await flaky.get_range("a", 1, 2) == b"in")
+        except Unavailable:
+            ranged.append(False)
+    assert ranged == outcomes
 
 
 def test_s3_urls() -> None:

@@ -278,6 +278,7 @@ def test_a_fresh_node_with_a_quarter_of_the_store_as_cache_answers_exactly_withi
         "* | stats count() as n": [{"n": len(records)}],
         "level:ERROR | stats count() as n": [{"n": sum(r.level == "ERROR" for r in records)}],
         "host:web-3 | stats count() as n": [{"n": sum(r.host == "web-3" for r in records)}],
+        "* | stats max(size) as m": [{"m": max(r.size for r in records)}],  # reads a column of every block
     }
     with Sampler(c.data_dir) as sampler:
         for _ in range(2):  # cold, then with whatever the cache kept
@@ -295,6 +296,7 @@ def test_a_fresh_node_with_a_quarter_of_the_store_as_cache_answers_exactly_withi
     assert _cache_files_bytes(c.data_dir) <= capacity
     assert metric(c, "helios_local_cache_misses_total") > 0
     assert metric(c, "helios_local_cache_fetched_bytes_total") >= store_bytes  # more than the cache holds
+    assert metric(c, "helios_local_cache_index_fetched_total") > 0  # counts and filters from the indexes
     assert metric(c, "helios_local_cache_bytes") <= capacity
 
 

@@ -5,11 +5,16 @@ deadline, stopped when its client leaves or the node shuts down). In the same
 worker slot its result is encoded to JSON a chunk of rows at a time straight
 from Arrow, so no answer ever exists as one list of Python dicts; the chunks
 are then streamed.
+
+Before it runs, its blocks that are not in the data dir are fetched as
+``fetch_plan`` says: index sections first (small, ranged reads) where the index
+may rule a block out or answer without rows, then only the blocks whose rows
+the query reads (``helios.storage.fetch``).
 """
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import orjson
 from quart import Blueprint, Response, request
@@ -19,15 +24,17 @@ from helios.api.common import json_body, node, principal, queries, validate_data
 from helios.errors import InvalidInput, Unavailable
 from helios.query import ast
 from helios.query.cancel import CancelToken
-from helios.query.executor import encode_rows, execute
+from helios.query.counts import countable
+from helios.query.executor import _needed_columns, encode_rows, execute  # the columns the pipes read
 from helios.query.filters import may_match
+from helios.query.lookup import hits
 from helios.query.parser import parse
 from helios.storage.blocks import CorruptBlock
 from helios.storage.cache import BlockCache
 from helios.storage.engine import Source
 from helios.storage.fetch import Fetch, query_blocks
 
-__all__ = ["DEFAULT_LIMIT", "bp"]
+__all__ = ["DEFAULT_LIMIT", "bp", "fetch_plan"]
 
 bp = Blueprint("query", __name__)
 DEFAULT_LIMIT = 1000
@@ -49,15 +56,11 @@ async def query() -> Response:
         raise InvalidInput("'from' must be before 'to'")
     limit = whole_number(doc.get("limit"), "limit", 0, helios.config.max_query_rows, default=DEFAULT_LIMIT)
     sources, cache = helios.engine.sources(datasets, start, end), helios.engine.cache
-
-    def may_need(source: Source) -> bool:  # fetch ahead only blocks the known index cannot rule out
-        assert source.block is not None
-        return may_match(parsed.filter, cache.known_index(source.block.id), source.dataset)
-
+    needs_rows, needs_index = fetch_plan(parsed, cache, start, end)
     # The blocks are held (garbage collection and eviction keep them) and fetched as needed.
     try:
-        async with query_blocks(helios.engine.blocks, sources, start_ns=start, end_ns=end, wanted=may_need,
-                                deadline_s=helios.config.fetch_deadline_secs) as blocks:
+        async with query_blocks(helios.engine.blocks, sources, start_ns=start, end_ns=end, wanted=needs_rows,
+                                index_wanted=needs_index, deadline_s=helios.config.fetch_deadline_secs) as blocks:
             fetch = blocks.open if helios.engine.blocks.store is not None else None
             chunks, stats = await queries().run(
                 lambda token: _run(token, parsed, sources, cache, start, end, limit, fetch))
@@ -67,6 +70,60 @@ async def query() -> Response:
                           "it is reported in /api/v1/cluster") from None
     helios.counters["queries"] += 1
     return Response(_stream(chunks, stats), mimetype="application/json")
+
+
+def fetch_plan(parsed: ast.Query, cache: BlockCache, start: int | None, end: int | None
+               ) -> tuple[Callable[[Source], bool], Callable[[Source], bool]]:
+    """What the query needs of a block that is not in the data dir: ``(needs_rows, needs_index)``.
+
+    ``needs_index(source)``: fetch its index section first (when memory lacks it). Yes for every block
+    of a query with a filter that is not a plain search — its index may rule the block out or answer
+    without rows — and for ``* | stats count() by (f)`` over a block inside the range (value counts);
+    no where the manifest alone answers (``* | stats count()``) or the rows are read anyway (a plain
+    search, ``timechart``, a count over a block the range cuts, pipes after ``*``).
+
+    ``needs_rows(source)``: fetch the block; asked once its index is known. No when the index rules it
+    out, or answers without rows: an exact hit on a block wholly inside the range, with no non-ASCII
+    message to check and no column for the pipes to read (``error | stats count()``,
+    ``service:api | stats count()``), or value counts (``* | stats count() by (level)``). It mirrors
+    what ``executor.execute`` reads (``blockscan._scan``, ``counts.count_by``); a block it leaves out
+    that the executor asks for anyway is fetched then, so a mismatch costs time, never rows.
+    """
+    low = -(1 << 63) if start is None else start
+    high = (1 << 63) - 1 if end is None else end
+    plain = all(isinstance(p, (ast.Fields, ast.Limit)) for p in parsed.pipes)
+    counting = countable(parsed)
+    first = parsed.pipes[0] if parsed.pipes else None
+    by = first.by[0] if counting and isinstance(first, ast.Stats) and first.by else None
+    needed = _needed_columns(parsed)
+
+    def inside(source: Source) -> bool:
+        return source.min_time >= low and source.max_time < high
+
+    def needs_index(source: Source) -> bool:
+        if counting:
+            return isinstance(first, ast.Stats) and by is not None and inside(source)
+        return not plain and not isinstance(parsed.filter, ast.All)
+
+    def needs_rows(source: Source) -> bool:
+        assert source.block is not None
+        index = cache.known_index(source.block.id)
+        if counting:
+            if isinstance(first, ast.Timechart) or not inside(source):
+                return True
+            if by is None:
+                return False  # its manifest entry counts its rows
+            return index is None or index.tokens is None or not (by in index.tokens.fields or by not in index.columns)
+        if index is None:
+            return True
+        if not may_match(parsed.filter, index, source.dataset):
+            return False
+        if plain or index.tokens is None or not inside(source) or needed is None or set(needed) & index.columns:
+            return True
+        found = hits(parsed.filter, index.tokens, source.dataset)
+        return found is None or not found.exact or len(index.tokens.unsure) > 0
+
+    return needs_rows, needs_index
 
 
 async def _request_doc() -> dict[str, Any]:

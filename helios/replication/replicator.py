@@ -10,9 +10,12 @@ A node whose data predates the store uploads it all: that is the seeder.
 Puller: learns which partitions changed from the change feed (one LIST of
 new keys per pass; a full pass over the partition index at start and every
 few minutes is the safety net), reads each changed partition's newest
-manifest, downloads the blocks it lacks (checksum verified), and replaces its
-local block list with the shared one plus its own still-pending blocks, in
-one step under the partition lock.
+manifest, and replaces its local block list with the shared one plus its own
+still-pending blocks, in one step under the partition lock. Block bytes are
+fetched only for the recent window (``prefetch``); the token index section of
+every other block is fetched alone, at once, by a task of its own
+(``fetch_indexes``: one ranged GET per block, kept in memory), so queries prune
+and answer from indexes without waiting for the store.
 """
 
 from __future__ import annotations
@@ -94,6 +97,8 @@ class Replicator:
         self._last_full = -1e18
         self._own_changes: deque[tuple[int, str]] = deque()  # (written at ns, key), oldest first
         self._retry: set[tuple[str, int]] = set()  # partitions whose last sync failed
+        self._indexes_due = True  # blocks may lack their index in memory (at start, after a pull added blocks)
+        self._indexes_wanted = trio.Event()  # wakes the index task at once
 
     def pending_uploads(self) -> int:
         return sum(len(m.pending(self.node_id)) for m in self.engine.manifests.values())
@@ -117,6 +122,8 @@ class Replicator:
             nursery.start_soon(partial(supervise, self.health, "upload", self.upload_once, interval_s=self.interval_s))
             nursery.start_soon(partial(supervise, self.health, "pull", self.pull_once,
                                        interval_s=self.pull_interval_s))
+            nursery.start_soon(partial(supervise, self.health, "index", self._index_step,
+                                       interval_s=self.pull_interval_s / 4))
 
     # -- uploader -------------------------------------------------------------
 
@@ -305,6 +312,8 @@ class Replicator:
                 if self.on_pulled is not None:  # no checkpoint since the swap: a tail's cut stays exact
                     before = {b.id for b in current.blocks}  # (the tail reads them through engine.blocks)
                     self.on_pulled(dataset, day, [b for b in blocks if b.id not in before])
+                self._indexes_due = True
+                self._indexes_wanted.set()
         if live is not None:
             self.engine.retire([(key, b) for b in current.blocks if b.id not in live])
         await self.prefetch(key)
@@ -328,6 +337,33 @@ class Replicator:
             fetched += 1
             self.status.pulled_blocks += 1
         return fetched
+
+    async def _index_step(self) -> None:
+        """The index task: wait until a pull added blocks (or one pull interval), then fetch their indexes."""
+        with trio.move_on_after(self.pull_interval_s):
+            await self._indexes_wanted.wait()
+        self._indexes_wanted = trio.Event()
+        if self._indexes_due:
+            await self.fetch_indexes()
+
+    async def fetch_indexes(self) -> int:
+        """Fetch the index sections of blocks not in the data dir whose index is not in memory; returns how many.
+
+        Newest first over every partition, ``local.INDEX_IN_FLIGHT`` at once, one ranged GET each,
+        while the indexes kept in memory take less than half the decoded-block cache
+        (``HELIOS_CACHE_BYTES``); blocks beyond that are read lazily by the queries that meet them.
+        Format 1 blocks (no index section) are left to queries. A store error stops the pass and is
+        raised: the task backs off and tries again."""
+        blocks, cache = self.engine.blocks, self.engine.cache
+        self._indexes_due = False
+        wanted = sorted(((key, b) for key, m in self.engine.manifests.items() for b in m.blocks
+                         if b.index_bytes and not blocks.is_resident(b.id) and cache.known_index(b.id) is None),
+                        key=lambda item: item[1].max_time, reverse=True)
+        try:
+            return await blocks.fetch_indexes(wanted, budget_bytes=cache.capacity_bytes // 2) if wanted else 0
+        except BaseException:
+            self._indexes_due = True  # the next step tries the rest
+            raise
 
     def resync(self, key: tuple[str, int]) -> None:
         """Sync this partition on the next pass (a query found one of its blocks gone from the store)."""

@@ -33,7 +33,7 @@ from helios.storage.fsutil import write_atomic
 from helios.storage.tokens import TokenIndex, build_index
 
 __all__ = ["BlockEntry", "BlockIndex", "CorruptBlock", "build_block", "is_compacted", "load_block", "load_index",
-           "new_block_id", "parquet_part", "verify"]
+           "load_index_section", "new_block_id", "parquet_part", "verify"]
 
 FORMAT = 2
 _META_INFO = b"helios.block"
@@ -196,11 +196,30 @@ def _index_section(where: Path | bytes, entry: BlockEntry) -> bytes:
         with open(where, "rb") as file:
             file.seek(start)
             section = file.read(entry.index_bytes + 1)
+    return _checked_section(section, entry, None if isinstance(where, bytes) else where)
+
+
+def _checked_section(section: bytes, entry: BlockEntry, path: Path | None) -> bytes:
     if len(section) != entry.index_bytes or hashlib.sha256(section).hexdigest() != entry.index_sha256:
-        place = "fetched" if isinstance(where, bytes) else f"at {where}"
-        raise CorruptBlock(f"the token index of block {entry.id} {place} does not match its checksum",
-                           None if isinstance(where, bytes) else where)
+        place = "fetched" if path is None else f"at {path}"
+        raise CorruptBlock(f"the token index of block {entry.id} {place} does not match its checksum", path)
     return section
+
+
+def load_index_section(section: bytes, entry: BlockEntry) -> BlockIndex:
+    """A format 2 block's index from its index section alone (a ranged read of the store's copy: the
+    file's last ``index_bytes``), checked against the entry's ``index_sha256`` as ``load_index`` does."""
+    if not entry.index_bytes:
+        raise ValueError(f"block {entry.id} has no index section (format 1)")
+    return _parsed(_checked_section(section, entry, None), entry, None)
+
+
+def _parsed(section: bytes, entry: BlockEntry, path: Path | None) -> BlockIndex:
+    try:
+        tokens = TokenIndex(section)
+    except (ValueError, KeyError, TypeError, zstandard.ZstdError) as exc:  # checksummed, yet not ours
+        raise CorruptBlock(f"the token index of block {entry.id} cannot be read: {exc}", path) from exc
+    return BlockIndex(columns=tokens.columns, bloom=None, tokens=tokens)
 
 
 def load_index(where: Path | bytes, entry: BlockEntry) -> BlockIndex:
@@ -211,13 +230,7 @@ def load_index(where: Path | bytes, entry: BlockEntry) -> BlockIndex:
     flipped bit in a filter could otherwise prune a block that matches and silently drop rows).
     """
     if entry.index_bytes:
-        section = _index_section(where, entry)
-        try:
-            tokens = TokenIndex(section)
-        except (ValueError, KeyError, TypeError, zstandard.ZstdError) as exc:  # checksummed, yet not ours
-            raise CorruptBlock(f"the token index of block {entry.id} cannot be read: {exc}",
-                               None if isinstance(where, bytes) else where) from exc
-        return BlockIndex(columns=tokens.columns, bloom=None, tokens=tokens)
+        return _parsed(_index_section(where, entry), entry, None if isinstance(where, bytes) else where)
     schema = pq.read_schema(pa.BufferReader(_verified(where, entry)))
     raw = (schema.metadata or {}).get(_META_BLOOM)
     return BlockIndex(columns=frozenset(schema.names), bloom=Bloom.from_bytes(raw) if raw else None)

@@ -30,6 +30,7 @@ class BlockCache:
         self._indexes: OrderedDict[str, BlockIndex] = OrderedDict()
         self._verified: set[str] = set()
         self._bytes = 0
+        self.index_bytes = 0  # of the indexes kept (part of the one bound)
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -121,15 +122,21 @@ class BlockCache:
         if not entry.index_bytes:  # format 1: its whole bytes were just checked
             with self._lock:
                 self._verified.add(entry.id)
+        self.remember_index(entry, index)
+        return index
+
+    def remember_index(self, entry: BlockEntry, index: BlockIndex) -> None:
+        """Keep a block's index read and verified elsewhere (``load_index_section`` of a ranged read)."""
         with self._lock:
             if entry.id not in self._indexes:
                 self._indexes[entry.id] = index
                 self._bytes += index.nbytes
+                self.index_bytes += index.nbytes
             while len(self._indexes) > 100_000:
                 _, dropped = self._indexes.popitem(last=False)
                 self._bytes -= dropped.nbytes
+                self.index_bytes -= dropped.nbytes
             self._trim()
-        return index
 
     def forget(self, block_id: str) -> None:
         with self._lock:
@@ -138,6 +145,7 @@ class BlockCache:
             dropped = self._indexes.pop(block_id, None)
             if dropped is not None:
                 self._bytes -= dropped.nbytes
+                self.index_bytes -= dropped.nbytes
             self._verified.discard(block_id)
 
 

@@ -6,6 +6,12 @@ partition's directory) or lives only in the shared store. Metadata is eager
 needs them, or ahead of time for a recent window (the puller's prefetch).
 Fetched bytes are checked against the manifest's SHA-256 before use.
 
+What pruning and index answers need is fetched small: a format 2 block's
+token index section alone (``fetch_index``: one ranged read of the file's last
+``index_bytes``, checked against the entry's ``index_sha256``), kept parsed in
+memory (the decoded-block cache), never on disk — the puller fetches them
+eagerly (``fetch_indexes``), a query lazily for blocks whose index it lacks.
+
 ``capacity_bytes`` (``HELIOS_LOCAL_CACHE_BYTES``; None: unbounded) bounds the
 bytes of resident blocks that are safely in the store, plus the bytes of
 fetches under way. Eviction is LRU over those blocks and never touches:
@@ -26,6 +32,7 @@ Shape::
     blocks.store = store                    # the replicator attaches the store
     data = await blocks.read(key, entry)    # local bytes, or fetched (kept if there is room)
     await blocks.prefetch(key, entry, keep=lambda r: r.max_time >= window_start)
+    index = await blocks.fetch_index(key, entry)   # the index section alone (memory)
 """
 
 from __future__ import annotations
@@ -39,18 +46,19 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 import trio
 
-from backends import Backend, Corrupt
+from backends import Backend, Corrupt, NotFound, StoreError
 from helios import log
-from helios.storage.blocks import BlockEntry
+from helios.storage.blocks import BlockEntry, BlockIndex, CorruptBlock, load_index_section
 from helios.storage.fsutil import write_atomic
 from helios.storage.memtable import PartKey
 
 if TYPE_CHECKING:
     from helios.storage.engine import Engine
 
-__all__ = ["CacheStats", "LocalBlocks", "Resident", "block_key"]
+__all__ = ["INDEX_IN_FLIGHT", "CacheStats", "LocalBlocks", "Resident", "block_key"]
 
 _log = log.get("helios.cache")
+INDEX_IN_FLIGHT = 4  # index sections fetched at once by ``fetch_indexes``
 
 
 @dataclass
@@ -65,6 +73,9 @@ class CacheStats:
     evicted_blocks: int = 0
     streamed_blocks: int = 0  # fetched, used from memory, not kept (no room)
     fetch_errors: int = 0
+    index_fetched: int = 0  # token index sections fetched alone (ranged reads), not blocks
+    index_fetched_bytes: int = 0
+    index_fetch_errors: int = 0
 
 
 @dataclass
@@ -91,6 +102,7 @@ class LocalBlocks:
         self._resident: OrderedDict[str, Resident] = OrderedDict()  # least recently used first
         self._reserved = 0  # bytes of fetches under way that will be kept
         self._busy: dict[str, trio.Event] = {}  # block id -> set when its fetch or eviction is done
+        self._index_busy: dict[str, trio.Event] = {}  # block id -> set when its index fetch is done
 
     # -- what is on disk --------------------------------------------------------
 
@@ -242,6 +254,88 @@ class LocalBlocks:
         else:  # the block left its manifest while it was fetched: nobody will read the file again
             await self.engine._run_sync(lambda: path.unlink(missing_ok=True))
 
+    # -- index sections ----------------------------------------------------------------
+
+    async def fetch_index(self, key: PartKey, entry: BlockEntry) -> BlockIndex:
+        """A format 2 block's index without its rows: from memory, else its index section fetched alone.
+
+        One ranged read (the file's last ``entry.index_bytes``), checked against
+        ``entry.index_sha256`` and kept parsed in the decoded-block cache (memory
+        only), where queries find it (``BlockCache.known_index``). Single-flight
+        per block. Raises what the store raises, ``Corrupt`` for a section that
+        fails its checksum or cannot be parsed.
+        """
+        if not entry.index_bytes:
+            raise ValueError(f"block {entry.id} has no index section (format 1)")
+        cache = self.engine.cache
+        while (busy := self._index_busy.get(entry.id)) is not None:
+            await busy.wait()
+        known = cache.known_index(entry.id)
+        if known is not None:
+            return known
+        if self.store is None:  # without a store every live block is local: this one is gone
+            raise FileNotFoundError(str(self.engine.part_dir(key) / entry.filename))
+        event = self._index_busy[entry.id] = trio.Event()
+        name = block_key(key, entry.id)
+        try:
+            try:
+                section = await self.store.get_range(name, entry.parquet_bytes, entry.index_bytes)
+                index = await self.engine._run_sync(load_index_section, section, entry)
+            except CorruptBlock as exc:
+                self.stats.index_fetch_errors += 1
+                raise Corrupt(name, str(exc)) from None
+            except Exception:
+                self.stats.index_fetch_errors += 1
+                raise
+            self.stats.index_fetched += 1
+            self.stats.index_fetched_bytes += len(section)
+            manifest = self.engine.manifests.get(key)
+            if manifest is not None and any(b.id == entry.id for b in manifest.blocks):
+                cache.remember_index(entry, index)  # (a block retired meanwhile is not remembered)
+            return index
+        finally:
+            del self._index_busy[entry.id]
+            event.set()
+
+    async def fetch_indexes(self, wanted: list[tuple[PartKey, BlockEntry]], *, budget_bytes: int,
+                            in_flight: int = INDEX_IN_FLIGHT) -> int:
+        """Fetch the index sections of ``wanted`` in order, ``in_flight`` at once, while the indexes kept
+        in memory take less than ``budget_bytes``; returns how many were fetched.
+
+        A block the store no longer has re-syncs its partition (``on_gone``); a
+        corrupt section is quarantined by key; both are skipped. Any other store
+        error (the store is down) stops the rest and is raised once.
+        """
+        fetched = 0
+        failed: list[StoreError] = []
+        limiter = trio.Semaphore(max(1, in_flight))
+
+        async def one(key: PartKey, entry: BlockEntry, nursery: trio.Nursery) -> None:
+            nonlocal fetched
+            try:
+                await self.fetch_index(key, entry)
+                fetched += 1
+            except NotFound:
+                self.on_gone(key)
+            except Corrupt as exc:
+                self.engine.health.quarantine("fetch", exc.key, exc.reason)
+            except StoreError as exc:
+                failed.append(exc)
+                nursery.cancel_scope.cancel()
+            finally:
+                limiter.release()
+
+        async with trio.open_nursery() as nursery:
+            for key, entry in wanted:
+                await limiter.acquire()
+                if failed or self.engine.cache.index_bytes >= budget_bytes:
+                    limiter.release()
+                    break
+                nursery.start_soon(one, key, entry, nursery)
+        if failed:
+            raise failed[0]
+        return fetched
+
     # -- the bound ------------------------------------------------------------------
 
     async def _make_room(self, size: int, evictable: Callable[[Resident], bool] = lambda r: True) -> bool:
@@ -301,7 +395,9 @@ class LocalBlocks:
         s = self.stats
         return {"bytes": self.used_bytes(), "capacity_bytes": self.capacity_bytes,
                 "resident_blocks": len(self._resident), "hits": s.hits, "misses": s.misses,
-                "fetched_bytes": s.fetched_bytes, "evicted_bytes": s.evicted_bytes}
+                "fetched_bytes": s.fetched_bytes, "evicted_bytes": s.evicted_bytes,
+                "index_sections_fetched": s.index_fetched, "index_fetched_bytes": s.index_fetched_bytes,
+                "index_memory_bytes": self.engine.cache.index_bytes}
 
     def metrics_lines(self) -> list[str]:
         s = self.stats
@@ -315,6 +411,10 @@ class LocalBlocks:
                 ("helios_local_cache_evicted_blocks_total", "counter", s.evicted_blocks),
                 ("helios_local_cache_streamed_blocks_total", "counter", s.streamed_blocks),
                 ("helios_local_cache_fetch_errors_total", "counter", s.fetch_errors),
+                ("helios_local_cache_index_fetched_total", "counter", s.index_fetched),
+                ("helios_local_cache_index_fetched_bytes_total", "counter", s.index_fetched_bytes),
+                ("helios_local_cache_index_fetch_errors_total", "counter", s.index_fetch_errors),
+                ("helios_block_index_memory_bytes", "gauge", self.engine.cache.index_bytes),
                 ("helios_local_cache_bytes", "gauge", self.used_bytes()),
                 ("helios_local_cache_capacity_bytes", "gauge", self.capacity_bytes or 0)):
             lines += [f"# TYPE {name} {kind}", f"{name} {value}"]
