@@ -56,12 +56,13 @@ class Slice:
     table: pa.Table
     min_time: int
     max_time: int
+    nbytes: int
 
 
 def slice_of(key: PartKey, rows: pa.Table) -> Slice:
     rows = drop_null_columns(rows)
     bounds = pc.min_max(rows.column("_time").cast(pa.int64()))
-    return Slice(key, rows, bounds["min"].as_py(), bounds["max"].as_py())
+    return Slice(key, rows, bounds["min"].as_py(), bounds["max"].as_py(), rows.nbytes)
 
 
 def slices(dataset: str, table: pa.Table) -> list[Slice]:
@@ -90,7 +91,7 @@ class Memtable:
             part.min_time = piece.min_time if part.min_time is None else min(part.min_time, piece.min_time)
             part.max_time = piece.max_time if part.max_time is None else max(part.max_time, piece.max_time)
             self.rows += piece.table.num_rows
-            self.nbytes += piece.table.nbytes
+            self.nbytes += piece.nbytes
 
     def __bool__(self) -> bool:
         return self.rows > 0
