@@ -35,8 +35,8 @@ import pyarrow.json as pajson
 from helios.errors import InvalidInput, PayloadTooLarge
 from helios.ingest.budget import FREE, Meter
 from helios.ingest.limits import DEFAULT_LIMITS, IngestLimits, check_json_nesting
-from helios.ingest.normalise import (RESERVED, Fallback, check_utf8, empty_table, fast_fields, from_columns,
-                                     ingest_times, line_of_row, normalise_fast, parse_exact)
+from helios.ingest.normalise import (RESERVED, Fallback, check_exact_numbers, check_utf8, empty_table, fast_fields,
+                                     from_columns, ingest_times, line_of_row, normalise_fast, parse_exact)
 from helios.ingest.pieces import MAX_COLONS, Piece, cut_after, pieces
 
 __all__ = ["RESERVED", "empty_table", "from_columns", "parse_ndjson", "parse_text"]
@@ -185,8 +185,8 @@ def _span_end(body: Body, start: int, schema: pa.Schema) -> int:
     fields = max(1, _leaves(schema))
     size = min(SPAN_BYTES, 3 * SPAN_RAW_BYTES // (fields * RAW_CELL_BYTES))
     end = cut_after(body, start, size)
-    if end == len(body) or end - start >= size:
-        return end  # the rest of the body, or one line longer than size
+    if end == len(body) or end - start >= size or size == SPAN_BYTES:
+        return end  # the rest of the body, one line longer than size, or the bound was not the limit
     end = cut_after(body, start, SPAN_BYTES)
     newlines = body.count(b"\n", start, end)
     while newlines > 1 and newlines * fields * RAW_CELL_BYTES > SPAN_RAW_BYTES:
@@ -224,8 +224,9 @@ def _read_span(body: Body, start: int, end: int, builder: _Builder) -> pa.Table 
         raw = pajson.read_json(io.BytesIO(data), read_options=pajson.ReadOptions(block_size=1 << 20),
                                parse_options=pajson.ParseOptions(explicit_schema=builder.schema,
                                                                  unexpected_field_behavior="error"))
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        return None
+        check_exact_numbers(raw)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, Fallback):
+        return None  # the pieces read it (each on the path that represents it exactly)
     return raw.select(sorted(raw.column_names))
 
 
@@ -268,6 +269,7 @@ class _Builder:
             raw = raw.select(sorted(raw.column_names))
             if self.schema is None or not raw.schema.equals(self.schema):
                 self.note_fields(fast_fields(raw.schema))
+            check_exact_numbers(raw)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, Fallback):
             self.add_exact(data, piece)
             return
@@ -362,6 +364,8 @@ class _Builder:
         self.meter.charge(self.size_bytes() - self.nbytes)  # the null cells joining the parts adds
         table = pa.concat_tables(self.tables, promote_options="default") if len(self.tables) > 1 else self.tables[0]
         self.tables = []
+        # Joining parts puts the fields only later parts have last: back to _time, _msg, then by name.
+        table = table.select(["_time", "_msg", *sorted(set(table.column_names) - {"_time", "_msg"})])
         if max(column.num_chunks for column in table.columns) > MAX_CHUNKS:
             # One chunk a column: the WAL compresses each chunk's buffers apart (a zstd context
             # each, ~30 us), and the memtable and blocks read one chunk faster.
