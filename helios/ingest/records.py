@@ -6,14 +6,18 @@ up: an Arrow table has a cell for every field in every row, and a few KB of
 hostile JSON (many rows, each with other keys) would otherwise become GBs.
 
 - **Spans** (up to ``SPAN_BYTES`` of whole lines): once the request's fields
-  are known, ``pyarrow.json`` reads a span with that schema given and any
-  other field an error, in 1 MiB blocks on all cores. Its size is then known
-  before it is read (rows x fields), and the span is cut to keep it bounded.
-- **Pieces** (``pieces.py``): the first span, and any span the known schema
-  does not fit (a new field, a changed type, a line that is not an object),
-  is read piece by piece, each small enough that even unknown fields keep it
-  bounded; each takes the vectorised path or, if that cannot represent it
-  exactly, the per-line path. What pieces show extends the known schema.
+  are known (from a sample of 64 lines spread over the body, itself as
+  bounded as a piece), ``pyarrow.json`` reads a span with that schema given
+  and any other field an error, in 1 MiB blocks on all cores. Its size is
+  then known before it is read (rows x fields), and the span is cut to keep
+  it bounded.
+- **Pieces** (``pieces.py``): where no schema is known yet, and after a span
+  the known schema does not fit (a new field, a changed type, a line that is
+  not an object, a number the fast path would not write exactly), the body
+  is read piece by piece until a piece shows new fields, each piece small
+  enough that even unknown fields keep it bounded; each takes the vectorised
+  path or, if that cannot represent it exactly, the per-line path. What
+  pieces show extends the known schema.
 
 After every step the request's exact size as one table (its parts plus the
 null cells that joining them adds) is checked against ``max_parsed_bytes``
@@ -107,12 +111,13 @@ def parse_ndjson(body: Body, now_ns: int, limits: IngestLimits = DEFAULT_LIMITS,
                  meter: Meter | None = None) -> pa.Table:
     """NDJSON: one JSON object per line; blank lines are skipped.
 
-    Pieces until the request's fields are known (usually the first piece),
-    then the rest in spans of up to ``SPAN_BYTES`` with that schema given:
-    a typical body is two ``pyarrow.json`` reads. A span the schema does not
-    fit (pyarrow stops at the first misfit, so little is lost) is read by
-    pieces until they show a new field, then spans are tried again, at most
-    ``SPAN_FAILURES`` times a body.
+    The request's fields are learnt from a sample of lines spread over the
+    body (``_sample_schema``; else from pieces), then the body is read in
+    spans of up to ``SPAN_BYTES`` with that schema given: a typical body is
+    two ``pyarrow.json`` reads. A span the schema does not fit (pyarrow stops
+    at the first misfit, so little is lost) is read by pieces until they show
+    a new field, then spans are tried again, at most ``SPAN_FAILURES`` times
+    a body.
     """
     if _BLANK.fullmatch(body):
         return empty_table()
@@ -121,23 +126,24 @@ def parse_ndjson(body: Body, now_ns: int, limits: IngestLimits = DEFAULT_LIMITS,
     sample = _sample_schema(body)
     if sample is not None:
         builder.learn(sample)
-    position, failures = 0, 0
+    # line: the number of the line at position; None after a span (counted again only if needed)
+    position, line, failures = 0, 1, 0
     while position < len(body):
         if builder.schema is not None and failures < SPAN_FAILURES:
             end = _span_end(body, position, builder.schema)
             raw = _read_span(body, position, end, builder)
             if raw is not None:
                 builder.add_raw(position, end, raw)
-                position = end
+                position, line = end, None
                 continue
             failures += 1
         # Pieces until one shows fields the schema lacks (a span may fit again), at most
         # LEARN_BYTES; once spans are given up, to the end.
         stop = len(body) if failures >= SPAN_FAILURES else cut_after(body, position, LEARN_BYTES)
-        for piece in pieces(body, position, stop, line_at(body, position)):
+        for piece in pieces(body, position, stop, line_at(body, position) if line is None else line):
             before = builder.schema
             builder.add_piece(piece)
-            position = piece.end
+            position, line = piece.end, piece.first_line + piece.rows
             if builder.schema is not None and (before is None or not builder.schema.equals(before)):
                 break
     return builder.finish()
