@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from quart import Blueprint, Response, request
 
 from helios import timeutil
@@ -21,10 +23,12 @@ async def ingest() -> Response:
     # VictoriaLogs does), so `curl --data-binary @file` works unchanged.
     kind = (request.mimetype or "").lower()
     body = await request.get_data(cache=False)  # whole within HELIOS_BODY_TIMEOUT_SECS, else 408
-    # Limits, the node's ingest memory budget, decoding and parsing: one reader for every ingest path.
+    # Limits, the node's ingest memory budget, decoding and parsing: one reader for every ingest path;
+    # the WAL frame and memtable slices are made in the same worker thread (Engine.prepare).
     async with helios.ingest_reader.read(body, request.headers.get("Content-Encoding"), text=kind == "text/plain",
-                                         now_ns=timeutil.now_ns()) as table:
-        count = await helios.engine.ingest(dataset, table)
+                                         now_ns=timeutil.now_ns(),
+                                         prepare=partial(helios.engine.prepare, dataset)) as batch:
+        count = await helios.engine.commit(batch)
     helios.counters["ingested_rows"] += count
     helios.counters["ingest_requests"] += 1
     return answer({"ingested": count})

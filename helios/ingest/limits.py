@@ -19,6 +19,7 @@ pass at C speed, in bounded memory, without a per-byte Python loop.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -63,7 +64,9 @@ DEFAULT_LIMITS = IngestLimits()
 # -- nesting depth ------------------------------------------------------------------
 
 _SCAN_CHUNK_BYTES = 4 << 20
-_FEW_ESCAPED_QUOTES = 4096  # per chunk, found one by one; more: two C passes over the chunk
+_FEW_ESCAPED_QUOTES = 4096  # runs of backslashes per chunk found one by one; more: one regex pass
+_ESCAPE_PAIR = re.compile(rb'\\[\\"]')  # an escaped backslash or quote
+_BACKSLASHES = re.compile(rb"\\+")
 _KEEP = b'"{}[]\n'
 _DROP = bytes(b for b in range(256) if b not in _KEEP)
 # byte -> depth step: +1 for { and [, -1 for } and ], else 0; byte -> 1 for a quote
@@ -108,7 +111,7 @@ def check_json_nesting(body: bytes | bytearray | memoryview, max_depth: int) -> 
         state.backslash = b"\\" if trailing % 2 else b""
         if trailing:
             chunk = chunk[: len(chunk) - trailing]
-        if b'\\"' in chunk:
+        if b"\\" in chunk:
             chunk = _unescape_quotes(chunk)
         compact = chunk.translate(None, _DROP).replace(b'""', b"")
         if state.in_string or b'"' in compact:
@@ -118,29 +121,35 @@ def check_json_nesting(body: bytes | bytearray | memoryview, max_depth: int) -> 
         state.lines += compact.count(b"\n")
 
 
-def _unescape_quotes(chunk: bytes) -> bytes:
+def _unescape_quotes(chunk: bytes) -> bytes | bytearray:
     """Drop every escaped quote (only quotes matter; other escapes vanish with the backslashes).
 
-    Escaped quotes are found with ``bytes.find`` (a few per log line at most);
-    an escape-heavy chunk instead loses its ``\\\\`` pairs, then its ``\\"``
-    pairs, in two C passes (left to right, as JSON pairs them).
+    Runs of backslashes are found with ``bytes.find`` (memchr speed; a few per
+    log line at most) and a quote after an odd run becomes a space; an
+    escape-heavy chunk instead loses its ``\\\\`` and ``\\"`` pairs, left to
+    right as JSON pairs them, in one regular-expression pass.
     """
-    out: bytearray | None = None
-    position = chunk.find(b'\\"')
+    marks: list[int] = []
+    size = len(chunk)
+    position = chunk.find(b"\\")
     for _ in range(_FEW_ESCAPED_QUOTES):
         if position < 0:
-            return chunk if out is None else bytes(out)
-        start = position
-        while start > 0 and chunk[start - 1] == 0x5C:  # the whole run of backslashes before it
-            start -= 1
-        if (position + 1 - start) % 2:
-            out = bytearray(chunk) if out is None else out
-            out[position + 1] = 0x20  # a space: deleted with the other bytes
-        position = chunk.find(b'\\"', position + 2)
-    return chunk.replace(b"\\\\", b"").replace(b'\\"', b"")
+            break
+        end = _BACKSLASHES.match(chunk, position).end()  # type: ignore[union-attr]  # the whole run
+        if end < size and chunk[end] == 0x22 and (end - position) % 2:
+            marks.append(end)
+        position = chunk.find(b"\\", end)
+    else:
+        return _ESCAPE_PAIR.sub(b"", chunk)
+    if not marks:
+        return chunk
+    out = bytearray(chunk)
+    for mark in marks:
+        out[mark] = 0x20  # a space: deleted with the other bytes
+    return out
 
 
-def _codes(compact: bytes) -> pa.Array:
+def _codes(compact: bytes | bytearray) -> pa.Array:
     return pa.Array.from_buffers(pa.uint8(), len(compact), [None, pa.py_buffer(compact)])
 
 

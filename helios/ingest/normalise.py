@@ -31,6 +31,7 @@ __all__ = [
     "MAX_FIELD_NAME",
     "RESERVED",
     "Fallback",
+    "check_exact_numbers",
     "check_utf8",
     "empty_table",
     "fast_fields",
@@ -42,6 +43,7 @@ __all__ = [
 ]
 
 MAX_FIELD_NAME = 256
+EXACT_INTEGERS = float(1 << 53)  # a double holds every integer below this magnitude
 RESERVED = frozenset({"dataset"})  # the dataset name is a pseudo-field of every row
 
 Body = bytes | bytearray
@@ -90,6 +92,33 @@ def fast_fields(schema: pa.Schema) -> list[str]:
                 or pa.types.is_floating(kind) or pa.types.is_boolean(kind)):
             raise Fallback(name)  # timestamps pyarrow inferred from text, lists, …: keep the exact text
     return fields
+
+
+def check_exact_numbers(table: pa.Table) -> None:
+    """Raise ``Fallback`` unless every floating column reads as the per-line path would.
+
+    pyarrow reads a field as double when one value of it in the part is a
+    float (or an integer beyond int64), and the integers beside it become
+    doubles: from 2^53 on they round (``12345678901234567`` next to ``1.5``
+    would be ``12345678901234568``), and below it Arrow may write them with an
+    exponent (``123456789012`` as ``1.23456789012e+11``). The per-line path
+    keeps an integer's text. So a double column that holds a magnitude of 2^53
+    or more, or a whole number whose text as a double is not its text as an
+    integer, is read per line; other doubles (``0.5``, ``2.0`` -> ``2``) read
+    the same both ways.
+    """
+    while any(pa.types.is_struct(field.type) for field in table.schema):
+        table = table.flatten()
+    for column in table.columns:
+        if not pa.types.is_floating(column.type) or column.null_count == len(column):
+            continue
+        largest = pc.max(pc.abs(column)).as_py()
+        if largest >= EXACT_INTEGERS:
+            raise Fallback(f"{largest} is past the integers a double holds exactly")
+        whole = pc.equal(column, pc.floor(column))
+        as_integer = pc.cast(pc.cast(column, pa.int64(), safe=False), pa.string())
+        if pc.any(pc.and_(whole, pc.not_equal(as_integer, pc.cast(column, pa.string())))).as_py():
+            raise Fallback("a whole number a double would write with an exponent")
 
 
 def normalise_fast(table: pa.Table, now_ns: int, line_of: Callable[[int], int]) -> pa.Table:

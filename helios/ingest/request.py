@@ -4,10 +4,12 @@ Every HTTP ingest path calls this (the NDJSON/text endpoint with ``read``;
 OTLP, Loki and Elasticsearch bulk with ``read_with``), so each limit holds for all::
 
     reader = BodyReader.from_config(config)          # once per node: limits + the shared budget
-    async with reader.read(body, encoding, text=..., now_ns=...) as table:
-        await engine.ingest(dataset, table)           # the charges are held until this returns
+    async with reader.read(body, encoding, text=..., now_ns=...,
+                           prepare=partial(engine.prepare, dataset)) as batch:
+        await engine.commit(batch)                    # the charges are held until this returns
 
-Decoding and parsing run in a worker thread. What they make is charged to the
+Decoding, parsing and ``prepare`` (the WAL frame and memtable slices) run in
+one worker thread, so the event loop does none of the Arrow work. What they make is charged to the
 node's ingest memory budget as it is made; a request that would pass the budget
 stops with 503 (retry) and one that passes its own limits with 413 or 400. The
 charges for the table are returned when the ``async with`` block ends, after
@@ -43,13 +45,15 @@ class BodyReader:
         return cls(IngestLimits.from_config(config), MemoryBudget(config.ingest_memory_bytes))
 
     @asynccontextmanager
-    async def read(self, body: bytes, encoding: str | None, *, text: bool,
-                   now_ns: int) -> AsyncIterator[pa.Table]:
-        """Decode and parse ``body`` (NDJSON, or one message a line when ``text``) within limits."""
+    async def read(self, body: bytes, encoding: str | None, *, text: bool, now_ns: int,
+                   prepare: Callable[[pa.Table], T]) -> AsyncIterator[T]:
+        """Decode and parse ``body`` (NDJSON, or one message a line when ``text``) within limits,
+        then ``prepare`` the table, all in one worker thread; ``prepare``'s result is yielded."""
+        def work(reservation: Reservation) -> T:
+            return prepare(self._decode_and_parse(body, encoding, text, now_ns, reservation))
+
         with self.budget.reservation() as reservation:
-            table = await trio.to_thread.run_sync(self._decode_and_parse, body, encoding, text,
-                                                  now_ns, reservation)
-            yield table
+            yield await trio.to_thread.run_sync(work, reservation)
 
     @asynccontextmanager
     async def read_with(self, body: bytes, encoding: str | None, parse: Callable[[bytes], T], *,

@@ -1,4 +1,10 @@
-"""The memtable: acknowledged rows not yet in a block, grouped by partition."""
+"""The memtable: acknowledged rows not yet in a block, grouped by partition.
+
+Adding rows is cheap and done on the event loop (the WAL committer applies
+every commit); the Arrow work it needs (split by day, drop all-null columns,
+time bounds) is done first by ``slices``, which an ingest runs in a worker
+thread before its WAL append.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ import pyarrow.compute as pc
 
 from helios import timeutil
 
-__all__ = ["Memtable", "PartKey", "drop_null_columns", "split_by_day"]
+__all__ = ["Memtable", "PartKey", "Slice", "drop_null_columns", "slice_of", "slices", "split_by_day"]
 
 PartKey = tuple[str, int]  # (dataset, UTC day number)
 
@@ -42,6 +48,28 @@ def drop_null_columns(table: pa.Table) -> pa.Table:
     return table.drop_columns(empty) if empty else table
 
 
+@dataclass(frozen=True)
+class Slice:
+    """One partition's rows of a table, ready to add: no all-null column, time bounds known."""
+
+    key: PartKey
+    table: pa.Table
+    min_time: int
+    max_time: int
+    nbytes: int
+
+
+def slice_of(key: PartKey, rows: pa.Table) -> Slice:
+    rows = drop_null_columns(rows)
+    bounds = pc.min_max(rows.column("_time").cast(pa.int64()))
+    return Slice(key, rows, bounds["min"].as_py(), bounds["max"].as_py(), rows.nbytes)
+
+
+def slices(dataset: str, table: pa.Table) -> list[Slice]:
+    """A normalised table as the slices ``Memtable.add_slices`` takes (CPU: a worker thread's work)."""
+    return [slice_of((dataset, day), rows) for day, rows in split_by_day(table)]
+
+
 class Memtable:
     def __init__(self) -> None:
         self.parts: dict[PartKey, MemPart] = {}
@@ -49,20 +77,21 @@ class Memtable:
         self.nbytes = 0
 
     def add(self, dataset: str, table: pa.Table) -> None:
-        for day, piece in split_by_day(table):
-            self.add_piece((dataset, day), piece)
+        self.add_slices(slices(dataset, table))
 
     def add_piece(self, key: PartKey, piece: pa.Table) -> None:
-        piece = drop_null_columns(piece)
-        part = self.parts.setdefault(key, MemPart())
-        bounds = pc.min_max(piece.column("_time").cast(pa.int64()))
-        low, high = bounds["min"].as_py(), bounds["max"].as_py()
-        part.tables.append(piece)
-        part.rows += piece.num_rows
-        part.min_time = low if part.min_time is None else min(part.min_time, low)
-        part.max_time = high if part.max_time is None else max(part.max_time, high)
-        self.rows += piece.num_rows
-        self.nbytes += piece.nbytes
+        self.add_slices([slice_of(key, piece)])
+
+    def add_slices(self, prepared: list[Slice]) -> None:
+        """Append prepared slices: no Arrow work, cheap enough for the event loop."""
+        for piece in prepared:
+            part = self.parts.setdefault(piece.key, MemPart())
+            part.tables.append(piece.table)
+            part.rows += piece.table.num_rows
+            part.min_time = piece.min_time if part.min_time is None else min(part.min_time, piece.min_time)
+            part.max_time = piece.max_time if part.max_time is None else max(part.max_time, piece.max_time)
+            self.rows += piece.table.num_rows
+            self.nbytes += piece.nbytes
 
     def __bool__(self) -> bool:
         return self.rows > 0

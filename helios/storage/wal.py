@@ -162,23 +162,33 @@ class Wal:
 
     # -- appending --------------------------------------------------------
 
+    def frame(self, payload: bytes) -> bytes:
+        """``payload`` as a frame (length, checksum) for ``append_frame``. Raises
+        ``PayloadTooLarge`` for a payload over ``max_frame_bytes``: replay would refuse it.
+        CPU work (crc32) that touches no state: large payloads are framed in a worker thread."""
+        if len(payload) > self.max_frame_bytes:
+            raise PayloadTooLarge(f"the request's write-ahead log record would be {len(payload)} bytes, "
+                                  f"over its {self.max_frame_bytes}-byte limit: send fewer rows per request")
+        return _frame(payload)
+
     async def append(self, payload: bytes, apply: Callable[[], None]) -> None:
         """Make ``payload`` durable, run ``apply``, then return (group commit).
 
         Raises ``PayloadTooLarge`` (nothing written) for a payload over
         ``max_frame_bytes``: replay would refuse it.
         """
-        if len(payload) > self.max_frame_bytes:
-            raise PayloadTooLarge(f"the request's write-ahead log record would be {len(payload)} bytes, "
-                                  f"over its {self.max_frame_bytes}-byte limit: send fewer rows per request")
+        if len(payload) > _FRAME_IN_THREAD_BYTES:
+            frame = await trio.to_thread.run_sync(self.frame, payload)
+        else:
+            frame = self.frame(payload)
+        await self.append_frame(frame, apply)
+
+    async def append_frame(self, frame: bytes, apply: Callable[[], None]) -> None:
+        """``append`` of a payload already framed by ``frame`` (in the caller's worker thread)."""
         if self._closed:
             raise Unavailable("the node is shutting down")
         if self._broken:
             raise Unavailable(f"the write-ahead log is unavailable: {self._broken}")
-        if len(payload) > _FRAME_IN_THREAD_BYTES:
-            frame = await trio.to_thread.run_sync(_frame, payload)
-        else:
-            frame = _frame(payload)
         while self._queued_bytes > MAX_QUEUED_BYTES:
             await self._space.wait()
         pending = _Pending(frame, apply)
