@@ -30,7 +30,7 @@ import trio
 from backends import Unavailable
 from backends.faulty import FaultyBackend, Passthrough
 from backends.memory import MemoryBackend
-from support import Record, Server, ndjson, store_outage, wait_until
+from support import Record, Server, metric, ndjson, store_outage, wait_until
 
 # -- in-process -------------------------------------------------------------------------------------
 
@@ -248,14 +248,6 @@ def test_the_puller_fetches_index_sections_eagerly_verified_and_within_its_budge
 
 
 # -- real nodes, fs and S3 --------------------------------------------------------------------------
-
-
-def metric(node: Server, name: str) -> float:
-    for line in node.request("GET", "/metrics").text.splitlines():
-        key, _, value = line.partition(" ")
-        if key == name:
-            return float(value)
-    raise AssertionError(f"no metric {name}")
 
 
 def _block_files(data_dir: Path) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -42,6 +42,20 @@ def countable(query: ast.Query) -> bool:
                             or (isinstance(pipe, ast.Timechart) and not pipe.by))
 
 
+def _counters() -> dict[str, Any]:
+    return {"rows_scanned": 0, "blocks_scanned": 0, "blocks_indexed": 0, "blocks_pruned": 0, "blocks_missing": 0}
+
+
+def _in_range(sources: list[Source], low: int, high: int, stats: dict[str, Any], check: Check) -> Iterator[Source]:
+    """The sources that overlap ``[low, high)`` (the others are counted as pruned blocks), checking between them."""
+    for source in sources:
+        check()
+        if source.max_time < low or source.min_time >= high:
+            stats["blocks_pruned"] += source.block is not None
+            continue
+        yield source
+
+
 def _bucket_counts(times: Any, step: int) -> tuple[np.ndarray, np.ndarray]:
     """(bucket starts, rows in each) of a time column; runs, when the column is sorted (a block)."""
     values = times.cast(pa.int64()).to_numpy(zero_copy_only=False)
@@ -62,15 +76,10 @@ def time_counts(query: ast.Query, sources: list[Source], cache: BlockCache, fetc
     pipe = query.pipes[0]
     assert isinstance(pipe, ast.Timechart)
     began = time.perf_counter()
-    stats = {"rows_scanned": 0, "blocks_scanned": 0, "blocks_indexed": 0, "blocks_pruned": 0,
-             "blocks_missing": 0}
+    stats = _counters()
     buckets: list[np.ndarray] = []
     counts: list[np.ndarray] = []
-    for source in sources:
-        check()
-        if source.max_time < low or source.min_time >= high:
-            stats["blocks_pruned"] += source.block is not None
-            continue
+    for source in _in_range(sources, low, high, stats, check):
         if source.block is not None:
             try:
                 times = cache.columns(locator(source, fetch), source.block, ["_time"]).column("_time")
@@ -121,15 +130,10 @@ def count_by(query: ast.Query, sources: list[Source], cache: BlockCache, fetch: 
     assert isinstance(pipe, ast.Stats)
     began = time.perf_counter()
     field = pipe.by[0] if pipe.by else None
-    stats = {"rows_scanned": 0, "blocks_scanned": 0, "blocks_indexed": 0, "blocks_pruned": 0,
-             "blocks_missing": 0}
+    stats = _counters()
     values: list[pa.Array] = []
     counts: list[np.ndarray] = []
-    for source in sources:
-        check()
-        if source.max_time < low or source.min_time >= high:
-            stats["blocks_pruned"] += source.block is not None
-            continue
+    for source in _in_range(sources, low, high, stats, check):
         inside = source.min_time >= low and source.max_time < high
         entry = source.block
         if entry is not None and inside and field is None:
