@@ -47,6 +47,10 @@ FIELD_MAX_VALUES = 4096  # a string field with more distinct values in a block i
 _HEAD = struct.Struct("<4sI")
 
 
+_TO_TOKEN_BYTES = bytes(c if (97 <= c <= 122 or 48 <= c <= 57 or c == 95) else c + 32 if 65 <= c <= 90 else 32
+                        for c in range(256))  # a-z 0-9 _ kept, A-Z lowered, anything else a space
+
+
 def field_term(name: str, value: str) -> str:
     return f"\x00{name}\x00{value}"
 
@@ -60,35 +64,33 @@ def _string_buffers(array: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _tokens(msg: pa.Array) -> tuple[pa.Array, np.ndarray, np.ndarray]:
-    """(the tokens of the ASCII rows as one string array, the row of each token, unsure rows)."""
-    n = len(msg)
+    """(the tokens of the ASCII rows as one string array, the row of each token, unsure rows).
+
+    One ``bytes.translate`` of the rows' bytes lower-cases letters and turns every other byte that is
+    not ``[a-z0-9_]`` into a space; Arrow then splits on the spaces."""
     msg = pc.fill_null(msg, "")
+    if isinstance(msg, pa.ChunkedArray):
+        msg = msg.combine_chunks()
     ascii_rows = pc.string_is_ascii(msg).to_numpy(zero_copy_only=False)
     unsure = np.flatnonzero(~ascii_rows).astype(np.uint32)
     if len(unsure):
         msg = pc.if_else(pa.array(ascii_rows), msg, "")
-    lowered = pc.binary_join_element_wise(pc.ascii_lower(msg), "", " ")  # a space ends every row
-    if isinstance(lowered, pa.ChunkedArray):
-        lowered = lowered.combine_chunks()
-    offsets, data = _string_buffers(lowered)
+    if len(msg) == 0:
+        return pa.array([], pa.string()), np.zeros(0, np.uint32), unsure
+    offsets, data = _string_buffers(msg)
     base, end = int(offsets[0]), int(offsets[-1])
-    text = data[base:end]
-    word = (text - np.uint8(97)) < 26  # a-z (wraps below 97), then 0-9 and _
-    word |= (text - np.uint8(48)) < 10
-    word |= text == 95
-    edges = np.flatnonzero(np.diff(word.view(np.int8), prepend=np.int8(0), append=np.int8(0)))
-    starts, ends = edges[0::2], edges[1::2]  # runs of word bytes: [start, end)
-    rel = offsets - base
-    per_row = np.diff(np.searchsorted(starts, rel))
-    rows = np.repeat(np.arange(n, dtype=np.uint32), per_row)
-    count = len(starts)
-    if count == 0:
-        return pa.array([], pa.string()), rows, unsure
-    bounds = np.empty(2 * count, dtype=np.int32)  # token, gap, token, gap, …, token
-    bounds[0::2] = starts + base
-    bounds[1::2] = ends + base
-    pieces = pa.StringArray.from_buffers(2 * count - 1, pa.py_buffer(bounds), lowered.buffers()[2])
-    return pieces.take(pa.array(np.arange(0, 2 * count, 2, dtype=np.int32))), rows, unsure
+    text = data[base:end].tobytes().translate(_TO_TOKEN_BYTES)
+    spaced = pa.StringArray.from_buffers(len(msg), pa.py_buffer((offsets - base).astype(np.int32).tobytes()),
+                                         pa.py_buffer(text))
+    lists = pc.ascii_split_whitespace(spaced)
+    tokens = pc.list_flatten(lists)
+    starts = np.frombuffer(lists.buffers()[1], dtype=np.int32, count=len(lists) + 1, offset=lists.offset * 4)
+    rows = np.repeat(np.arange(len(lists), dtype=np.uint32), np.diff(starts))  # (list_parent_indices is slower)
+    empty = pc.equal(pc.binary_length(tokens), 0)  # a row of separators only splits into one ""
+    if pc.any(empty).as_py():
+        keep = pc.invert(empty)
+        tokens, rows = tokens.filter(keep), rows[keep.to_numpy(zero_copy_only=False)]
+    return tokens, rows, unsure
 
 
 def _group(ids: np.ndarray, rows: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
