@@ -116,28 +116,26 @@ def browser() -> Iterator[Any]:
         chromium.close()
 
 
-@pytest.fixture
-def browse(browser: Any, node: Server) -> Iterator[Browse]:
-    """A fresh tab 1280 px wide; the test fails on a page error or an unexpected console error."""
-    pages = open_page(browser, node.url)
+def _tab(browser: Any, node: Server, **size: int) -> Iterator[Browse]:
+    pages = open_page(browser, node.url, **size)
     page = next(pages)
     try:
         yield page
         page.check()
     finally:
         pages.close()
+
+
+@pytest.fixture
+def browse(browser: Any, node: Server) -> Iterator[Browse]:
+    """A fresh tab 1280 px wide; the test fails on a page error or an unexpected console error."""
+    yield from _tab(browser, node)
 
 
 @pytest.fixture
 def phone(browser: Any, node: Server) -> Iterator[Browse]:
     """A fresh tab 390 px wide (a phone)."""
-    pages = open_page(browser, node.url, width=390, height=800)
-    page = next(pages)
-    try:
-        yield page
-        page.check()
-    finally:
-        pages.close()
+    yield from _tab(browser, node, width=390, height=800)
 
 
 def make_user(node: Server, username: str, role: str, password: str = "password-123") -> str:
