@@ -25,7 +25,7 @@ from helios.errors import InvalidInput, Unavailable
 from helios.query import ast
 from helios.query.cancel import CancelToken
 from helios.query.counts import countable
-from helios.query.executor import _needed_columns, encode_rows, execute  # the columns the pipes read
+from helios.query.executor import encode_rows, execute, needed_columns
 from helios.query.filters import may_match
 from helios.query.lookup import hits
 from helios.query.parser import parse
@@ -95,7 +95,7 @@ def fetch_plan(parsed: ast.Query, cache: BlockCache, start: int | None, end: int
     counting = countable(parsed)
     first = parsed.pipes[0] if parsed.pipes else None
     by = first.by[0] if counting and isinstance(first, ast.Stats) and first.by else None
-    needed = _needed_columns(parsed)
+    needed = needed_columns(parsed)
 
     def inside(source: Source) -> bool:
         return source.min_time >= low and source.max_time < high

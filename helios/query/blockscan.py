@@ -107,7 +107,8 @@ def _scan(query: ast.Query, source: Source, cache: BlockCache, where: Callable[[
             rows = pc.and_(rows, pc.and_(pc.greater_equal(times, low), pc.less(times, high)))
         scanned, chosen, indexed = table.num_rows, pc.indices_nonzero(rows).to_numpy(), False
     else:
-        scanned, chosen, indexed = _from_index(query, source, cache, where, hit, check)
+        scanned, chosen = _from_index(query, source, cache, where, hit, index.tokens.unsure, check)
+        indexed = True
         if not inside:
             first, last = _row_span(cache.columns(where, entry, ["_time"]).column("_time"), low, high)
             chosen = np.arange(first, last) if chosen is None else chosen[(chosen >= first) & (chosen < last)]
@@ -124,23 +125,20 @@ def _scan(query: ast.Query, source: Source, cache: BlockCache, where: Callable[[
 
 
 def _from_index(query: ast.Query, source: Source, cache: BlockCache, where: Callable[[], Path | bytes],
-                hit: Hit, check: Check) -> tuple[int, np.ndarray | None, bool]:
-    """(rows scanned, the matching rows or None for all, True): the index's answer, its unsure rows or
+                hit: Hit, unsure: np.ndarray, check: Check) -> tuple[int, np.ndarray | None]:
+    """(rows scanned, the matching rows or None for all): the index's answer, its ``unsure`` rows or
     its candidates checked by a scan."""
     entry = source.block
     assert entry is not None
-    index = cache.known_index(entry.id)
-    assert index is not None and index.tokens is not None
-    unsure = index.tokens.unsure
     chosen = hit.rows
     if not hit.exact:
         candidates = np.arange(entry.rows) if chosen is None else np.union1d(chosen, unsure)
-        return len(candidates), _check_rows(query, source, cache, where, entry, candidates, check), True
+        return len(candidates), _check_rows(query, source, cache, where, entry, candidates, check)
     if not len(unsure):
-        return 0, chosen, True
+        return 0, chosen
     extra = _check_rows(query, source, cache, where, entry, unsure, check)
     sure = np.setdiff1d(np.arange(entry.rows) if chosen is None else chosen, unsure, assume_unique=True)
-    return len(unsure), np.union1d(sure, extra), True
+    return len(unsure), np.union1d(sure, extra)
 
 
 def _check_rows(query: ast.Query, source: Source, cache: BlockCache, where: Callable[[], Path | bytes], entry,

@@ -34,7 +34,7 @@ from helios.query.pipes import apply
 from helios.storage.cache import BlockCache
 from helios.storage.engine import Source
 
-__all__ = ["ROWS_PER_CHUNK", "QueryResult", "encode_rows", "execute", "to_rows"]
+__all__ = ["ROWS_PER_CHUNK", "QueryResult", "encode_rows", "execute", "needed_columns", "to_rows"]
 
 ROWS_PER_CHUNK = 2000  # rows turned into Python objects at once while encoding an answer…
 CELLS_PER_CHUNK = 200_000  # …and fewer when rows are wide (20,000 rows of 998 fields once cost 900 MB)
@@ -50,7 +50,7 @@ class QueryResult:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
-def _needed_columns(query: ast.Query) -> list[str] | None:
+def needed_columns(query: ast.Query) -> list[str] | None:
     """Columns the pipes read after filtering (None: every column)."""
     if not query.pipes:
         return None
@@ -100,7 +100,7 @@ def execute(query: ast.Query, sources: list[Source], cache: BlockCache, *,
         for pipe in query.pipes:
             if isinstance(pipe, ast.Limit):
                 cap = min(cap, pipe.count)
-    needed = _needed_columns(query)
+    needed = needed_columns(query)
     low = -(1 << 63) if start_ns is None else start_ns
     high = (1 << 63) - 1 if end_ns is None else end_ns
     if countable(query):  # counts the block indexes know, without reading rows
