@@ -1,9 +1,10 @@
 """The token index answers exactly what a plain scan answers (issue 14), and a damaged one is never used.
 
 The same Loghub rows (plus rows of non-ASCII text, which the index leaves to the scan) are written as
-two blocks: one with a token index (format 2) and one without (format 1, what older nodes wrote: its
-queries scan every row). 200 random words, prefixes, phrases and ``field:value`` filters, alone and
-combined, must pick the same rows, row for row, from both.
+blocks: one with a token index (format 2), one without (format 1, what older nodes wrote: its queries
+scan every row), and one compacted from four indexed blocks, whose index is merged from theirs rather
+than built from the messages. 200 random words, prefixes, phrases and ``field:value`` filters, alone
+and combined, must pick the same rows, row for row, from all three.
 """
 
 from __future__ import annotations
@@ -59,7 +60,29 @@ def blocks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[BlockEnt
             entry = build_block(root / name, f"b-{name}", [table], dataset="d", day=0, node="n",
                                 created_ns=0, token_index=indexed)
             made[name] = (entry, root / name / entry.filename)
+        # A compaction of four blocks (uneven cuts): its index merged from theirs, the rows unmoved.
+        cuts = [0, 1234, 9000, 9001, table.num_rows]
+        pieces = [table.slice(a, b - a) for a, b in zip(cuts, cuts[1:])]
+        inputs = [build_block(root / "inputs", f"in-{i}", [p], dataset="d", day=0, node="n", created_ns=0)
+                  for i, p in enumerate(pieces)]
+        sections = [(root / "inputs" / e.filename).read_bytes()[e.parquet_bytes:] for e in inputs]
+        entry = build_block(root / "merged", "b-merged", pieces, dataset="d", day=0, node="n", created_ns=0,
+                            sections=sections)
+        made["merged"] = (entry, root / "merged" / entry.filename)
     return made
+
+
+def test_a_merged_index_is_the_index_built_from_the_rows(blocks: dict[str, tuple[BlockEntry, Path]]) -> None:
+    """Compaction merges its inputs' token postings: the result equals tokenising the messages again."""
+    def parsed(name: str) -> tokens.TokenIndex:
+        entry, path = blocks[name]
+        return tokens.TokenIndex(path.read_bytes()[entry.parquet_bytes:])
+
+    built, merged = parsed("indexed"), parsed("merged")
+    assert merged.terms.equals(built.terms) and merged.fields == built.fields
+    assert (merged.starts == built.starts).all() and (merged.unsure == built.unsure).all()
+    postings = [tokens._concat_frames(ix) for ix in (built, merged)]
+    assert (postings[0] == postings[1]).all() and len(postings[0]) == built.starts[-1] > 0
 
 
 def _run(text: str, block: tuple[BlockEntry, Path], cache: BlockCache) -> tuple[list[tuple[Any, ...]], dict]:
@@ -128,10 +151,13 @@ def _queries(seed: int, count: int) -> list[str]:
 def test_index_answers_equal_a_plain_scan_row_for_row(blocks: dict[str, tuple[BlockEntry, Path]]) -> None:
     indexed_cache, scanned_cache = BlockCache(1 << 30), BlockCache(1 << 30)
     used_index = 0
+    merged_cache = BlockCache(1 << 30)
     for text in _queries(seed=14, count=200):
         expected, scan_stats = _run(text, blocks["scanned"], scanned_cache)
         got, stats = _run(text, blocks["indexed"], indexed_cache)
         assert got == expected, f"{text!r}: index gives {len(got)} rows, a scan gives {len(expected)}"
+        merged, _ = _run(text, blocks["merged"], merged_cache)
+        assert merged == expected, f"{text!r}: a merged index gives {len(merged)} rows, a scan {len(expected)}"
         assert scan_stats["blocks_indexed"] == 0
         used_index += stats["blocks_indexed"]
     assert used_index >= 150, "most of the random filters should be answered through the index"

@@ -190,18 +190,20 @@ class Maintenance:
 
     async def _merge(self, key: PartKey, group: list[BlockEntry]) -> BlockEntry:
         directory = self.engine.part_dir(key)
-
-        async def table_of(block: BlockEntry) -> pa.Table:
+        tables, sections = [], []
+        for block in group:
             # Local, or fetched from the store (inputs are read once: not kept in the local cache).
             data = await self.engine.blocks.read(key, block, keep=False)
-            return await self._run_sync(load_block, data, block)
-
-        tables = [await table_of(b) for b in group]
+            tables.append(await self._run_sync(load_block, data, block))
+            # Verified with the whole block: merged into the output's index instead of tokenising again.
+            sections.append(data[block.parquet_bytes:] if block.index_bytes else None)
+            del data
         created = self.clock()
         block_id = new_block_id(created, self.node_id, compacted=True, token_hex=self._token_hex)
+        merged = None if None in sections else sections
         return await self._run_sync(
             lambda: build_block(directory, block_id, tables, dataset=key[0], day=key[1], node=self.node_id,
-                                created_ns=created))
+                                created_ns=created, sections=merged))
 
     async def _compact_local(self, key: PartKey) -> int:
         done = 0

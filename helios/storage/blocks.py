@@ -30,7 +30,7 @@ import zstandard
 from helios import timeutil
 from helios.storage.bloom import Bloom, block_terms
 from helios.storage.fsutil import write_atomic
-from helios.storage.tokens import TokenIndex, build_index
+from helios.storage.tokens import TokenIndex, build_index, merge_sections
 
 __all__ = ["BlockEntry", "BlockIndex", "CorruptBlock", "build_block", "is_compacted", "load_block", "load_index",
            "load_index_section", "new_block_id", "parquet_part", "verify"]
@@ -108,25 +108,39 @@ class BlockIndex:
             len(self.bloom.bits) if self.bloom is not None else 0)
 
 
-def _arrange(tables: list[pa.Table]) -> pa.Table:
+def _arrange(tables: list[pa.Table]) -> tuple[pa.Table, bool]:
+    """The rows of ``tables`` in block order (by ``_time``), and whether that is the order they came in.
+
+    Rows in order (as they mostly arrive) are not copied: the Parquet writer and the index take the
+    chunks as they are."""
     table = pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
     fields = sorted(name for name in table.column_names if name not in ("_time", "_msg"))
     table = table.select(["_time", "_msg", *fields])
     times = table.column("_time").cast(pa.int64()).to_numpy()
-    if len(times) < 2 or bool(np.all(times[1:] >= times[:-1])):  # rows mostly arrive in time order
-        return table.combine_chunks()
+    if len(times) < 2 or bool(np.all(times[1:] >= times[:-1])):
+        return table, True
     order = pc.sort_indices(table, sort_keys=[("_time", "ascending")])
-    return table.take(order).combine_chunks()
+    return table.take(order).combine_chunks(), False
 
 
 def build_block(directory: Path, block_id: str, tables: list[pa.Table], *, dataset: str,
-                day: int, node: str, created_ns: int, token_index: bool = True) -> BlockEntry:
+                day: int, node: str, created_ns: int, token_index: bool = True,
+                sections: list[bytes] | None = None) -> BlockEntry:
     """Write the rows of ``tables`` as block ``block_id`` under ``directory``, durably.
+
+    ``sections``: the index sections of the blocks whose rows ``tables`` are (a compaction's inputs,
+    in the same order). When the rows need no reordering the new index is merged from them instead of
+    built from the messages (``tokens.merge_sections``).
 
     ``token_index=False`` writes a format 1 block (a Bloom filter in the footer, no token index): what
     older nodes wrote, kept so that tests can prove such blocks still answer."""
-    table = _arrange(tables)
-    index = build_index(table) if token_index else b""
+    table, in_order = _arrange(tables)
+    if not token_index:
+        index = b""
+    elif sections is not None and in_order and len(sections) == len(tables):
+        index = merge_sections(sections, table)
+    else:
+        index = build_index(table)
     times = table.column("_time").cast(pa.int64())
     bounds = pc.min_max(times)
     info = {"format": FORMAT, "dataset": dataset, "day": timeutil.day_name(day),

@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import zstandard
 
-__all__ = ["FIELD_MAX_VALUES", "FRAME", "MAGIC", "TokenIndex", "build_index", "field_term"]
+__all__ = ["FIELD_MAX_VALUES", "FRAME", "MAGIC", "TokenIndex", "build_index", "field_term", "merge_sections"]
 
 MAGIC = b"HLXI"
 FORMAT = 1
@@ -93,106 +93,142 @@ def _tokens(msg: pa.Array) -> tuple[pa.Array, np.ndarray, np.ndarray]:
     return tokens, rows, unsure
 
 
-def _group(ids: np.ndarray, rows: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(starts, postings): for each id < ``size`` its sorted distinct rows."""
+def _group(ids: np.ndarray, rows: np.ndarray, size: int, row_bits: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, postings): for each id < ``size`` its sorted distinct rows (rows < 2 ** ``row_bits``).
+
+    One sort of (id, row) keys, in 32 bits when both fit (a chunk's rows fit 16)."""
     if len(ids) == 0:
         return np.zeros(size + 1, np.uint32), np.zeros(0, np.uint32)
-    keys = (ids.astype(np.uint64) << np.uint64(32)) | rows.astype(np.uint64)
+    kind = np.uint64 if row_bits + max(1, (size - 1).bit_length()) > 32 else np.uint32
+    keys = (ids.astype(kind) << kind(row_bits)) | rows.astype(kind)
     keys.sort()
     keep = np.empty(len(keys), dtype=bool)
     keep[0] = True
     np.not_equal(keys[1:], keys[:-1], out=keep[1:])
     keys = keys[keep]
-    postings = (keys & np.uint64(0xFFFFFFFF)).astype(np.uint32)
-    counts = np.bincount((keys >> np.uint64(32)).astype(np.int64), minlength=size)
+    postings = (keys & kind((1 << row_bits) - 1)).astype(np.uint32)
+    counts = np.bincount((keys >> kind(row_bits)).astype(np.int64), minlength=size)
     starts = np.zeros(size + 1, np.uint32)
     np.cumsum(counts, out=starts[1:])
     return starts, postings
 
 
-def _token_chunk(msg: pa.Array, first_row: int) -> tuple[pa.Array, np.ndarray, np.ndarray, np.ndarray]:
-    """(sorted terms, starts, postings, unsure rows) of the messages of rows ``first_row`` …"""
+def _ranked(encoded: pa.DictionaryArray) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """(the dictionary sorted, the sort order, each entry's rank in it)."""
+    order = pc.sort_indices(encoded.dictionary).to_numpy()
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    return encoded.dictionary.take(pa.array(order)), order, rank
+
+
+Part = tuple[pa.Array, np.ndarray, np.ndarray, np.ndarray]  # sorted terms, starts, postings, unsure rows
+
+
+def _token_chunk(msg: pa.Array, first_row: int) -> Part:
+    """The token part of the messages of rows ``first_row`` … (at most ``CHUNK_ROWS`` of them)."""
     pieces, rows, unsure = _tokens(msg)
     unsure = unsure + np.uint32(first_row)
     if len(pieces) == 0:
         return pa.array([], pa.string()), np.zeros(1, np.uint32), np.zeros(0, np.uint32), unsure
     encoded = pc.dictionary_encode(pieces)
-    terms = encoded.dictionary
-    order = pc.sort_indices(terms).to_numpy()
-    rank = np.empty(len(terms), dtype=np.int64)
-    rank[order] = np.arange(len(terms))
-    starts, postings = _group(rank[encoded.indices.to_numpy()], rows, len(terms))
-    return terms.take(pa.array(order)), starts, postings + np.uint32(first_row), unsure
+    terms, _, rank = _ranked(encoded)
+    starts, postings = _group(rank[encoded.indices.to_numpy()], rows, len(terms), max(1, (len(msg) - 1).bit_length()))
+    return terms, starts, postings + np.uint32(first_row), unsure
 
 
-def _merge(parts: list[tuple[pa.Array, np.ndarray, np.ndarray, np.ndarray]]
-           ) -> tuple[pa.Array, np.ndarray, np.ndarray, np.ndarray]:
-    """One index of several chunks' (rows of later chunks are greater: postings concatenate sorted)."""
+def _merge(parts: list[Part]) -> Part:
+    """One index of several parts (rows of a later part are greater: a term's postings concatenate sorted).
+
+    Each part's postings are scattered to their places one part at a time, so the merge's scratch
+    memory is a part's, not the block's."""
     if len(parts) == 1:
         return parts[0]
     encoded = pc.dictionary_encode(pa.concat_arrays([p[0] for p in parts]))
-    terms = encoded.dictionary
-    order = pc.sort_indices(terms).to_numpy()
-    rank = np.empty(len(terms), dtype=np.int64)
-    rank[order] = np.arange(len(terms))
-    segment_rank = rank[encoded.indices.to_numpy()]  # a segment: one chunk's postings of one term
-    segment_chunk = np.repeat(np.arange(len(parts)), [len(p[0]) for p in parts])
-    shift = np.cumsum([0] + [len(p[2]) for p in parts[:-1]])
-    segment_start = np.concatenate([p[1][:-1].astype(np.int64) + s for p, s in zip(parts, shift)])
-    segment_size = np.concatenate([np.diff(p[1].astype(np.int64)) for p in parts])
-    placed = np.lexsort((segment_chunk, segment_rank))  # by term, then chunk: rows stay sorted
-    sizes = segment_size[placed]
-    source = np.repeat(segment_start[placed] - (np.cumsum(sizes) - sizes), sizes) + np.arange(int(sizes.sum()))
-    postings = np.concatenate([p[2] for p in parts])[source]
-    starts = np.zeros(len(terms) + 1, np.uint32)
-    starts[1:] = np.cumsum(np.bincount(segment_rank, weights=segment_size, minlength=len(terms)).astype(np.int64))
-    return terms.take(pa.array(order)), starts, postings, np.concatenate([p[3] for p in parts])
+    terms, order, rank = _ranked(encoded)
+    part_rank = rank[encoded.indices.to_numpy()]  # the merged term of each part's terms
+    sizes = [np.diff(p[1].astype(np.int64)) for p in parts]
+    starts = np.zeros(len(terms) + 1, np.int64)
+    starts[1:] = np.cumsum(np.bincount(part_rank, weights=np.concatenate(sizes), minlength=len(terms)).astype(np.int64))
+    free = starts[:-1].copy()  # where the next part's postings of each term go
+    postings = np.empty(int(starts[-1]), np.uint32)
+    at = 0
+    for (part_terms, part_starts, part_postings, _), size in zip(parts, sizes):
+        ranks = part_rank[at : at + len(part_terms)]
+        at += len(part_terms)
+        places = np.repeat(free[ranks] - part_starts[:-1].astype(np.int64), size)
+        places += np.arange(len(part_postings))
+        postings[places] = part_postings
+        free[ranks] += size  # a part's terms are distinct: no index repeats
+    return terms, starts.astype(np.uint32), postings, np.concatenate([p[3] for p in parts])
 
 
-def _token_part(msg: pa.Array) -> tuple[pa.Array, np.ndarray, np.ndarray, np.ndarray]:
+def _token_part(msg: pa.Array | pa.ChunkedArray) -> Part:
     """The token terms of a block, built ``CHUNK_ROWS`` rows at a time (bounded memory) and merged."""
-    return _merge([_token_chunk(msg.slice(at, CHUNK_ROWS), at) for at in range(0, max(1, len(msg)), CHUNK_ROWS)])
+    parts = []
+    for at in range(0, max(1, len(msg)), CHUNK_ROWS):
+        chunk = msg.slice(at, CHUNK_ROWS)
+        if isinstance(chunk, pa.ChunkedArray):  # a chunk's copy, never the whole column's
+            chunk = chunk.combine_chunks() if chunk.num_chunks else pa.array([], chunk.type)
+        parts.append(_token_chunk(chunk.cast(pa.string()), at))
+    return _merge(parts)
 
 
 def _field_part(table: pa.Table) -> tuple[list[str], list[pa.Array], list[np.ndarray], list[np.ndarray]]:
+    """Per indexed field (in ``field_term`` order): its terms, starts and postings.
+
+    A row holds one value of a field, and rows come in order: a stable sort of the rows by value rank
+    (a radix sort, ranks fit 16 bits) groups them with each value's rows still sorted."""
     fields, terms, starts, postings = [], [], [], []
-    for name in table.column_names:
+    for name in sorted(table.column_names, key=lambda n: field_term(n, "")):
         column = table.column(name)
         if name in ("_time", "_msg") or not pa.types.is_string(column.type):
             continue
-        encoded = pc.dictionary_encode(column.combine_chunks())
-        values = encoded.dictionary
-        if len(values) > FIELD_MAX_VALUES:
+        encoded = pc.dictionary_encode(column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column)
+        if len(encoded.dictionary) > FIELD_MAX_VALUES:
             continue
+        values, _, rank = _ranked(encoded)
         valid = pc.is_valid(encoded.indices).to_numpy(zero_copy_only=False)
         rows = np.flatnonzero(valid).astype(np.uint32)
-        ids = encoded.indices.to_numpy(zero_copy_only=False)[valid].astype(np.int64)
-        order = pc.sort_indices(values).to_numpy()
-        rank = np.empty(len(values), dtype=np.int64)
-        rank[order] = np.arange(len(values))
-        s, p = _group(rank[ids], rows, len(values))
+        ranks = rank[encoded.indices.to_numpy(zero_copy_only=False)[valid].astype(np.int64)].astype(np.uint16)
+        s = np.zeros(len(values) + 1, np.uint32)
+        np.cumsum(np.bincount(ranks, minlength=len(values)), out=s[1:])
         fields.append(name)
-        terms.append(pc.binary_join_element_wise(f"\x00{name}", values.take(pa.array(order)), "\x00"))
+        terms.append(pc.binary_join_element_wise(f"\x00{name}", values, "\x00"))
         starts.append(s)
-        postings.append(p)
+        postings.append(rows[np.argsort(ranks, kind="stable")])
     return fields, terms, starts, postings
 
 
-def build_index(table: pa.Table) -> bytes:
-    """The index section of a block whose rows are ``table`` (already in block order)."""
+def _concat_frames(index: TokenIndex) -> np.ndarray:
+    """Every posting of an index, delta-coded as stored (uint32)."""
+    return np.concatenate([np.frombuffer(index._blob(at), np.uint32) for at in index._frames_at]
+                          or [np.zeros(0, np.uint32)])
+
+
+def _token_part_of(index: TokenIndex, first_row: int) -> Part:
+    """The token part of a block's index (its field terms left out), rows moved by ``first_row``."""
+    first = index._lower_bound("\x01")  # field terms start with "\0", tokens with [0-9_a-z]
+    deltas = _concat_frames(index)
+    starts = index.starts
+    lo = int(starts[first])
+    # Delta decoding in uint32: each term's rows are below 2 ** 32, so the wrapping sums are exact.
+    sums = np.cumsum(deltas[lo:], dtype=np.uint32)
+    local = (starts[first:] - lo).astype(np.int64)
+    before = np.where(local[:-1] > 0, sums[np.maximum(local[:-1] - 1, 0)], 0).astype(np.uint32)
+    postings = sums - np.repeat(before, np.diff(local))
+    return (index.terms.slice(first), local.astype(np.uint32), postings + np.uint32(first_row),
+            (index.unsure + first_row).astype(np.uint32))
+
+
+def _section(table: pa.Table, tokens: Part) -> bytes:
+    """The section of a block whose rows are ``table``, with its token part already built."""
     n = table.num_rows
-    if "_msg" in table.column_names:
-        msg = table.column("_msg").combine_chunks()
-        tokens, token_starts, token_postings, unsure = _token_part(msg.cast(pa.string()))
-    else:
-        tokens, token_starts = pa.array([], pa.string()), np.zeros(1, np.uint32)
-        token_postings, unsure = np.zeros(0, np.uint32), np.zeros(0, np.uint32)
+    terms, token_starts, token_postings, unsure = tokens
     fields, field_terms, field_starts, field_postings = _field_part(table)
-    order = sorted(range(len(fields)), key=lambda i: f"\x00{fields[i]}\x00")
-    all_terms = pa.concat_arrays([*(field_terms[i].cast(pa.string()) for i in order), tokens])
-    postings = np.concatenate([*(field_postings[i] for i in order), token_postings])
+    all_terms = pa.concat_arrays([*(t.cast(pa.string()) for t in field_terms), terms.cast(pa.string())])
+    postings = np.concatenate([*field_postings, token_postings])
     starts_parts, shift = [np.zeros(1, np.uint64)], 0
-    for s in [*(field_starts[i] for i in order), token_starts]:
+    for s in [*field_starts, token_starts]:
         starts_parts.append(s[1:].astype(np.uint64) + shift)
         shift += int(s[-1])
     starts = np.concatenate(starts_parts).astype(np.uint32)
@@ -205,7 +241,7 @@ def build_index(table: pa.Table) -> bytes:
     term_offsets, term_data = _string_buffers(all_terms)
     blobs = {"term_offsets": (term_offsets - term_offsets[0]).astype(np.int32).tobytes(),
              "term_data": term_data[int(term_offsets[0]) : int(term_offsets[-1])].tobytes(),
-             "starts": starts.tobytes(), "unsure": unsure.tobytes()}
+             "starts": starts.tobytes(), "unsure": unsure.astype(np.uint32).tobytes()}
     body, placed = bytearray(), {}
     for name, raw in blobs.items():
         packed = compressor.compress(raw)
@@ -220,6 +256,29 @@ def build_index(table: pa.Table) -> bytes:
                            "terms": len(all_terms), "postings": len(postings), "frame": FRAME,
                            "blobs": placed, "frames": frames})
     return _HEAD.pack(MAGIC, len(header)) + header + bytes(body)
+
+
+def build_index(table: pa.Table) -> bytes:
+    """The index section of a block whose rows are ``table`` (already in block order)."""
+    if "_msg" in table.column_names:
+        tokens = _token_part(table.column("_msg"))
+    else:
+        tokens = (pa.array([], pa.string()), np.zeros(1, np.uint32), np.zeros(0, np.uint32), np.zeros(0, np.uint32))
+    return _section(table, tokens)
+
+
+def merge_sections(sections: list[bytes], table: pa.Table) -> bytes:
+    """The index of ``table``, whose rows are those of blocks with these index sections one after the
+    other, in this order (a compaction that did not reorder rows): the inputs' token postings merged,
+    not the messages tokenised again; the field terms built from ``table``."""
+    parts, first_row = [], 0
+    for section in sections:
+        index = TokenIndex(section)
+        parts.append(_token_part_of(index, first_row))
+        first_row += index.rows
+    if first_row != table.num_rows:
+        raise ValueError(f"the sections hold {first_row} rows, the table {table.num_rows}")
+    return _section(table, _merge(parts))
 
 
 def sha256(data: bytes) -> str:
