@@ -159,6 +159,10 @@ OPTIONS: tuple[Option, ...] = (
            "memtable flush interval (default: a quarter of the block sync interval)"),
     Option("memtable_rows", "HELIOS_MEMTABLE_ROWS", 1_000_000, _positive_int,
            "flush early once the memtable holds this many rows"),
+    Option("memtable_bytes", "HELIOS_MEMTABLE_BYTES", 128 << 20, _positive_int,
+           "flush early once the memtable holds this many bytes; ingest waits while twice this is unflushed"),
+    Option("ingest_wait_secs", "HELIOS_INGEST_WAIT_SECS", 30.0, _positive_float,
+           "how long an ingest waits for flushes to make room before it is refused with 429"),
     Option("control_key_path", "HELIOS_CONTROL_KEY_PATH", "", _optional_path,
            "control-plane key file (default <data-dir>/secrets/control.key)"),
     Option("jwt_secret_path", "HELIOS_JWT_SECRET_PATH", "", _optional_path,
@@ -254,6 +258,8 @@ class Config:
     block_sync_secs: float
     flush_secs: float
     memtable_rows: int
+    memtable_bytes: int
+    ingest_wait_secs: float
     control_key_path: Path
     jwt_secret_path: Path
     control_encryption: str

@@ -94,6 +94,7 @@ class Node:
         self.control = ControlPlane(config.data_dir / "control", sealer, self.node_id)
         self.auth = Auth.from_config(self.control, jwt_secret, config)
         self.engine = Engine(config.data_dir, self.node_id, memtable_rows=config.memtable_rows,
+                             memtable_bytes=config.memtable_bytes, ingest_wait_s=config.ingest_wait_secs,
                              cache_bytes=config.cache_bytes, local_cache_bytes=config.local_cache_bytes)
         self.ingest_reader = BodyReader.from_config(config)  # limits + one memory budget for every ingest path
         self.health = self.engine.health  # one report of what fails, shared by every background task
@@ -167,7 +168,11 @@ class Node:
             "# TYPE helios_memtable_rows gauge",
             f"helios_memtable_rows {engine.memtable.rows + sum(m.rows for _, m in engine.frozen)}",
             "# TYPE helios_memtable_bytes gauge",
-            f"helios_memtable_bytes {engine.memtable.nbytes + sum(m.nbytes for _, m in engine.frozen)}",
+            f"helios_memtable_bytes {engine.unflushed_bytes()}",
+            "# TYPE helios_ingest_backpressure_waits_total counter",
+            f"helios_ingest_backpressure_waits_total {engine.backpressure_waits}",
+            "# TYPE helios_ingest_backpressure_refusals_total counter",
+            f"helios_ingest_backpressure_refusals_total {engine.backpressure_refusals}",
             "# TYPE helios_block_cache_hits_total counter",
             f"helios_block_cache_hits_total {engine.cache.hits}",
             "# TYPE helios_block_cache_misses_total counter",

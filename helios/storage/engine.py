@@ -33,6 +33,7 @@ import pyarrow as pa
 import trio
 
 from helios import log, timeutil
+from helios.errors import Overloaded
 from helios.storage.blocks import BlockEntry, build_block, new_block_id
 from helios.storage.cache import BlockCache
 from helios.storage.local import LocalBlocks
@@ -86,18 +87,29 @@ class Engine:
     on_ingest: Callable[[str, pa.Table], None] | None = None
 
     def __init__(self, root: Path, node_id: str, *, memtable_rows: int = 1_000_000,
+                 memtable_bytes: int = 128 << 20, ingest_wait_s: float = 30.0,
                  cache_bytes: int = 1 << 30, clock: Callable[[], int] = time.time_ns,
                  run_sync: Callable[..., Awaitable[Any]] = trio.to_thread.run_sync,
                  token_hex: Callable[[int], str] = secrets.token_hex,
                  local_cache_bytes: int | None = None) -> None:
         """``clock`` (wall ns), ``run_sync`` (runs blocking file work off the event loop, WAL included)
         and ``token_hex`` (randomness of new block ids) are seams: production uses the defaults, the
-        fuzzer passes its own. ``local_cache_bytes`` bounds the blocks kept locally (helios.storage.local)."""
+        fuzzer passes its own. ``local_cache_bytes`` bounds the blocks kept locally (helios.storage.local).
+
+        Memory: a flush starts once the memtable holds ``memtable_rows`` rows or ``memtable_bytes``
+        bytes; while twice ``memtable_bytes`` is not yet in blocks (the memtable and the one being
+        flushed), an ingest waits for a flush to make room, at most ``ingest_wait_s`` (then
+        ``Overloaded``: 429). Ingest runs at the pace of flushing instead of outgrowing memory."""
         self.root = root
         self.node_id = node_id
         self.parts_dir = root / "parts"
         self.wal = Wal(root / "wal", run_sync=run_sync)
         self.memtable_rows = memtable_rows
+        self.memtable_bytes = memtable_bytes
+        self.ingest_wait_s = ingest_wait_s
+        self._room = trio.Event()  # set (and replaced) whenever a flush moved rows into a block
+        self.backpressure_waits = 0
+        self.backpressure_refusals = 0
         self.clock = clock
         self._run_sync = run_sync
         self._token_hex = token_hex
@@ -194,14 +206,34 @@ class Engine:
         """Append a prepared batch to the WAL (group commit), then to the memtable; its row count."""
         if batch.table.num_rows == 0:
             return 0
+        await self._wait_for_room()
         await self.wal.append_frame(batch.frame, lambda: self._apply(batch))
         return batch.table.num_rows
+
+    def unflushed_bytes(self) -> int:
+        """Bytes of acknowledged rows not yet in a block: the memtable and the one being flushed."""
+        return self.memtable.nbytes + sum(m.nbytes for _, m in self.frozen)
+
+    async def _wait_for_room(self) -> None:
+        """Backpressure: hold an ingest, before its WAL append, while flushing is behind."""
+        limit = 2 * self.memtable_bytes
+        if self.unflushed_bytes() < limit:
+            return
+        self.backpressure_waits += 1
+        self._flush_wanted.set()
+        with trio.move_on_after(self.ingest_wait_s):
+            while self.unflushed_bytes() >= limit:
+                await self._room.wait()
+            return
+        self.backpressure_refusals += 1
+        raise Overloaded(f"ingest is ahead of flushing: {self.unflushed_bytes()} bytes are not in blocks yet "
+                         f"(the bound is {limit}, twice HELIOS_MEMTABLE_BYTES); retry later")
 
     def _apply(self, batch: Batch) -> None:
         self.memtable.add_slices(batch.slices)
         if self.on_ingest is not None:
             self.on_ingest(batch.dataset, batch.table)
-        if self.memtable.rows >= self.memtable_rows:
+        if self.memtable.rows >= self.memtable_rows or self.memtable.nbytes >= self.memtable_bytes:
             self._flush_wanted.set()
 
     # -- flushing ---------------------------------------------------------
@@ -273,8 +305,10 @@ class Engine:
             await self._run_sync(new.save, directory)
             # One step, no checkpoint: the rows move from the memtable to the block.
             self.manifests[key] = new
-            del frozen.parts[key]
+            frozen.remove(key)
             self.blocks.register(key, entry)
+        self._room.set()  # waiting ingests may go on
+        self._room = trio.Event()
 
     # -- reading ----------------------------------------------------------
 

@@ -24,6 +24,7 @@ PartKey = tuple[str, int]  # (dataset, UTC day number)
 class MemPart:
     tables: list[pa.Table] = field(default_factory=list)
     rows: int = 0
+    nbytes: int = 0
     min_time: int | None = None
     max_time: int | None = None
 
@@ -88,10 +89,18 @@ class Memtable:
             part = self.parts.setdefault(piece.key, MemPart())
             part.tables.append(piece.table)
             part.rows += piece.table.num_rows
+            part.nbytes += piece.nbytes
             part.min_time = piece.min_time if part.min_time is None else min(part.min_time, piece.min_time)
             part.max_time = piece.max_time if part.max_time is None else max(part.max_time, piece.max_time)
             self.rows += piece.table.num_rows
             self.nbytes += piece.nbytes
+
+    def remove(self, key: PartKey) -> MemPart:
+        """Take a partition's rows out (they are in a block now)."""
+        part = self.parts.pop(key)
+        self.rows -= part.rows
+        self.nbytes -= part.nbytes
+        return part
 
     def __bool__(self) -> bool:
         return self.rows > 0
