@@ -159,7 +159,7 @@ OPTIONS: tuple[Option, ...] = (
            "memtable flush interval (default: a quarter of the block sync interval)"),
     Option("memtable_rows", "HELIOS_MEMTABLE_ROWS", 1_000_000, _positive_int,
            "flush early once the memtable holds this many rows"),
-    Option("memtable_bytes", "HELIOS_MEMTABLE_BYTES", 128 << 20, _positive_int,
+    Option("memtable_bytes", "HELIOS_MEMTABLE_BYTES", 64 << 20, _positive_int,
            "flush early once the memtable holds this many bytes; ingest waits while twice this is unflushed"),
     Option("ingest_wait_secs", "HELIOS_INGEST_WAIT_SECS", 30.0, _positive_float,
            "how long an ingest waits for flushes to make room before it is refused with 429"),

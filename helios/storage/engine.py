@@ -87,7 +87,7 @@ class Engine:
     on_ingest: Callable[[str, pa.Table], None] | None = None
 
     def __init__(self, root: Path, node_id: str, *, memtable_rows: int = 1_000_000,
-                 memtable_bytes: int = 128 << 20, ingest_wait_s: float = 30.0,
+                 memtable_bytes: int = 64 << 20, ingest_wait_s: float = 30.0,
                  cache_bytes: int = 1 << 30, clock: Callable[[], int] = time.time_ns,
                  run_sync: Callable[..., Awaitable[Any]] = trio.to_thread.run_sync,
                  token_hex: Callable[[int], str] = secrets.token_hex,

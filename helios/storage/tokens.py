@@ -30,6 +30,7 @@ import struct
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import orjson
@@ -151,15 +152,18 @@ def _merge(parts: list[Part]) -> Part:
     starts[1:] = np.cumsum(np.bincount(part_rank, weights=np.concatenate(sizes), minlength=len(terms)).astype(np.int64))
     free = starts[:-1].copy()  # where the next part's postings of each term go
     postings = np.empty(int(starts[-1]), np.uint32)
+    unsure = np.concatenate([p[3] for p in parts])
     at = 0
-    for (part_terms, part_starts, part_postings, _), size in zip(parts, sizes):
+    for number, size in enumerate(sizes):
+        part_terms, part_starts, part_postings, _ = parts[number]
+        parts[number] = None  # type: ignore[call-overload]  # placed: its memory goes now, not at the end
         ranks = part_rank[at : at + len(part_terms)]
         at += len(part_terms)
         places = np.repeat(free[ranks] - part_starts[:-1].astype(np.int64), size)
         places += np.arange(len(part_postings))
         postings[places] = part_postings
         free[ranks] += size  # a part's terms are distinct: no index repeats
-    return terms, starts.astype(np.uint32), postings, np.concatenate([p[3] for p in parts])
+    return terms, starts.astype(np.uint32), postings, unsure
 
 
 def _token_part(msg: pa.Array | pa.ChunkedArray) -> Part:
@@ -220,23 +224,49 @@ def _token_part_of(index: TokenIndex, first_row: int) -> Part:
             (index.unsure + first_row).astype(np.uint32))
 
 
+def _cut(arrays: list[np.ndarray], size: int) -> Iterator[np.ndarray]:
+    """The values of ``arrays`` one after the other, ``size`` at a time (no copy of them all)."""
+    pending: list[np.ndarray] = []
+    count = 0
+    for array in arrays:
+        offset = 0
+        while offset < len(array):
+            take = min(size - count, len(array) - offset)
+            pending.append(array[offset : offset + take])
+            count, offset = count + take, offset + take
+            if count == size:
+                yield pending[0] if len(pending) == 1 else np.concatenate(pending)
+                pending, count = [], 0
+    if pending:
+        yield np.concatenate(pending)
+
+
+def _delta_frames(arrays: list[np.ndarray], starts: np.ndarray) -> Iterator[np.ndarray]:
+    """The postings (``arrays`` one after the other) in frames of ``FRAME`` values, delta-coded within
+    each term (a term's first row as it is)."""
+    firsts = starts[:-1][starts[:-1] < starts[1:]].astype(np.int64)  # where a term's postings begin
+    at, previous = 0, np.uint32(0)
+    for raw in _cut(arrays, FRAME):
+        frame = raw.copy()
+        frame[1:] -= raw[:-1]
+        frame[:1] -= previous  # (wraps where a term begins: replaced below)
+        begin = firsts[np.searchsorted(firsts, at) : np.searchsorted(firsts, at + len(raw))] - at
+        frame[begin] = raw[begin]
+        yield frame
+        at, previous = at + len(raw), raw[-1]
+
+
 def _section(table: pa.Table, tokens: Part) -> bytes:
     """The section of a block whose rows are ``table``, with its token part already built."""
     n = table.num_rows
     terms, token_starts, token_postings, unsure = tokens
     fields, field_terms, field_starts, field_postings = _field_part(table)
     all_terms = pa.concat_arrays([*(t.cast(pa.string()) for t in field_terms), terms.cast(pa.string())])
-    postings = np.concatenate([*field_postings, token_postings])
     starts_parts, shift = [np.zeros(1, np.uint64)], 0
     for s in [*field_starts, token_starts]:
         starts_parts.append(s[1:].astype(np.uint64) + shift)
         shift += int(s[-1])
     starts = np.concatenate(starts_parts).astype(np.uint32)
-    deltas = postings.copy()
-    if len(deltas):
-        deltas[1:] -= postings[:-1]
-        first = starts[:-1][starts[:-1] < starts[1:]]
-        deltas[first] = postings[first]
     compressor = zstandard.ZstdCompressor(level=3)
     term_offsets, term_data = _string_buffers(all_terms)
     blobs = {"term_offsets": (term_offsets - term_offsets[0]).astype(np.int32).tobytes(),
@@ -248,12 +278,12 @@ def _section(table: pa.Table, tokens: Part) -> bytes:
         placed[name] = [len(body), len(packed)]
         body += packed
     frames = []
-    for at in range(0, len(deltas), FRAME):
-        packed = compressor.compress(deltas[at : at + FRAME].tobytes())
+    for frame in _delta_frames([*field_postings, token_postings], starts):
+        packed = compressor.compress(frame.tobytes())
         frames.append([len(body), len(packed)])
         body += packed
     header = orjson.dumps({"format": FORMAT, "rows": n, "columns": table.column_names, "fields": fields,
-                           "terms": len(all_terms), "postings": len(postings), "frame": FRAME,
+                           "terms": len(all_terms), "postings": int(starts[-1]), "frame": FRAME,
                            "blobs": placed, "frames": frames})
     return _HEAD.pack(MAGIC, len(header)) + header + bytes(body)
 
