@@ -19,7 +19,7 @@ import pytest
 
 from helios.query.executor import execute
 from helios.query.parser import parse
-from helios.storage.blocks import BlockEntry, build_block
+from helios.storage.blocks import BlockEntry, build_block, load_block, merge_blocks
 from helios.storage.cache import BlockCache
 from helios.storage import tokens
 from helios.storage.engine import Source
@@ -62,12 +62,12 @@ def blocks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[BlockEnt
             made[name] = (entry, root / name / entry.filename)
         # A compaction of four blocks (uneven cuts): its index merged from theirs, the rows unmoved.
         cuts = [0, 1234, 9000, 9001, table.num_rows]
-        pieces = [table.slice(a, b - a) for a, b in zip(cuts, cuts[1:])]
-        inputs = [build_block(root / "inputs", f"in-{i}", [p], dataset="d", day=0, node="n", created_ns=0)
-                  for i, p in enumerate(pieces)]
-        sections = [(root / "inputs" / e.filename).read_bytes()[e.parquet_bytes:] for e in inputs]
-        entry = build_block(root / "merged", "b-merged", pieces, dataset="d", day=0, node="n", created_ns=0,
-                            sections=sections)
+        inputs = []
+        for i, (a, b) in enumerate(zip(cuts, cuts[1:])):
+            entry = build_block(root / "inputs", f"in-{i}", [table.slice(a, b - a)], dataset="d", day=0, node="n",
+                                created_ns=0)
+            inputs.append(((root / "inputs" / entry.filename).read_bytes(), entry))
+        entry = merge_blocks(root / "merged", "b-merged", inputs, dataset="d", day=0, node="n", created_ns=0)
         made["merged"] = (entry, root / "merged" / entry.filename)
     return made
 
@@ -79,6 +79,7 @@ def test_a_merged_index_is_the_index_built_from_the_rows(blocks: dict[str, tuple
         return tokens.TokenIndex(path.read_bytes()[entry.parquet_bytes:])
 
     built, merged = parsed("indexed"), parsed("merged")
+    assert load_block(blocks["merged"][1], blocks["merged"][0]).equals(load_block(blocks["indexed"][1], blocks["indexed"][0]))
     assert merged.terms.equals(built.terms) and merged.fields == built.fields
     assert (merged.starts == built.starts).all() and (merged.unsure == built.unsure).all()
     postings = [tokens._concat_frames(ix) for ix in (built, merged)]
@@ -213,3 +214,35 @@ def test_a_plain_search_cut_at_its_limit_says_truncated(blocks: dict[str, tuple[
         whole = execute(parse("error | limit 100000"), [source], BlockCache(1 << 30), start_ns=None, end_ns=None,
                         limit=100_000)
         assert 10 < whole.table.num_rows < 100_000 and whole.stats["truncated"] is False
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_a_compaction_equals_building_one_block_of_the_same_rows(tmp_path: Path, overlap: bool) -> None:
+    """Inputs with different fields (one lacks ``user``, one has ``code`` as integers) merge into the
+    block that building their rows at once gives: the same rows, columns and index. Inputs whose
+    times interleave are sorted and indexed again (``overlap``)."""
+    table = _table()
+    n = table.num_rows
+    thirds = [table.slice(0, n // 3), table.slice(n // 3, n // 3), table.slice(2 * (n // 3))]
+    thirds[0] = thirds[0].append_column("user", pa.array([f"u{i % 7}" for i in range(thirds[0].num_rows)]))
+    thirds[2] = thirds[2].append_column("code", pa.array(range(thirds[2].num_rows), pa.int64()))
+    thirds[2] = thirds[2].append_column("user", pa.nulls(thirds[2].num_rows, pa.string()))
+    if overlap:  # the middle third's times spread over the others'
+        middle = thirds[1]
+        thirds[1] = middle.set_column(0, "_time", pa.array(
+            [table.column("_time")[i * 3].value + 1 for i in range(middle.num_rows)], pa.int64()).cast(middle.schema.field("_time").type))
+    inputs = []
+    for i, piece in enumerate(thirds):
+        entry = build_block(tmp_path / "in", f"in-{i}", [piece], dataset="d", day=0, node="n", created_ns=0)
+        inputs.append(((tmp_path / "in" / entry.filename).read_bytes(), entry))
+    merged = merge_blocks(tmp_path / "m", "m", inputs, dataset="d", day=0, node="n", created_ns=0)
+    whole = build_block(tmp_path / "w", "w", thirds, dataset="d", day=0, node="n", created_ns=0)
+    got = load_block(tmp_path / "m" / merged.filename, merged)
+    want = load_block(tmp_path / "w" / whole.filename, whole)
+    assert got.schema.names == want.schema.names and got.equals(want)
+    assert (merged.rows, merged.min_time, merged.max_time) == (whole.rows, whole.min_time, whole.max_time)
+    sections = [tokens.TokenIndex((tmp_path / d / e.filename).read_bytes()[e.parquet_bytes:])
+                for d, e in (("m", merged), ("w", whole))]
+    assert sections[0].terms.equals(sections[1].terms) and sections[0].columns == sections[1].columns
+    assert sections[0].fields == sections[1].fields == {"service", "host", "level", "user"}
+    assert (tokens._concat_frames(sections[0]) == tokens._concat_frames(sections[1])).all()

@@ -45,7 +45,7 @@ from helios import log, timeutil
 from helios.replication import shared
 from helios.replication.lease import Lease
 from helios.replication.replicator import CHANGE_TTL_NS, Replicator
-from helios.storage.blocks import BlockEntry, build_block, load_block, new_block_id
+from helios.storage.blocks import BlockEntry, merge_blocks, new_block_id
 from helios.storage.engine import Engine
 from helios.storage.memtable import PartKey
 from helios.supervisor import Health, supervise
@@ -190,20 +190,13 @@ class Maintenance:
 
     async def _merge(self, key: PartKey, group: list[BlockEntry]) -> BlockEntry:
         directory = self.engine.part_dir(key)
-        tables, sections = [], []
-        for block in group:
-            # Local, or fetched from the store (inputs are read once: not kept in the local cache).
-            data = await self.engine.blocks.read(key, block, keep=False)
-            tables.append(await self._run_sync(load_block, data, block))
-            # Verified with the whole block: merged into the output's index instead of tokenising again.
-            sections.append(data[block.parquet_bytes:] if block.index_bytes else None)
-            del data
+        # Local, or fetched from the store (inputs are read once: not kept in the local cache).
+        inputs = [(await self.engine.blocks.read(key, block, keep=False), block) for block in group]
         created = self.clock()
         block_id = new_block_id(created, self.node_id, compacted=True, token_hex=self._token_hex)
-        merged = None if None in sections else sections
         return await self._run_sync(
-            lambda: build_block(directory, block_id, tables, dataset=key[0], day=key[1], node=self.node_id,
-                                created_ns=created, sections=merged))
+            lambda: merge_blocks(directory, block_id, inputs, dataset=key[0], day=key[1], node=self.node_id,
+                                 created_ns=created))
 
     async def _compact_local(self, key: PartKey) -> int:
         done = 0

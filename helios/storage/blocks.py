@@ -33,9 +33,10 @@ from helios.storage.fsutil import write_atomic
 from helios.storage.tokens import TokenIndex, build_index, merge_sections
 
 __all__ = ["BlockEntry", "BlockIndex", "CorruptBlock", "build_block", "is_compacted", "load_block", "load_index",
-           "load_index_section", "new_block_id", "parquet_part", "verify"]
+           "load_index_section", "merge_blocks", "new_block_id", "parquet_part", "verify"]
 
 FORMAT = 2
+ROW_GROUP_ROWS = 256 * 1024
 _META_INFO = b"helios.block"
 _META_BLOOM = b"helios.bloom"
 
@@ -124,23 +125,13 @@ def _arrange(tables: list[pa.Table]) -> tuple[pa.Table, bool]:
 
 
 def build_block(directory: Path, block_id: str, tables: list[pa.Table], *, dataset: str,
-                day: int, node: str, created_ns: int, token_index: bool = True,
-                sections: list[bytes] | None = None) -> BlockEntry:
+                day: int, node: str, created_ns: int, token_index: bool = True) -> BlockEntry:
     """Write the rows of ``tables`` as block ``block_id`` under ``directory``, durably.
-
-    ``sections``: the index sections of the blocks whose rows ``tables`` are (a compaction's inputs,
-    in the same order). When the rows need no reordering the new index is merged from them instead of
-    built from the messages (``tokens.merge_sections``).
 
     ``token_index=False`` writes a format 1 block (a Bloom filter in the footer, no token index): what
     older nodes wrote, kept so that tests can prove such blocks still answer."""
-    table, in_order = _arrange(tables)
-    if not token_index:
-        index = b""
-    elif sections is not None and in_order and len(sections) == len(tables):
-        index = merge_sections(sections, table)
-    else:
-        index = build_index(table)
+    table, _ = _arrange(tables)
+    index = build_index(table) if token_index else b""
     times = table.column("_time").cast(pa.int64())
     bounds = pc.min_max(times)
     info = {"format": FORMAT, "dataset": dataset, "day": timeutil.day_name(day),
@@ -152,17 +143,69 @@ def build_block(directory: Path, block_id: str, tables: list[pa.Table], *, datas
                     _META_BLOOM: Bloom.build(terms, len(terms)).to_bytes()}
     table = table.replace_schema_metadata(metadata)
     sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd", compression_level=3, row_group_size=256 * 1024,
+    pq.write_table(table, sink, compression="zstd", compression_level=3, row_group_size=ROW_GROUP_ROWS,
                    write_page_checksum=True)
+    return _written(directory, block_id, sink, index, info, node, created_ns)
+
+
+def _written(directory: Path, block_id: str, sink: io.BytesIO, index: bytes, info: dict[str, Any],
+             node: str, created_ns: int) -> BlockEntry:
     sink.write(index)
     data = sink.getvalue()
+    del sink
     directory.mkdir(parents=True, exist_ok=True)
-    entry = BlockEntry(id=block_id, rows=table.num_rows, bytes=len(data), min_time=info["min_time"],
+    entry = BlockEntry(id=block_id, rows=info["rows"], bytes=len(data), min_time=info["min_time"],
                        max_time=info["max_time"], sha256=hashlib.sha256(data).hexdigest(),
                        node=node, created_ns=created_ns, index_bytes=len(index),
                        index_sha256=hashlib.sha256(index).hexdigest() if index else "")
     write_atomic(directory / entry.filename, data)
     return entry
+
+
+def merge_blocks(directory: Path, block_id: str, inputs: list[tuple[bytes, BlockEntry]], *, dataset: str,
+                 day: int, node: str, created_ns: int) -> BlockEntry:
+    """Write the rows of several blocks (their bytes, verified here) as one block: a compaction.
+
+    When the inputs' time ranges follow one another and each has a token index (the usual case), the
+    rows keep their order: they are copied a row group at a time (memory: one row group and the
+    string fields, not the whole output) and the index is merged from the inputs' indexes
+    (``tokens.merge_sections``). Otherwise the rows are loaded, sorted and indexed (``build_block``)."""
+    files = [(pq.ParquetFile(pa.BufferReader(pa.py_buffer(_verified(data, entry))[: entry.parquet_bytes])), entry)
+             for data, entry in inputs]
+    in_order = all(a.max_time <= b.min_time for (_, a), (_, b) in zip(files, files[1:]))
+    if not in_order or not all(entry.index_bytes for _, entry in files):
+        tables = [load_block(data, entry) for data, entry in inputs]
+        return build_block(directory, block_id, tables, dataset=dataset, day=day, node=node,
+                           created_ns=created_ns)
+    try:
+        schema = pa.unify_schemas([f.schema_arrow.remove_metadata() for f, _ in files], promote_options="default")
+        names = ["_time", "_msg", *sorted(n for n in schema.names if n not in ("_time", "_msg"))]
+        schema = pa.schema([schema.field(n) for n in names])
+        strings = [f.name for f in schema if pa.types.is_string(f.type) and f.name not in ("_time", "_msg")]
+        fields = pa.concat_tables([_conform(f.read(columns=[n for n in strings if n in f.schema_arrow.names]),
+                                            pa.schema([schema.field(n) for n in strings])) for f, _ in files])
+        sections = [data[entry.parquet_bytes :] for data, entry in inputs]
+        index = merge_sections(sections, fields, columns=names)
+        del fields
+        info = {"format": FORMAT, "dataset": dataset, "day": timeutil.day_name(day),
+                "rows": sum(e.rows for _, e in files), "min_time": min(e.min_time for _, e in files),
+                "max_time": max(e.max_time for _, e in files)}
+        sink = io.BytesIO()
+        with pq.ParquetWriter(sink, schema.with_metadata({_META_INFO: orjson.dumps(info)}), compression="zstd",
+                              compression_level=3, write_page_checksum=True) as writer:
+            for file, _ in files:
+                for group in range(file.num_row_groups):
+                    writer.write_table(_conform(file.read_row_group(group), schema), row_group_size=ROW_GROUP_ROWS)
+    except (OSError, pa.ArrowException, ValueError) as exc:
+        raise CorruptBlock(f"blocks {', '.join(e.id for _, e in files)} cannot be merged: {exc}") from exc
+    return _written(directory, block_id, sink, index, info, node, created_ns)
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table``'s columns as ``schema`` has them: in its order, absent ones null, null-typed ones cast."""
+    n = table.num_rows
+    return pa.table([table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(n, f.type)
+                     for f in schema], schema=schema)
 
 
 def _verified(where: Path | bytes, entry: BlockEntry) -> bytes:

@@ -256,8 +256,9 @@ def _delta_frames(arrays: list[np.ndarray], starts: np.ndarray) -> Iterator[np.n
         at, previous = at + len(raw), raw[-1]
 
 
-def _section(table: pa.Table, tokens: Part) -> bytes:
-    """The section of a block whose rows are ``table``, with its token part already built."""
+def _section(table: pa.Table, tokens: Part, columns: list[str] | None = None) -> bytes:
+    """The section of a block whose rows are ``table`` (``columns``: the block's, when ``table`` holds
+    only its string fields), with its token part already built."""
     n = table.num_rows
     terms, token_starts, token_postings, unsure = tokens
     fields, field_terms, field_starts, field_postings = _field_part(table)
@@ -282,7 +283,7 @@ def _section(table: pa.Table, tokens: Part) -> bytes:
         packed = compressor.compress(frame.tobytes())
         frames.append([len(body), len(packed)])
         body += packed
-    header = orjson.dumps({"format": FORMAT, "rows": n, "columns": table.column_names, "fields": fields,
+    header = orjson.dumps({"format": FORMAT, "rows": n, "columns": columns or table.column_names, "fields": fields,
                            "terms": len(all_terms), "postings": int(starts[-1]), "frame": FRAME,
                            "blobs": placed, "frames": frames})
     return _HEAD.pack(MAGIC, len(header)) + header + bytes(body)
@@ -297,10 +298,11 @@ def build_index(table: pa.Table) -> bytes:
     return _section(table, tokens)
 
 
-def merge_sections(sections: list[bytes], table: pa.Table) -> bytes:
-    """The index of ``table``, whose rows are those of blocks with these index sections one after the
-    other, in this order (a compaction that did not reorder rows): the inputs' token postings merged,
-    not the messages tokenised again; the field terms built from ``table``."""
+def merge_sections(sections: list[bytes], table: pa.Table, *, columns: list[str] | None = None) -> bytes:
+    """The index of a block whose rows are those of blocks with these index sections, one after the
+    other in this order (a compaction that did not reorder rows): the inputs' token postings merged,
+    not the messages tokenised again; the field terms built from ``table`` (the block's rows, or only
+    its string fields; then ``columns`` names all of the block's columns)."""
     parts, first_row = [], 0
     for section in sections:
         index = TokenIndex(section)
@@ -308,7 +310,7 @@ def merge_sections(sections: list[bytes], table: pa.Table) -> bytes:
         first_row += index.rows
     if first_row != table.num_rows:
         raise ValueError(f"the sections hold {first_row} rows, the table {table.num_rows}")
-    return _section(table, _merge(parts))
+    return _section(table, _merge(parts), columns)
 
 
 def sha256(data: bytes) -> str:
