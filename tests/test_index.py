@@ -56,6 +56,7 @@ def blocks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[BlockEnt
     made = {}
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(tokens, "CHUNK_ROWS", 3000)  # several chunks: their merge is what a big block goes through
+        patch.setattr(tokens, "MERGE_BATCH", 997)  # and the merge places its postings in many batches
         for name, indexed in (("indexed", True), ("scanned", False)):
             entry = build_block(root / name, f"b-{name}", [table], dataset="d", day=0, node="n",
                                 created_ns=0, token_index=indexed)

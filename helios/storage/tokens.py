@@ -30,7 +30,8 @@ import struct
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Iterator
+from itertools import chain
+from typing import Iterable, Iterator
 
 import numpy as np
 import orjson
@@ -137,33 +138,51 @@ def _token_chunk(msg: pa.Array, first_row: int) -> Part:
     return terms, starts, postings + np.uint32(first_row), unsure
 
 
-def _merge(parts: list[Part]) -> Part:
-    """One index of several parts (rows of a later part are greater: a term's postings concatenate sorted).
+MERGE_BATCH = 1 << 20  # postings a merge places at once: its scratch memory
 
-    Each part's postings are scattered to their places one part at a time, so the merge's scratch
-    memory is a part's, not the block's."""
+
+def _merge(parts: list[Part]) -> Part:
+    """One index of several parts (rows of a later part are greater: a term's postings concatenate
+    sorted). Its postings are a list of arrays, made a batch of terms at a time (``_placed``)."""
     if len(parts) == 1:
         return parts[0]
     encoded = pc.dictionary_encode(pa.concat_arrays([p[0] for p in parts]))
-    terms, order, rank = _ranked(encoded)
+    terms, _, rank = _ranked(encoded)
     part_rank = rank[encoded.indices.to_numpy()]  # the merged term of each part's terms
     sizes = [np.diff(p[1].astype(np.int64)) for p in parts]
     starts = np.zeros(len(terms) + 1, np.int64)
     starts[1:] = np.cumsum(np.bincount(part_rank, weights=np.concatenate(sizes), minlength=len(terms)).astype(np.int64))
-    free = starts[:-1].copy()  # where the next part's postings of each term go
-    postings = np.empty(int(starts[-1]), np.uint32)
+    ranks, at = [], 0
+    for part in parts:
+        ranks.append(part_rank[at : at + len(part[0])])
+        at += len(part[0])
     unsure = np.concatenate([p[3] for p in parts])
-    at = 0
-    for number, size in enumerate(sizes):
-        part_terms, part_starts, part_postings, _ = parts[number]
-        parts[number] = None  # type: ignore[call-overload]  # placed: its memory goes now, not at the end
-        ranks = part_rank[at : at + len(part_terms)]
-        at += len(part_terms)
-        places = np.repeat(free[ranks] - part_starts[:-1].astype(np.int64), size)
-        places += np.arange(len(part_postings))
-        postings[places] = part_postings
-        free[ranks] += size  # a part's terms are distinct: no index repeats
-    return terms, starts.astype(np.uint32), postings, unsure
+    return terms, starts.astype(np.uint32), _placed(parts, ranks, sizes, starts), unsure  # type: ignore[return-value]
+
+
+def _placed(parts: list[Part], ranks: list[np.ndarray], sizes: list[np.ndarray], starts: np.ndarray
+            ) -> Iterator[np.ndarray]:
+    """The merged postings, about ``MERGE_BATCH`` at a time: for each batch of merged terms, each
+    part's postings of those terms (a contiguous range of it: its terms are sorted too) scattered to
+    their places, part after part so that a term's rows stay sorted."""
+    total = int(starts[-1])
+    bounds = np.unique(np.searchsorted(starts, np.arange(0, total, MERGE_BATCH), side="right") - 1)
+    bounds = [*bounds.tolist(), len(starts) - 1]
+    for a, b in zip(bounds, bounds[1:]):
+        base = int(starts[a])
+        out = np.empty(int(starts[b]) - base, np.uint32)
+        free = starts[a:b] - base  # where the next part's postings of each term go
+        for (_, part_starts, part_postings, _), part_ranks, size in zip(parts, ranks, sizes):
+            lo, hi = np.searchsorted(part_ranks, [a, b])
+            if lo == hi:
+                continue
+            r = part_ranks[lo:hi] - a
+            first = int(part_starts[lo])
+            places = np.repeat(free[r] - (part_starts[lo:hi].astype(np.int64) - first), size[lo:hi])
+            places += np.arange(len(places))
+            out[places] = part_postings[first : int(part_starts[hi])]
+            free[r] += size[lo:hi]  # a part's terms are distinct: no index repeats
+        yield out
 
 
 def _token_part(msg: pa.Array | pa.ChunkedArray) -> Part:
@@ -216,15 +235,17 @@ def _token_part_of(index: TokenIndex, first_row: int) -> Part:
     starts = index.starts
     lo = int(starts[first])
     # Delta decoding in uint32: each term's rows are below 2 ** 32, so the wrapping sums are exact.
-    sums = np.cumsum(deltas[lo:], dtype=np.uint32)
+    postings = deltas[lo:].copy() if lo else deltas
+    del deltas
+    np.cumsum(postings, dtype=np.uint32, out=postings)
     local = (starts[first:] - lo).astype(np.int64)
-    before = np.where(local[:-1] > 0, sums[np.maximum(local[:-1] - 1, 0)], 0).astype(np.uint32)
-    postings = sums - np.repeat(before, np.diff(local))
-    return (index.terms.slice(first), local.astype(np.uint32), postings + np.uint32(first_row),
+    before = np.where(local[:-1] > 0, postings[np.maximum(local[:-1] - 1, 0)], 0).astype(np.uint32)
+    postings -= np.repeat(before - np.uint32(first_row), np.diff(local))  # and rows moved by first_row
+    return (index.terms.slice(first), local.astype(np.uint32), postings,
             (index.unsure + first_row).astype(np.uint32))
 
 
-def _cut(arrays: list[np.ndarray], size: int) -> Iterator[np.ndarray]:
+def _cut(arrays: Iterable[np.ndarray], size: int) -> Iterator[np.ndarray]:
     """The values of ``arrays`` one after the other, ``size`` at a time (no copy of them all)."""
     pending: list[np.ndarray] = []
     count = 0
@@ -241,7 +262,7 @@ def _cut(arrays: list[np.ndarray], size: int) -> Iterator[np.ndarray]:
         yield np.concatenate(pending)
 
 
-def _delta_frames(arrays: list[np.ndarray], starts: np.ndarray) -> Iterator[np.ndarray]:
+def _delta_frames(arrays: Iterable[np.ndarray], starts: np.ndarray) -> Iterator[np.ndarray]:
     """The postings (``arrays`` one after the other) in frames of ``FRAME`` values, delta-coded within
     each term (a term's first row as it is)."""
     firsts = starts[:-1][starts[:-1] < starts[1:]].astype(np.int64)  # where a term's postings begin
@@ -279,7 +300,8 @@ def _section(table: pa.Table, tokens: Part, columns: list[str] | None = None) ->
         placed[name] = [len(body), len(packed)]
         body += packed
     frames = []
-    for frame in _delta_frames([*field_postings, token_postings], starts):
+    tokens_in = [token_postings] if isinstance(token_postings, np.ndarray) else token_postings
+    for frame in _delta_frames(chain(field_postings, tokens_in), starts):
         packed = compressor.compress(frame.tobytes())
         frames.append([len(body), len(packed)])
         body += packed
