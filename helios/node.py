@@ -247,7 +247,7 @@ def _use_jemalloc() -> None:
 
 M_ARENA_MAX, M_MMAP_THRESHOLD = -8, -3  # glibc mallopt parameters (malloc.h)
 MALLOC_ARENAS = 2
-MALLOC_MMAP_BYTES = 1 << 20
+MALLOC_MMAP_BYTES = 4 << 20
 
 
 def _bound_malloc() -> None:
@@ -256,8 +256,8 @@ def _bound_malloc() -> None:
     glibc raises its mmap threshold each time a large block is freed (up to 32 MiB), after which the
     index build's and the merge's temporaries of a few MB come from per-thread arenas that keep them:
     a node that had ingested 10 M rows stayed at 600 MB idle, and concurrent flush and compaction
-    threads peaked past 1 GiB. A fixed 1 MiB threshold (blocks above it are mapped and unmapped) and
-    two arenas: 230 MB idle, ~970 MB peak (docs/architecture.md, "Ingest memory"). The MALLOC_*
+    threads peaked past 1 GiB. A fixed 4 MiB threshold (blocks above it are mapped and unmapped) and
+    two arenas: a quarter of the idle RSS, and the peak under 1 GiB (docs/architecture.md, "Ingest memory"). The MALLOC_*
     environment variables win; other C libraries are left as they are."""
     if os.environ.get("MALLOC_ARENA_MAX") or os.environ.get("MALLOC_MMAP_THRESHOLD_"):
         return

@@ -21,6 +21,7 @@ from helios.query.executor import execute
 from helios.query.parser import parse
 from helios.storage.blocks import BlockEntry, build_block, load_block, merge_blocks
 from helios.storage.cache import BlockCache
+from helios.storage import blocks as blocks_module
 from helios.storage import tokens
 from helios.storage.engine import Source
 from support import loghub_records, wait_until
@@ -57,6 +58,7 @@ def blocks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[BlockEnt
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(tokens, "CHUNK_ROWS", 3000)  # several chunks: their merge is what a big block goes through
         patch.setattr(tokens, "MERGE_BATCH", 997)  # and the merge places its postings in many batches
+        patch.setattr(blocks_module, "ROW_GROUP_ROWS", 4096)  # columns of several chunks (a timechart's cuts)
         for name, indexed in (("indexed", True), ("scanned", False)):
             entry = build_block(root / name, f"b-{name}", [table], dataset="d", day=0, node="n",
                                 created_ns=0, token_index=indexed)
