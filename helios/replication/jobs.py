@@ -37,7 +37,6 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Awaitable, Callable
 
-import pyarrow as pa
 import trio
 
 from backends import Backend, Corrupt, NotFound, list_all
