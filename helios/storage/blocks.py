@@ -152,7 +152,6 @@ def _written(directory: Path, block_id: str, sink: io.BytesIO, index: bytes, inf
              node: str, created_ns: int) -> BlockEntry:
     sink.write(index)
     data = sink.getvalue()
-    del sink
     directory.mkdir(parents=True, exist_ok=True)
     entry = BlockEntry(id=block_id, rows=info["rows"], bytes=len(data), min_time=info["min_time"],
                        max_time=info["max_time"], sha256=hashlib.sha256(data).hexdigest(),

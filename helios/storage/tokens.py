@@ -95,7 +95,7 @@ def _tokens(msg: pa.Array) -> tuple[pa.Array, np.ndarray, np.ndarray]:
     return tokens, rows, unsure
 
 
-def _group(ids: np.ndarray, rows: np.ndarray, size: int, row_bits: int = 32) -> tuple[np.ndarray, np.ndarray]:
+def _group(ids: np.ndarray, rows: np.ndarray, size: int, row_bits: int) -> tuple[np.ndarray, np.ndarray]:
     """(starts, postings): for each id < ``size`` its sorted distinct rows (rows < 2 ** ``row_bits``).
 
     One sort of (id, row) keys, in 32 bits when both fit (a chunk's rows fit 16)."""
