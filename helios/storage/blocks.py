@@ -173,7 +173,10 @@ def merge_blocks(directory: Path, block_id: str, inputs: list[tuple[bytes, Block
              for data, entry in inputs]
     in_order = all(a.max_time <= b.min_time for (_, a), (_, b) in zip(files, files[1:]))
     if not in_order or not all(entry.index_bytes for _, entry in files):
-        tables = [load_block(data, entry) for data, entry in inputs]
+        try:
+            tables = [file.read() for file, _ in files]  # verified above
+        except (OSError, pa.ArrowException) as exc:
+            raise CorruptBlock(f"blocks {', '.join(e.id for _, e in files)} cannot be decoded: {exc}") from exc
         return build_block(directory, block_id, tables, dataset=dataset, day=day, node=node,
                            created_ns=created_ns)
     try:

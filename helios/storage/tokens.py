@@ -115,15 +115,17 @@ def _group(ids: np.ndarray, rows: np.ndarray, size: int, row_bits: int) -> tuple
     return starts, postings
 
 
-def _ranked(encoded: pa.DictionaryArray) -> tuple[pa.Array, np.ndarray, np.ndarray]:
-    """(the dictionary sorted, the sort order, each entry's rank in it)."""
+def _ranked(encoded: pa.DictionaryArray) -> tuple[pa.Array, np.ndarray]:
+    """(the dictionary sorted, each entry's rank in it)."""
     order = pc.sort_indices(encoded.dictionary).to_numpy()
     rank = np.empty(len(order), dtype=np.int64)
     rank[order] = np.arange(len(order))
-    return encoded.dictionary.take(pa.array(order)), order, rank
+    return encoded.dictionary.take(pa.array(order)), rank
 
 
 Part = tuple[pa.Array, np.ndarray, np.ndarray, np.ndarray]  # sorted terms, starts, postings, unsure rows
+# A merged token part: its postings as arrays to be read one after the other (made as they are read).
+Merged = tuple[pa.Array, np.ndarray, Iterable[np.ndarray], np.ndarray]
 
 
 def _token_chunk(msg: pa.Array, first_row: int) -> Part:
@@ -133,7 +135,7 @@ def _token_chunk(msg: pa.Array, first_row: int) -> Part:
     if len(pieces) == 0:
         return pa.array([], pa.string()), np.zeros(1, np.uint32), np.zeros(0, np.uint32), unsure
     encoded = pc.dictionary_encode(pieces)
-    terms, _, rank = _ranked(encoded)
+    terms, rank = _ranked(encoded)
     starts, postings = _group(rank[encoded.indices.to_numpy()], rows, len(terms), max(1, (len(msg) - 1).bit_length()))
     return terms, starts, postings + np.uint32(first_row), unsure
 
@@ -141,13 +143,14 @@ def _token_chunk(msg: pa.Array, first_row: int) -> Part:
 MERGE_BATCH = 1 << 20  # postings a merge places at once: its scratch memory
 
 
-def _merge(parts: list[Part]) -> Part:
+def _merge(parts: list[Part]) -> Merged:
     """One index of several parts (rows of a later part are greater: a term's postings concatenate
-    sorted). Its postings are a list of arrays, made a batch of terms at a time (``_placed``)."""
+    sorted). Its postings are made a batch of terms at a time (``_placed``)."""
     if len(parts) == 1:
-        return parts[0]
+        terms, starts, postings, unsure = parts[0]
+        return terms, starts, [postings], unsure
     encoded = pc.dictionary_encode(pa.concat_arrays([p[0] for p in parts]))
-    terms, _, rank = _ranked(encoded)
+    terms, rank = _ranked(encoded)
     part_rank = rank[encoded.indices.to_numpy()]  # the merged term of each part's terms
     sizes = [np.diff(p[1].astype(np.int64)) for p in parts]
     starts = np.zeros(len(terms) + 1, np.int64)
@@ -157,7 +160,7 @@ def _merge(parts: list[Part]) -> Part:
         ranks.append(part_rank[at : at + len(part[0])])
         at += len(part[0])
     unsure = np.concatenate([p[3] for p in parts])
-    return terms, starts.astype(np.uint32), _placed(parts, ranks, sizes, starts), unsure  # type: ignore[return-value]
+    return terms, starts.astype(np.uint32), _placed(parts, ranks, sizes, starts), unsure
 
 
 def _placed(parts: list[Part], ranks: list[np.ndarray], sizes: list[np.ndarray], starts: np.ndarray
@@ -185,7 +188,7 @@ def _placed(parts: list[Part], ranks: list[np.ndarray], sizes: list[np.ndarray],
         yield out
 
 
-def _token_part(msg: pa.Array | pa.ChunkedArray) -> Part:
+def _token_part(msg: pa.Array | pa.ChunkedArray) -> Merged:
     """The token terms of a block, built ``CHUNK_ROWS`` rows at a time (bounded memory) and merged."""
     parts = []
     for at in range(0, max(1, len(msg)), CHUNK_ROWS):
@@ -209,7 +212,7 @@ def _field_part(table: pa.Table) -> tuple[list[str], list[pa.Array], list[np.nda
         encoded = pc.dictionary_encode(column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column)
         if len(encoded.dictionary) > FIELD_MAX_VALUES:
             continue
-        values, _, rank = _ranked(encoded)
+        values, rank = _ranked(encoded)
         valid = pc.is_valid(encoded.indices).to_numpy(zero_copy_only=False)
         rows = np.flatnonzero(valid).astype(np.uint32)
         ranks = rank[encoded.indices.to_numpy(zero_copy_only=False)[valid].astype(np.int64)].astype(np.uint16)
@@ -277,7 +280,7 @@ def _delta_frames(arrays: Iterable[np.ndarray], starts: np.ndarray) -> Iterator[
         at, previous = at + len(raw), raw[-1]
 
 
-def _section(table: pa.Table, tokens: Part, columns: list[str] | None = None) -> bytes:
+def _section(table: pa.Table, tokens: Merged, columns: list[str] | None = None) -> bytes:
     """The section of a block whose rows are ``table`` (``columns``: the block's, when ``table`` holds
     only its string fields), with its token part already built."""
     n = table.num_rows
@@ -300,8 +303,7 @@ def _section(table: pa.Table, tokens: Part, columns: list[str] | None = None) ->
         placed[name] = [len(body), len(packed)]
         body += packed
     frames = []
-    tokens_in = [token_postings] if isinstance(token_postings, np.ndarray) else token_postings
-    for frame in _delta_frames(chain(field_postings, tokens_in), starts):
+    for frame in _delta_frames(chain(field_postings, token_postings), starts):
         packed = compressor.compress(frame.tobytes())
         frames.append([len(body), len(packed)])
         body += packed
@@ -316,7 +318,7 @@ def build_index(table: pa.Table) -> bytes:
     if "_msg" in table.column_names:
         tokens = _token_part(table.column("_msg"))
     else:
-        tokens = (pa.array([], pa.string()), np.zeros(1, np.uint32), np.zeros(0, np.uint32), np.zeros(0, np.uint32))
+        tokens: Merged = (pa.array([], pa.string()), np.zeros(1, np.uint32), [], np.zeros(0, np.uint32))
     return _section(table, tokens)
 
 
