@@ -46,6 +46,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _flag(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false (1/0, yes/no, on/off)")
+
+
 def _listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not host:
@@ -163,6 +172,8 @@ OPTIONS: tuple[Option, ...] = (
            "flush early once the memtable holds this many bytes; ingest waits while twice this is unflushed"),
     Option("ingest_wait_secs", "HELIOS_INGEST_WAIT_SECS", 30.0, _positive_float,
            "how long an ingest waits for flushes to make room before it is refused with 429"),
+    Option("index_on_flush", "HELIOS_INDEX_ON_FLUSH", False, _flag,
+           "build a block's token index when it is flushed (default: at its first compaction)"),
     Option("control_key_path", "HELIOS_CONTROL_KEY_PATH", "", _optional_path,
            "control-plane key file (default <data-dir>/secrets/control.key)"),
     Option("jwt_secret_path", "HELIOS_JWT_SECRET_PATH", "", _optional_path,
@@ -260,6 +271,7 @@ class Config:
     memtable_rows: int
     memtable_bytes: int
     ingest_wait_secs: float
+    index_on_flush: bool
     control_key_path: Path
     jwt_secret_path: Path
     control_encryption: str

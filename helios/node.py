@@ -96,6 +96,7 @@ class Node:
         self.auth = Auth.from_config(self.control, jwt_secret, config)
         self.engine = Engine(config.data_dir, self.node_id, memtable_rows=config.memtable_rows,
                              memtable_bytes=config.memtable_bytes, ingest_wait_s=config.ingest_wait_secs,
+                             index_on_flush=config.index_on_flush,
                              cache_bytes=config.cache_bytes, local_cache_bytes=config.local_cache_bytes)
         self.ingest_reader = BodyReader.from_config(config)  # limits + one memory budget for every ingest path
         self.health = self.engine.health  # one report of what fails, shared by every background task

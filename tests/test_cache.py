@@ -259,7 +259,8 @@ def test_a_fresh_node_with_a_quarter_of_the_store_as_cache_answers_exactly_withi
         server_factory: Callable[..., Server], store_env: dict[str, str], records: list[Record]) -> None:
     from collections import Counter
 
-    env = {**store_env, "HELIOS_MEMTABLE_ROWS": "1000"}  # many small blocks
+    # Many small blocks, each indexed as it is flushed (compaction would do it only after 300 s).
+    env = {**store_env, "HELIOS_MEMTABLE_ROWS": "1000", "HELIOS_INDEX_ON_FLUSH": "1"}
     a = server_factory("a", **env)
     for start in range(0, len(records), 1000):
         assert a.ingest(ndjson(records[start : start + 1000]), dataset="dr").status_code == 200

@@ -19,7 +19,7 @@ import pytest
 
 from helios.query.executor import execute
 from helios.query.parser import parse
-from helios.storage.blocks import BlockEntry, build_block, load_block, merge_blocks
+from helios.storage.blocks import BlockEntry, build_block, is_compacted, load_block, merge_blocks
 from helios.storage.cache import BlockCache
 from helios.storage import blocks as blocks_module
 from helios.storage import tokens
@@ -61,14 +61,16 @@ def blocks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[BlockEnt
         patch.setattr(blocks_module, "ROW_GROUP_ROWS", 4096)  # columns of several chunks (a timechart's cuts)
         for name, indexed in (("indexed", True), ("scanned", False)):
             entry = build_block(root / name, f"b-{name}", [table], dataset="d", day=0, node="n",
-                                created_ns=0, token_index=indexed)
+                                created_ns=0, index="tokens" if indexed else "bloom")
             made[name] = (entry, root / name / entry.filename)
-        # A compaction of four blocks (uneven cuts): its index merged from theirs, the rows unmoved.
+        # A compaction of four blocks (uneven cuts): its index merged from theirs, the rows unmoved. Two
+        # of them are a flush's (no index: their messages are tokenised by the merge).
         cuts = [0, 1234, 9000, 9001, table.num_rows]
         inputs = []
         for i, (a, b) in enumerate(zip(cuts, cuts[1:])):
             entry = build_block(root / "inputs", f"in-{i}", [table.slice(a, b - a)], dataset="d", day=0, node="n",
-                                created_ns=0)
+                                created_ns=0, index="later" if i in (1, 2) else "tokens")
+            assert bool(entry.index_bytes) == (i not in (1, 2))
             inputs.append(((root / "inputs" / entry.filename).read_bytes(), entry))
         entry = merge_blocks(root / "merged", "b-merged", inputs, dataset="d", day=0, node="n", created_ns=0)
         made["merged"] = (entry, root / "merged" / entry.filename)
@@ -176,16 +178,33 @@ def test_exact_lookups_read_no_message(blocks: dict[str, tuple[BlockEntry, Path]
     assert rows_ == [] and stats["rows_scanned"] == len(_UNICODE)
 
 
-def test_a_node_answers_through_the_index_and_refuses_a_damaged_one(server_factory: Any) -> None:
-    node = server_factory("solo", HELIOS_FLUSH_SECS="0.2")
+@pytest.mark.parametrize("on_flush", [False, True], ids=["indexed-by-compaction", "indexed-at-flush"])
+def test_a_node_answers_through_the_index_and_refuses_a_damaged_one(server_factory: Any, on_flush: bool) -> None:
+    """By default a flush writes its block without an index (it answers by scanning) and the first
+    compaction rewrites it with one; ``HELIOS_INDEX_ON_FLUSH`` builds it at once."""
+    node = server_factory("solo", HELIOS_FLUSH_SECS="0.2", HELIOS_INDEX_ON_FLUSH=str(int(on_flush)))
     assert node.ingest(rows(200, "needle")).status_code == 200
-    wait_until(lambda: list(node.data_dir.glob("parts/default/*/*.parquet")), what="a block on disk")
+
+    def blocks() -> list[Path]:
+        return sorted(node.data_dir.glob("parts/default/*/*.parquet"))
+
+    wait_until(lambda: blocks(), what="a block on disk")
+    if not on_flush:  # no compaction yet (every 300 s by default): the block answers by scanning
+        answer = node.query("needle | stats count() as n")
+        assert answer["rows"] == [{"n": 200}] and answer["stats"]["blocks_indexed"] == 0, answer
+        assert node.query("haystack")["stats"]["blocks_scanned"] == 1
+        node.stop()  # restarted with a quick compaction, which gives the block its index
+        node.env.update(HELIOS_BLOCK_SYNC_SECS="0.5", HELIOS_COMPACTION_INTERVAL_SECS="0.5",
+                        HELIOS_GC_GRACE_SECS="0.1")
+        node.start()
+        wait_until(lambda: [is_compacted(b.stem) for b in blocks()] == [True], what="the block rewritten")
+    assert [is_compacted(b.stem) for b in blocks()] == [not on_flush]
     answer = node.query("needle | stats count() as n")
     assert answer["rows"] == [{"n": 200}] and answer["stats"]["blocks_indexed"] == 1, answer
     answer = node.query("haystack")
     assert answer["rows"] == [] and answer["stats"]["blocks_pruned"] == 1, answer  # an ASCII block: pruned
     node.stop()
-    block = next(iter(node.data_dir.glob("parts/default/*/*.parquet")))
+    [block] = blocks()
     data = bytearray(block.read_bytes())
     data[-20] ^= 0x01  # the end of the file: the token index
     block.write_bytes(bytes(data))
@@ -219,11 +238,14 @@ def test_a_plain_search_cut_at_its_limit_says_truncated(blocks: dict[str, tuple[
         assert 10 < whole.table.num_rows < 100_000 and whole.stats["truncated"] is False
 
 
+@pytest.mark.parametrize("unindexed", [(), (1,), (0, 1, 2)], ids=["indexed", "one-flushed", "all-flushed"])
 @pytest.mark.parametrize("overlap", [False, True])
-def test_a_compaction_equals_building_one_block_of_the_same_rows(tmp_path: Path, overlap: bool) -> None:
+def test_a_compaction_equals_building_one_block_of_the_same_rows(tmp_path: Path, overlap: bool,
+                                                                 unindexed: tuple[int, ...]) -> None:
     """Inputs with different fields (one lacks ``user``, one has ``code`` as integers) merge into the
     block that building their rows at once gives: the same rows, columns and index. Inputs whose
-    times interleave are sorted and indexed again (``overlap``)."""
+    times interleave are sorted and indexed again (``overlap``); inputs a flush wrote without an index
+    (``unindexed``) have their messages tokenised."""
     table = _table()
     n = table.num_rows
     thirds = [table.slice(0, n // 3), table.slice(n // 3, n // 3), table.slice(2 * (n // 3))]
@@ -236,7 +258,8 @@ def test_a_compaction_equals_building_one_block_of_the_same_rows(tmp_path: Path,
             [table.column("_time")[i * 3].value + 1 for i in range(middle.num_rows)], pa.int64()).cast(middle.schema.field("_time").type))
     inputs = []
     for i, piece in enumerate(thirds):
-        entry = build_block(tmp_path / "in", f"in-{i}", [piece], dataset="d", day=0, node="n", created_ns=0)
+        entry = build_block(tmp_path / "in", f"in-{i}", [piece], dataset="d", day=0, node="n", created_ns=0,
+                            index="later" if i in unindexed else "tokens")
         inputs.append(((tmp_path / "in" / entry.filename).read_bytes(), entry))
     merged = merge_blocks(tmp_path / "m", "m", inputs, dataset="d", day=0, node="n", created_ns=0)
     whole = build_block(tmp_path / "w", "w", thirds, dataset="d", day=0, node="n", created_ns=0)

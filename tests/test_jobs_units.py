@@ -62,8 +62,9 @@ def test_a_lone_node_takes_the_lease_at_once_and_without_a_store_holds_all() -> 
     trio.run(main)
 
 
-def _block(i: int, rows: int = 10) -> BlockEntry:
-    return BlockEntry(id=f"b{i}", rows=rows, bytes=100, min_time=i, max_time=i, sha256="x", node="n", created_ns=i)
+def _block(i: int, rows: int = 10, indexed: bool = True) -> BlockEntry:
+    return BlockEntry(id=f"b{i}", rows=rows, bytes=100, min_time=i, max_time=i, sha256="x", node="n", created_ns=i,
+                      index_bytes=10 if indexed else 0, index_sha256="y" if indexed else "")
 
 
 def test_commits_from_an_older_epoch_are_refused(tmp_path: Path) -> None:
@@ -137,6 +138,23 @@ def test_compaction_plans_runs_of_small_blocks() -> None:
     groups = plan_compaction(blocks, min_inputs=4, target_rows=35)
     assert [[b.id for b in g] for g in groups] == [["b0", "b1", "b2"], ["b3", "b4", "b5"], ["b6", "b7", "b8"]]
     assert plan_compaction(blocks[:3], min_inputs=4) == []
+
+
+def test_compaction_plans_every_block_without_an_index() -> None:
+    """A flush writes blocks without an index: each is rewritten (with one) by its first compaction,
+    merged with its small neighbours however few they are, or alone; indexed blocks wait as before."""
+    def ids(groups: list[list[BlockEntry]]) -> list[list[str]]:
+        return [[b.id for b in g] for g in groups]
+
+    assert ids(plan_compaction([_block(0, indexed=False)], min_inputs=4)) == [["b0"]]
+    assert ids(plan_compaction([_block(0), _block(1, indexed=False), _block(2)], min_inputs=4)) == [["b0", "b1", "b2"]]
+    # Runs of at most target_rows: only the runs that hold an unindexed block, and a big one alone.
+    blocks = [_block(0, rows=20), _block(1, rows=20), _block(2, rows=20, indexed=False), _block(3, rows=50, indexed=False)]
+    assert ids(plan_compaction(blocks, min_inputs=4, target_rows=35)) == [["b2"], ["b3"]]
+    blocks = [_block(i, indexed=i != 5) for i in range(8)]  # eager: 8 small blocks, every run planned
+    assert ids(plan_compaction(blocks, min_inputs=4, target_rows=35)) == [["b0", "b1", "b2"], ["b3", "b4", "b5"],
+                                                                          ["b6", "b7"]]
+    assert plan_compaction([_block(0), _block(1)], min_inputs=4) == []
 
 
 def test_local_gc_waits_for_the_grace_period_and_for_running_queries(tmp_path: Path) -> None:

@@ -206,7 +206,9 @@ def test_where_after_stats(node: Server, records: list[Record]) -> None:
 
 
 def test_pruning_skips_blocks(node: Server) -> None:
+    # These blocks are a flush's: no token index until their first compaction (every 300 s by default),
+    # so a word is scanned for; pruning by the index is tested in test_index.py. Time prunes.
     stats = node.query("zzzznotthere")["stats"]
-    assert stats["blocks_scanned"] == 0 and stats["blocks_pruned"] >= 1
+    assert stats["blocks_indexed"] == 0 and stats["blocks_scanned"] >= 1
     early = node.query("*", **{"to": BASE_NS + 1})["stats"]
     assert early["blocks_pruned"] >= 1

@@ -74,7 +74,7 @@ def _blocks(root: Path, records: list[Record]) -> dict[str, Any]:
     made = {}
     for name, rows, indexed in pieces:
         entry = build_block(root, f"{rows[0].time_ns:x}-w-{name}", [parse_ndjson(ndjson(rows), 0)], dataset="d",
-                            day=0, node="w", created_ns=rows[0].time_ns, token_index=indexed)
+                            day=0, node="w", created_ns=rows[0].time_ns, index="tokens" if indexed else "bloom")
         made[name] = entry
     return made
 
@@ -177,7 +177,7 @@ def test_the_puller_fetches_index_sections_eagerly_verified_and_within_its_budge
 
     async def scenario(nursery: trio.Nursery) -> None:
         inner = MemoryBackend()
-        writer = Engine(tmp_path / "a", "a")
+        writer = Engine(tmp_path / "a", "a", index_on_flush=True)
         writer.open()
         await nursery.start(writer.wal.run)
         for start in range(0, 1200, 100):
@@ -287,7 +287,8 @@ def _indexes_known(node: Server, dataset: str) -> bool:
     return blocks > 0 and metric(node, "helios_local_cache_index_fetched_total") >= blocks
 
 
-NO_COMPACTION = {"HELIOS_COMPACTION_INTERVAL_SECS": "3600"}  # the block set stays what A uploaded
+# The block set stays what A uploaded, each block indexed as it is flushed (no compaction to do it).
+NO_COMPACTION = {"HELIOS_COMPACTION_INTERVAL_SECS": "3600", "HELIOS_INDEX_ON_FLUSH": "1"}
 
 
 def test_a_fresh_node_answers_from_index_sections_without_fetching_a_block(

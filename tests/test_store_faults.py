@@ -277,7 +277,7 @@ def test_a_damaged_block_index_is_never_used_for_pruning(tmp_path: Path, token_i
     table = pa.table({"_time": pa.array([1, 2], pa.int64()).cast(pa.timestamp("ns", "UTC")),
                       "_msg": ["Connection reset by peer", "disk full"]})
     entry = build_block(tmp_path, "b1", [table], dataset="d", day=0, node="n", created_ns=0,
-                        token_index=token_index)
+                        index="tokens" if token_index else "bloom")
     path = tmp_path / entry.filename
     index = load_index(path, entry)
     assert (index.tokens is not None) if token_index else (index.bloom is not None)

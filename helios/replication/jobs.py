@@ -77,10 +77,23 @@ def stamp(current: shared.SharedManifest, lease_job: str, epoch: int, job: str) 
 
 def plan_compaction(blocks: list[BlockEntry], *, min_inputs: int = MIN_INPUTS,
                     target_rows: int = TARGET_ROWS) -> list[list[BlockEntry]]:
-    """Groups of small blocks to merge, each ≥ 2 blocks and ≤ ``target_rows`` rows, in time order."""
+    """Groups of blocks to rewrite as one, in time order: runs of small blocks (≥ 2 blocks, ≤
+    ``target_rows`` rows) once a partition has ``min_inputs`` of them, and every block without a token
+    index (a flush writes none: its first compaction builds it), merged with its small neighbours
+    whatever their number, or alone."""
+    unindexed = [b for b in blocks if not b.index_bytes]
     small = sorted((b for b in blocks if b.rows < target_rows), key=lambda b: (b.min_time, b.id))
-    if len(small) < min_inputs:
+    if len(small) < min_inputs and not unindexed:
         return []
+    runs = _runs(small, target_rows)
+    eager = len(small) >= min_inputs
+    plan = [g for g in runs if (eager and len(g) >= 2) or any(not b.index_bytes for b in g)]
+    plan.extend([b] for b in unindexed if b.rows >= target_rows)
+    return sorted(plan, key=lambda g: (g[0].min_time, g[0].id))
+
+
+def _runs(small: list[BlockEntry], target_rows: int) -> list[list[BlockEntry]]:
+    """``small`` (in time order) cut into runs of at most ``target_rows`` rows (a bigger block alone)."""
     groups: list[list[BlockEntry]] = []
     group: list[BlockEntry] = []
     rows = 0
@@ -90,8 +103,9 @@ def plan_compaction(blocks: list[BlockEntry], *, min_inputs: int = MIN_INPUTS,
             group, rows = [], 0
         group.append(block)
         rows += block.rows
-    groups.append(group)
-    return [g for g in groups if len(g) >= 2]
+    if group:
+        groups.append(group)
+    return groups
 
 
 @dataclass

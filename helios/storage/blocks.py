@@ -8,7 +8,9 @@ checked before its rows are first used. A block's name never changes and its byt
 Format 2 blocks end with their token index (``helios/storage/tokens.py``) after the Parquet bytes:
 the entry's ``index_bytes`` is its size and ``index_sha256`` its own checksum, so the index can be
 read and verified alone (it replaces the Bloom filter of format 1 blocks, which still load). Their
-Parquet pages carry CRC checksums, verified whenever a column is read.
+Parquet pages carry CRC checksums, verified whenever a column is read. A flush writes its block
+without an index (``index="later"``: ``index_bytes`` 0, answered by scanning); the first compaction
+that rewrites it builds one (``merge_blocks``), so ingest does not pay for tokenising.
 """
 
 from __future__ import annotations
@@ -109,43 +111,64 @@ class BlockIndex:
             len(self.bloom.bits) if self.bloom is not None else 0)
 
 
-def _arrange(tables: list[pa.Table]) -> tuple[pa.Table, bool]:
-    """The rows of ``tables`` in block order (by ``_time``), and whether that is the order they came in.
+def _arrange(tables: list[pa.Table]) -> pa.Table:
+    """The rows of ``tables`` in block order (by ``_time``).
 
-    Rows in order (as they mostly arrive) are not copied: the Parquet writer and the index take the
-    chunks as they are."""
+    Rows in order are not copied: the Parquet writer and the index take the chunks as they are. Nor
+    are tables that are each in order and only arrive out of turn (two shippers' requests, each a
+    time range of its own): they are put in turn. Anything else is sorted."""
+    if len(tables) > 1:
+        tables = _in_turn(tables)
     table = pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
     fields = sorted(name for name in table.column_names if name not in ("_time", "_msg"))
     table = table.select(["_time", "_msg", *fields])
     times = table.column("_time").cast(pa.int64()).to_numpy()
     if len(times) < 2 or bool(np.all(times[1:] >= times[:-1])):
-        return table, True
+        return table
     order = pc.sort_indices(table, sort_keys=[("_time", "ascending")])
-    return table.take(order).combine_chunks(), False
+    return table.take(order).combine_chunks()
+
+
+def _in_turn(tables: list[pa.Table]) -> list[pa.Table]:
+    """``tables`` ordered by their first row's time (stable: ties keep their order)."""
+    firsts = [table.column("_time")[0].value if table.num_rows else 0 for table in tables]
+    order = sorted(range(len(tables)), key=firsts.__getitem__)
+    return [tables[i] for i in order]
 
 
 def build_block(directory: Path, block_id: str, tables: list[pa.Table], *, dataset: str,
-                day: int, node: str, created_ns: int, token_index: bool = True) -> BlockEntry:
+                day: int, node: str, created_ns: int, index: str = "tokens") -> BlockEntry:
     """Write the rows of ``tables`` as block ``block_id`` under ``directory``, durably.
 
-    ``token_index=False`` writes a format 1 block (a Bloom filter in the footer, no token index): what
-    older nodes wrote, kept so that tests can prove such blocks still answer."""
-    table, _ = _arrange(tables)
-    index = build_index(table) if token_index else b""
+    ``index``: ``"tokens"`` builds the token index; ``"later"`` (a flush) writes none and compresses
+    lightly, since compaction rewrites the block with its index; ``"bloom"`` writes a format 1 block (a
+    Bloom filter in the footer): what older nodes wrote, kept so tests can prove such blocks answer."""
+    if index not in ("tokens", "later", "bloom"):
+        raise ValueError(f"unknown index kind {index!r}")
+    table = _arrange(tables)
+    section = build_index(table) if index == "tokens" else b""
     times = table.column("_time").cast(pa.int64())
     bounds = pc.min_max(times)
     info = {"format": FORMAT, "dataset": dataset, "day": timeutil.day_name(day),
             "rows": table.num_rows, "min_time": bounds["min"].as_py(), "max_time": bounds["max"].as_py()}
     metadata = {_META_INFO: orjson.dumps(info)}
-    if not token_index:
+    if index == "bloom":
         terms = block_terms(table)
         metadata = {_META_INFO: orjson.dumps({**info, "format": 1}),
                     _META_BLOOM: Bloom.build(terms, len(terms)).to_bytes()}
     table = table.replace_schema_metadata(metadata)
     sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd", compression_level=3, row_group_size=ROW_GROUP_ROWS,
-                   write_page_checksum=True)
-    return _written(directory, block_id, sink, index, info, node, created_ns)
+    pq.write_table(table, sink, **_parquet_options(table.schema, light=index == "later"),
+                   row_group_size=ROW_GROUP_ROWS)
+    return _written(directory, block_id, sink, section, info, node, created_ns)
+
+
+def _parquet_options(schema: pa.Schema, *, light: bool = False) -> dict[str, Any]:
+    """How blocks are written: zstd (level 1 for a flush's block, which compaction rewrites), page
+    checksums, and dictionary pages for every column but ``_msg`` (messages rarely repeat within a
+    block: the writer would build a dictionary only to give it up, and the block comes out larger)."""
+    return {"compression": "zstd", "compression_level": 1 if light else 3, "write_page_checksum": True,
+            "use_dictionary": [name for name in schema.names if name != "_msg"]}
 
 
 def _written(directory: Path, block_id: str, sink: io.BytesIO, index: bytes, info: dict[str, Any],
@@ -165,14 +188,15 @@ def merge_blocks(directory: Path, block_id: str, inputs: list[tuple[bytes, Block
                  day: int, node: str, created_ns: int) -> BlockEntry:
     """Write the rows of several blocks (their bytes, verified here) as one block: a compaction.
 
-    When the inputs' time ranges follow one another and each has a token index (the usual case), the
-    rows keep their order: they are copied a row group at a time (memory: one row group and the
-    string fields, not the whole output) and the index is merged from the inputs' indexes
-    (``tokens.merge_sections``). Otherwise the rows are loaded, sorted and indexed (``build_block``)."""
+    When the inputs' time ranges follow one another (the usual case), the rows keep their order: they
+    are copied a row group at a time (memory: one row group and the string fields, not the whole
+    output) and the index is merged from the inputs' indexes (``tokens.merge_sections``); an input
+    without one (a flush's block, or format 1) has its messages tokenised, one input at a time.
+    Otherwise the rows are loaded, sorted and indexed (``build_block``)."""
     files = [(pq.ParquetFile(pa.BufferReader(pa.py_buffer(_verified(data, entry))[: entry.parquet_bytes])), entry)
              for data, entry in inputs]
     in_order = all(a.max_time <= b.min_time for (_, a), (_, b) in zip(files, files[1:]))
-    if not in_order or not all(entry.index_bytes for _, entry in files):
+    if not in_order:
         try:
             tables = [file.read() for file, _ in files]  # verified above
         except (OSError, pa.ArrowException) as exc:
@@ -186,21 +210,31 @@ def merge_blocks(directory: Path, block_id: str, inputs: list[tuple[bytes, Block
         strings = [f.name for f in schema if pa.types.is_string(f.type) and f.name not in ("_time", "_msg")]
         fields = pa.concat_tables([_conform(f.read(columns=[n for n in strings if n in f.schema_arrow.names]),
                                             pa.schema([schema.field(n) for n in strings])) for f, _ in files])
-        sections = [data[entry.parquet_bytes :] for data, entry in inputs]
-        index = merge_sections(sections, fields, columns=names)
+        # An input's index section, or (a flush's block, or format 1) its messages to tokenise: read
+        # as the merge reaches it, so only one input's messages are held at a time.
+        sections = (data[entry.parquet_bytes :] if entry.index_bytes else _messages(file)
+                    for (data, entry), (file, _) in zip(inputs, files))
+        index = merge_sections(sections, fields, columns=names, rows=sum(e.rows for _, e in files))
         del fields
         info = {"format": FORMAT, "dataset": dataset, "day": timeutil.day_name(day),
                 "rows": sum(e.rows for _, e in files), "min_time": min(e.min_time for _, e in files),
                 "max_time": max(e.max_time for _, e in files)}
         sink = io.BytesIO()
-        with pq.ParquetWriter(sink, schema.with_metadata({_META_INFO: orjson.dumps(info)}), compression="zstd",
-                              compression_level=3, write_page_checksum=True) as writer:
+        with pq.ParquetWriter(sink, schema.with_metadata({_META_INFO: orjson.dumps(info)}),
+                              **_parquet_options(schema)) as writer:
             for file, _ in files:
                 for group in range(file.num_row_groups):
                     writer.write_table(_conform(file.read_row_group(group), schema), row_group_size=ROW_GROUP_ROWS)
     except (OSError, pa.ArrowException, ValueError) as exc:
         raise CorruptBlock(f"blocks {', '.join(e.id for _, e in files)} cannot be merged: {exc}") from exc
     return _written(directory, block_id, sink, index, info, node, created_ns)
+
+
+def _messages(file: pq.ParquetFile) -> pa.ChunkedArray:
+    """A block's ``_msg`` column (empty messages if it has none)."""
+    if "_msg" not in file.schema_arrow.names:
+        return pa.chunked_array([pa.array([""] * file.metadata.num_rows, pa.string())])
+    return file.read(columns=["_msg"]).column("_msg")
 
 
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:

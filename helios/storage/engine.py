@@ -87,7 +87,7 @@ class Engine:
     on_ingest: Callable[[str, pa.Table], None] | None = None
 
     def __init__(self, root: Path, node_id: str, *, memtable_rows: int = 1_000_000,
-                 memtable_bytes: int = 64 << 20, ingest_wait_s: float = 30.0,
+                 memtable_bytes: int = 64 << 20, ingest_wait_s: float = 30.0, index_on_flush: bool = False,
                  cache_bytes: int = 1 << 30, clock: Callable[[], int] = time.time_ns,
                  run_sync: Callable[..., Awaitable[Any]] = trio.to_thread.run_sync,
                  token_hex: Callable[[int], str] = secrets.token_hex,
@@ -99,7 +99,10 @@ class Engine:
         Memory: a flush starts once the memtable holds ``memtable_rows`` rows or ``memtable_bytes``
         bytes; while twice ``memtable_bytes`` is not yet in blocks (the memtable and the one being
         flushed), an ingest waits for a flush to make room, at most ``ingest_wait_s`` (then
-        ``Overloaded``: 429). Ingest runs at the pace of flushing instead of outgrowing memory."""
+        ``Overloaded``: 429). Ingest runs at the pace of flushing instead of outgrowing memory.
+
+        A flushed block gets no token index unless ``index_on_flush``: the first compaction that
+        rewrites it builds one (helios.replication.jobs), off the ingest path."""
         self.root = root
         self.node_id = node_id
         self.parts_dir = root / "parts"
@@ -107,6 +110,7 @@ class Engine:
         self.memtable_rows = memtable_rows
         self.memtable_bytes = memtable_bytes
         self.ingest_wait_s = ingest_wait_s
+        self.index_on_flush = index_on_flush
         self._room = trio.Event()  # set (and replaced) whenever a flush moved rows into a block
         self.backpressure_waits = 0
         self.backpressure_refusals = 0
@@ -297,8 +301,8 @@ class Engine:
         block_id = new_block_id(created, self.node_id, token_hex=self._token_hex)
         directory = self.part_dir(key)
         entry = await self._run_sync(
-            lambda: build_block(directory, block_id, part.tables, dataset=key[0], day=key[1],
-                                node=self.node_id, created_ns=created))
+            lambda: build_block(directory, block_id, part.tables, dataset=key[0], day=key[1], node=self.node_id,
+                                created_ns=created, index="tokens" if self.index_on_flush else "later"))
         async with self.part_lock(key):
             old = self.manifests.get(key) or PartitionManifest(dataset=key[0], day=key[1])
             new = replace(old, wal_through=max(old.wal_through, cut), blocks=[*old.blocks, entry])

@@ -190,13 +190,18 @@ def _placed(parts: list[Part], ranks: list[np.ndarray], sizes: list[np.ndarray],
 
 def _token_part(msg: pa.Array | pa.ChunkedArray) -> Merged:
     """The token terms of a block, built ``CHUNK_ROWS`` rows at a time (bounded memory) and merged."""
+    return _merge(_chunk_parts(msg, 0))
+
+
+def _chunk_parts(msg: pa.Array | pa.ChunkedArray, first_row: int) -> list[Part]:
+    """The token parts of ``msg``, ``CHUNK_ROWS`` rows each, its rows counted from ``first_row``."""
     parts = []
     for at in range(0, max(1, len(msg)), CHUNK_ROWS):
         chunk = msg.slice(at, CHUNK_ROWS)
         if isinstance(chunk, pa.ChunkedArray):  # a chunk's copy, never the whole column's
             chunk = chunk.combine_chunks() if chunk.num_chunks else pa.array([], chunk.type)
-        parts.append(_token_chunk(chunk.cast(pa.string()), at))
-    return _merge(parts)
+        parts.append(_token_chunk(chunk.cast(pa.string()), first_row + at))
+    return parts
 
 
 def _field_part(table: pa.Table) -> tuple[list[str], list[pa.Array], list[np.ndarray], list[np.ndarray]]:
@@ -280,10 +285,10 @@ def _delta_frames(arrays: Iterable[np.ndarray], starts: np.ndarray) -> Iterator[
         at, previous = at + len(raw), raw[-1]
 
 
-def _section(table: pa.Table, tokens: Merged, columns: list[str] | None = None) -> bytes:
-    """The section of a block whose rows are ``table`` (``columns``: the block's, when ``table`` holds
-    only its string fields), with its token part already built."""
-    n = table.num_rows
+def _section(table: pa.Table, tokens: Merged, columns: list[str] | None = None, rows: int | None = None) -> bytes:
+    """The section of a block whose rows are ``table`` (``columns`` and ``rows``: the block's, when
+    ``table`` holds only its string fields, if any), with its token part already built."""
+    n = table.num_rows if rows is None else rows
     terms, token_starts, token_postings, unsure = tokens
     fields, field_terms, field_starts, field_postings = _field_part(table)
     all_terms = pa.concat_arrays([*(t.cast(pa.string()) for t in field_terms), terms.cast(pa.string())])
@@ -322,19 +327,26 @@ def build_index(table: pa.Table) -> bytes:
     return _section(table, tokens)
 
 
-def merge_sections(sections: list[bytes], table: pa.Table, *, columns: list[str] | None = None) -> bytes:
+def merge_sections(sections: Iterable[bytes | pa.ChunkedArray], table: pa.Table, *,
+                   columns: list[str] | None = None, rows: int | None = None) -> bytes:
     """The index of a block whose rows are those of blocks with these index sections, one after the
     other in this order (a compaction that did not reorder rows): the inputs' token postings merged,
     not the messages tokenised again; the field terms built from ``table`` (the block's rows, or only
-    its string fields; then ``columns`` names all of the block's columns)."""
+    its string fields; then ``columns`` names all of the block's columns and ``rows`` counts its rows).
+    An input without an index is given as its messages instead, tokenised ``CHUNK_ROWS`` at a time."""
     parts, first_row = [], 0
     for section in sections:
+        if isinstance(section, pa.ChunkedArray):
+            parts.extend(_chunk_parts(section, first_row))
+            first_row += len(section)
+            continue
         index = TokenIndex(section)
         parts.append(_token_part_of(index, first_row))
         first_row += index.rows
-    if first_row != table.num_rows:
-        raise ValueError(f"the sections hold {first_row} rows, the table {table.num_rows}")
-    return _section(table, _merge(parts), columns)
+    rows = table.num_rows if rows is None else rows
+    if first_row != rows or (table.num_columns and table.num_rows != rows):
+        raise ValueError(f"the sections hold {first_row} rows, the block {rows} and its fields {table.num_rows}")
+    return _section(table, _merge(parts), columns, rows)
 
 
 def sha256(data: bytes) -> str:
