@@ -5,8 +5,11 @@ For each size (``--rows 1000000,10000000`` by default; ``--quick``: 100 k):
 1. Loghub replayed with fresh increasing timestamps (one row per ms) is written to one NDJSON file.
 2. DuckDB loads that file into an in-memory table (``read_json``): its load rate is the ingest baseline.
 3. A fresh ``helios serve`` node takes the file over HTTP from one client (5,000-row batches);
-   another fresh node from two concurrent clients. The second one is kept: the bench waits until
-   every row is flushed to blocks and compaction has settled (compaction every
+   fresh nodes from two concurrent clients: one with the index built at flush
+   (``HELIOS_INDEX_ON_FLUSH=true``), one that compacts (and so indexes) nothing while it ingests
+   (compaction every hour: the rate without index building), and one with the bench's settings. That
+   last one is kept: the bench waits until every row is flushed to blocks, every block has its token
+   index (built by compaction) and compaction has settled (compaction every
    ``HELIOS_COMPACTION_INTERVAL_SECS=2`` instead of 300 s, replaced blocks deleted after
    ``HELIOS_GC_GRACE_SECS=1``; every other setting is the default), then measures its bytes on disk.
 4. Each query runs once on each side (warm-up), then alternately on Helios (over HTTP, one
@@ -34,6 +37,7 @@ from typing import Any, Callable
 
 import duckdb
 import httpx
+import orjson
 
 from common import (Batch, machine, peak_rss_bytes, rare_token, start_node, token_rows, tree_bytes,
                     write_ndjson)
@@ -114,6 +118,18 @@ def _memtable_rows(server: Server) -> float | None:
         return metric(server, "helios_memtable_rows")
     except AssertionError:  # a node without that gauge: judged by its block count alone
         return None
+
+
+def _all_indexed(server: Server, rows: int) -> bool:
+    """Every row is in a block that has its token index (read from the node's manifests)."""
+    indexed = 0
+    for path in (server.data_dir / "parts" / DATASET).glob("*/manifest.json"):
+        try:
+            doc = orjson.loads(path.read_bytes())
+        except (FileNotFoundError, orjson.JSONDecodeError):  # replaced while read: look again
+            return False
+        indexed += sum(b["rows"] for b in doc["blocks"] if b.get("index_bytes"))
+    return indexed == rows
 
 
 def _blocks(server: Server) -> int:
@@ -248,16 +264,22 @@ def run_size(rows: int, args: argparse.Namespace, records: list, rare: str, one_
 
     nodes: list[Server] = []
     try:
-        for clients in (1, 2):
-            node = start_node(**env)
+        variants = [("1", 1, {}), ("at-flush", 2, {"HELIOS_INDEX_ON_FLUSH": "true"}),
+                    ("no-index", 2, {"HELIOS_COMPACTION_INTERVAL_SECS": "3600"}), ("2", 2, {})]
+        for name, clients, extra in variants:
+            node = start_node(**{**env, **extra})
             nodes.append(node)
-            result.ingest[clients] = ingest(node, path, batches, clients)
-            log(f"ingest, {clients} client(s): {result.ingest[clients]:,.0f} rows/s")
-            if clients == 1:
+            began_ingest = time.monotonic()
+            result.ingest[name] = ingest(node, path, batches, clients)
+            log(f"ingest, {clients} client(s) {extra or ''}: {result.ingest[name]:,.0f} rows/s")
+            if name != "2":
                 node.kill()  # only its rate was wanted
                 shutil.rmtree(node.data_dir.parent, ignore_errors=True)
         node = nodes[-1]
         start = time.monotonic()
+        wait_until(lambda: _all_indexed(node, rows), timeout_s=SETTLE_S, what="every row in an indexed block")
+        result.indexed = rows / (time.monotonic() - began_ingest)
+        log(f"every row indexed {time.monotonic() - start:.0f} s after the ingest: {result.indexed:,.0f} rows/s")
         settle(node, rows, sync_s, interval_s)
         blocks = _blocks(node)
         result.block_bytes = tree_bytes(node.data_dir / "parts", _is_block)

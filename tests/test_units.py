@@ -105,6 +105,34 @@ def test_bloom_pruning_is_conservative(tmp_path: Path) -> None:
     assert may_match(ast.Not(ast.Word("timeout")), index, "d")
 
 
+@pytest.mark.parametrize("index", ["tokens", "later"])
+def test_a_block_holds_its_rows_in_time_order_whatever_order_they_came_in(tmp_path: Path, index: str) -> None:
+    """A flush gets a memtable's requests as they were committed: each in order but out of turn (two
+    shippers), or overlapping, or each unordered; the block is always sorted by ``_time``, the rows
+    of equal times in arrival order. A flush's block (``later``) has no index; ``tokens`` has one."""
+    from helios.storage.blocks import build_block, load_block
+
+    def table(times: list[int], tag: str) -> pa.Table:
+        return pa.table({"_time": pa.array(times, pa.int64()).cast(pa.timestamp("ns", "UTC")),
+                         "_msg": [f"{tag}{i}" for i in range(len(times))]})
+
+    cases = {
+        "out of turn": [table([5, 6, 7], "b"), table([1, 2, 3], "a"), table([8, 9], "c")],
+        "overlapping": [table([4, 6, 8], "b"), table([1, 5, 9], "a")],
+        "unordered": [table([3, 1, 2], "a"), table([0], "b")],
+        "ties": [table([2, 2], "b"), table([1, 2], "a")],
+    }
+    for number, (name, tables) in enumerate(cases.items()):
+        entry = build_block(tmp_path, f"b{number}", tables, dataset="d", day=0, node="n", created_ns=0, index=index)
+        assert bool(entry.index_bytes) == (index == "tokens")
+        got = load_block(tmp_path / entry.filename, entry)
+        rows = sorted(((t, m) for tab in tables for t, m in zip(tab.column("_time").cast(pa.int64()).to_pylist(),
+                                                                 tab.column("_msg").to_pylist())),
+                      key=lambda r: r[0])  # stable: ties in arrival order
+        assert list(zip(got.column("_time").cast(pa.int64()).to_pylist(), got.column("_msg").to_pylist())) == rows, name
+        assert (entry.min_time, entry.max_time) == (rows[0][0], rows[-1][0])
+
+
 def test_wal_frames_round_trip_and_torn_tail(tmp_path: Path) -> None:
     table = pa.table({"_msg": ["a", "b"]})
     payload = encode_payload("ds", table)

@@ -67,6 +67,7 @@ _SCAN_CHUNK_BYTES = 4 << 20
 _FEW_ESCAPED_QUOTES = 4096  # runs of backslashes per chunk found one by one; more: one regex pass
 _ESCAPE_PAIR = re.compile(rb'\\[\\"]')  # an escaped backslash or quote
 _BACKSLASHES = re.compile(rb"\\+")
+_STRING = re.compile(rb'"[^"\n]*"')  # a string and what it holds, on one line (escaped quotes are gone)
 _KEEP = b'"{}[]\n'
 _DROP = bytes(b for b in range(256) if b not in _KEEP)
 # byte -> depth step: +1 for { and [, -1 for } and ], else 0; byte -> 1 for a quote
@@ -93,14 +94,17 @@ def check_json_nesting(body: bytes | bytearray | memoryview, max_depth: int) -> 
     of backslashes), so every remaining quote is a real one; every byte but
     ``" { } [ ] newline`` is deleted (``bytes.translate``); adjacent quote pairs
     are deleted (this keeps the quote parity before every other byte, so no
-    bracket changes sides; ordinary keys and values vanish here). What remains,
+    bracket changes sides; ordinary keys and values vanish here), then every
+    string that ends on its line with what it holds (a regular expression; again
+    the parity of the rest is kept). What remains,
     a few bytes a line, is scanned with pyarrow.compute: quotes toggle "inside a
     string" (reset at each newline: a raw newline cannot be inside a valid
     string), brackets outside strings step a running depth ``D``. The bound
     checked is ``D(p) - min(D before p)``: a parser that starts at a line start
     (pyarrow parses blocks cut at newlines, orjson one line at a time) and stops
     at its first error is ``D(p) - D(start) <= D(p) - min D`` deep at ``p``. So
-    the guard never under-counts, and on valid NDJSON it is exact.
+    the guard never under-counts, and on valid NDJSON it is exact. The usual
+    remainder, one ``{}`` a line (flat records), is recognised without a scan.
     """
     view = memoryview(body).cast("B")
     state = _ScanState()
@@ -114,9 +118,11 @@ def check_json_nesting(body: bytes | bytearray | memoryview, max_depth: int) -> 
         if b"\\" in chunk:
             chunk = _unescape_quotes(chunk)
         compact = chunk.translate(None, _DROP).replace(b'""', b"")
+        if not state.in_string and b'"' in compact:
+            compact = _STRING.sub(b"", compact)  # strings ending on their line, and their brackets
         if state.in_string or b'"' in compact:
             _scan(compact, state, max_depth)
-        elif not _scan_brackets(compact, state, max_depth):
+        elif not _flat(compact, state, max_depth) and not _scan_brackets(compact, state, max_depth):
             _scan(compact, state, max_depth)  # over the limit: the exact scan names the line
         state.lines += compact.count(b"\n")
 
@@ -151,6 +157,14 @@ def _unescape_quotes(chunk: bytes) -> bytes | bytearray:
 
 def _codes(compact: bytes | bytearray) -> pa.Array:
     return pa.Array.from_buffers(pa.uint8(), len(compact), [None, pa.py_buffer(compact)])
+
+
+def _flat(compact: bytes, state: _ScanState, max_depth: int) -> bool:
+    """No quotes left, and every bracket in an innermost ``{}`` pair: the depth only rises by one and
+    falls back (``state`` unchanged). False if that is not so, or if that one level is too deep."""
+    if compact.replace(b"{}", b"").replace(b"\n", b""):
+        return False
+    return b"{" not in compact or state.depth + 1 - state.low <= max_depth
 
 
 def _scan_brackets(compact: bytes, state: _ScanState, max_depth: int) -> bool:

@@ -130,9 +130,17 @@ def _arrange(tables: list[pa.Table]) -> pa.Table:
 
 
 def _in_turn(tables: list[pa.Table]) -> list[pa.Table]:
-    """``tables`` ordered by their first row's time (stable: ties keep their order)."""
-    firsts = [table.column("_time")[0].value if table.num_rows else 0 for table in tables]
-    order = sorted(range(len(tables)), key=firsts.__getitem__)
+    """``tables`` put in turn if that sorts their rows: each is in order and each one's last time is
+    before the next one's first (strictly, so that rows of equal times keep their arrival order, as
+    the stable sort gives them). Otherwise as they are."""
+    if not all(table.num_rows for table in tables):
+        return tables
+    times = [table.column("_time").cast(pa.int64()).to_numpy() for table in tables]
+    order = sorted(range(len(tables)), key=lambda i: int(times[i][0]))
+    if order == list(range(len(tables))) or not all(bool(np.all(t[1:] >= t[:-1])) for t in times):
+        return tables
+    if any(times[a][-1] >= times[b][0] for a, b in zip(order, order[1:])):
+        return tables
     return [tables[i] for i in order]
 
 
