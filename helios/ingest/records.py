@@ -104,6 +104,16 @@ def parse_text(body: Body, now_ns: int, limits: IngestLimits = DEFAULT_LIMITS,
 # with a literal newline is searched at memchr speed, ~3 GB/s; `(?:^|\n)` is 30 times slower).
 _FIRST_IS_OBJECT = re.compile(rb"[ \t\r\n]*\{")
 _LATER_NOT_OBJECT = re.compile(rb"\n[ \t\r]*[^{ \t\r\n]")
+
+
+def _later_not_object(data: Body) -> bool:
+    """Whether a line after the first starts (past blanks) with anything but ``{``. Usually every
+    newline but a last one is followed by ``{``: two ``bytes.count`` (memchr speed) tell, and the
+    regular expression (5x slower on a 1 MiB body) looks only otherwise."""
+    newlines = data.count(b"\n") - data.endswith(b"\n")
+    if newlines == data.count(b"\n{"):
+        return False
+    return _LATER_NOT_OBJECT.search(data) is not None
 _BLANK = re.compile(rb"[ \t\r\n\x0b\x0c]*")
 
 
@@ -167,7 +177,7 @@ def _sample_schema(body: Body) -> pa.Schema | None:
             picked.append(bytes(body[start:end]).rstrip(b"\n") + b"\n")
         start = max(end, body.find(b"\n", end + step - 1) + 1 or len(body))
     data = b"".join(picked)
-    if (not _FIRST_IS_OBJECT.match(data) or _LATER_NOT_OBJECT.search(data)
+    if (not _FIRST_IS_OBJECT.match(data) or _later_not_object(data)
             or data.count(b":") > MAX_COLONS or _BLANK.fullmatch(data)):
         return None
     try:
@@ -220,7 +230,7 @@ def _leaves(schema: pa.Schema) -> int:
 def _read_span(body: Body, start: int, end: int, builder: _Builder) -> pa.Table | None:
     """A span read with the known schema (no other field can appear), or None if it does not fit."""
     data = body[start:end]
-    if not _FIRST_IS_OBJECT.match(data) or _LATER_NOT_OBJECT.search(data):
+    if not _FIRST_IS_OBJECT.match(data) or _later_not_object(data):
         return None
     try:
         data.decode("utf-8")
@@ -261,7 +271,7 @@ class _Builder:
         if _BLANK.fullmatch(data):
             return
         check_utf8(data, piece.first_line)
-        if piece.wide or not _FIRST_IS_OBJECT.match(data) or _LATER_NOT_OBJECT.search(data):
+        if piece.wide or not _FIRST_IS_OBJECT.match(data) or _later_not_object(data):
             # One line with very many keys (pyarrow would build a column per key), or a line that
             # is not an object: the exact path names it. pyarrow must not see it: it reads a `null`
             # line as an empty record, and a body that starts with one crashes it (pyarrow 26:
