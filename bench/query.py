@@ -13,7 +13,8 @@ For each size (``--rows 1000000,10000000`` by default; ``--quick``: 100 k):
    ``HELIOS_COMPACTION_INTERVAL_SECS=2`` instead of 300 s, replaced blocks deleted after
    ``HELIOS_GC_GRACE_SECS=1``; every other setting is the default), then measures its bytes on disk.
 4. Each query runs once on each side (warm-up), then alternately on Helios (over HTTP, one
-   keep-alive connection) and DuckDB, best of ``--runs``.
+   keep-alive connection) and DuckDB, best of ``--runs``, each timed run a quarter second after
+   the other engine's (``QUIET_S``: DuckDB's threads spin for a while after a query).
 5. The node's peak RSS (VmHWM) after all of that.
 
 The Markdown table goes to stdout and to ``--out``; progress goes to stderr. It measures whatever
@@ -177,19 +178,27 @@ def _is_block(path: Path) -> bool:
 
 # -- queries --------------------------------------------------------------------------------------
 
+QUIET_S = 0.25  # before each timed run: the other engine's threads have gone idle
+
+
 def best_pair(helios: Callable[[], Any], duck: Callable[[], Any], runs: int,
               budget_s: float) -> tuple[float, float, Any, Any]:
     """One warm-up each (their answers returned), then alternate runs; the best time of each side.
 
-    Stops after ``runs`` pairs, or after two once ``budget_s`` is spent.
+    Stops after ``runs`` pairs, or after two once ``budget_s`` is spent. Each timed run starts
+    ``QUIET_S`` after the other engine's: DuckDB's worker threads keep spinning after a query
+    (measured here: Python work started right after one ran 1.4–1.6× slower, 50 ms later still
+    1.3×, 200 ms later as fast as without DuckDB), which charged the next run to the other side.
     """
     answer_h, answer_d = helios(), duck()
     best_h = best_d = math.inf
     began = time.monotonic()
     for i in range(runs):
+        time.sleep(QUIET_S)
         start = time.perf_counter()
         helios()
         best_h = min(best_h, time.perf_counter() - start)
+        time.sleep(QUIET_S)
         start = time.perf_counter()
         duck()
         best_d = min(best_d, time.perf_counter() - start)
@@ -366,7 +375,8 @@ def main() -> None:
     setup = (f"Loghub (20,000 lines from 10 systems) replayed with fresh timestamps, one row per ms; "
              f"DuckDB in this process, table in memory; Helios over HTTP on loopback, one `helios serve` "
              f"with default settings except {', '.join(f'`{k}={v}`' for k, v in env.items())}; "
-             f"query times best of {args.runs} after a warm-up, the two engines alternating. "
+             f"query times best of {args.runs} after a warm-up, the two engines alternating, each timed run "
+             f"{QUIET_S:g} s after the other's. "
              f"Growth: the Helios figure at the largest size over the smallest (for rates, the time taken). "
              f"The whole run took {(time.monotonic() - began) / 60:.1f} min.")
     rows = query_rows(rare, one_in)
