@@ -15,9 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
-from helios.query.executor import execute
+from helios.query.blockscan import from_memory, scan_block
+from helios.query.cancel import never
+from helios.query.executor import execute, needed_columns
 from helios.query.parser import parse
 from helios.storage.blocks import BlockEntry, build_block, is_compacted, load_block, merge_blocks
 from helios.storage.cache import BlockCache
@@ -272,3 +275,42 @@ def test_a_compaction_equals_building_one_block_of_the_same_rows(tmp_path: Path,
     assert sections[0].terms.equals(sections[1].terms) and sections[0].columns == sections[1].columns
     assert sections[0].fields == sections[1].fields == {"service", "host", "level", "user"}
     assert (tokens._concat_frames(sections[0]) == tokens._concat_frames(sections[1])).all()
+
+
+def test_answers_from_memory_equal_the_scan_threads(tmp_path: Path) -> None:
+    """An aggregation over blocks whose index and needed columns are in memory is answered on the
+    query's own thread (``from_memory``: lookups only, no scan thread); those answers equal a scan's,
+    and a block the shortcut cannot answer (unsure rows, a phrase, a time range cutting the block,
+    columns not in memory) is left to ``scan_block``."""
+    table = _table()
+    table = table.filter(pc.string_is_ascii(table.column("_msg")))  # no unsure row: lookups can answer
+    built = {}
+    for name, index in (("indexed", "tokens"), ("scanned", "bloom")):
+        entry = build_block(tmp_path / name, f"b-{name}", [table], dataset="d", day=0, node="n", created_ns=0,
+                            index=index)
+        built[name] = Source(dataset="d", day=0, min_time=entry.min_time, max_time=entry.max_time,
+                             rows=entry.rows, block=entry, path=tmp_path / name / entry.filename)
+    everything = {"low": -(1 << 63), "high": (1 << 63) - 1}
+    cache, answered = BlockCache(1 << 30), 0
+    for text in [t for t in _queries(seed=41, count=200) if "|" not in t]:
+        query = parse(f"{text} | stats count() as n by (level)")
+        needed = needed_columns(query)
+        source = built["indexed"]
+        assert from_memory(query, source, BlockCache(1 << 30), needed=needed, **everything) is None  # cold
+        slow = scan_block(query, source, cache, None, needed=needed, keep_last=None, check=never, **everything)
+        quick = from_memory(query, source, cache, needed=needed, **everything)
+        scanned = scan_block(query, built["scanned"], BlockCache(1 << 30), None, needed=needed, keep_last=None,
+                             check=never, **everything)
+        expected = [] if scanned is False else sorted(scanned.table.column("level").to_pylist(), key=str)
+        assert ([] if slow is False else sorted(slow.table.column("level").to_pylist(), key=str)) == expected, text
+        if quick is None:
+            continue
+        answered += 1
+        assert ([] if quick is False else sorted(quick.table.column("level").to_pylist(), key=str)) == expected, text
+        assert quick is False or (quick.indexed and quick.rows_scanned == 0)
+        middle = (source.min_time + source.max_time) // 2  # a range that cuts the block: the scan's job
+        assert from_memory(query, source, cache, needed=needed, low=middle, high=everything["high"]) in (None, False)
+    assert answered >= 100, "most random filters are whole-token lookups, answered from memory"
+    quoted = parse('"connection reset" | stats count()')  # a phrase: the index only gives candidates
+    scan_block(quoted, built["indexed"], cache, None, needed=[], keep_last=None, check=never, **everything)
+    assert from_memory(quoted, built["indexed"], cache, needed=[], **everything) is None

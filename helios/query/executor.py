@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 from helios import timeutil
 from helios.query import ast
 from helios.query.cancel import Check, never
-from helios.query.blockscan import BlockPart, scan_block
+from helios.query.blockscan import BlockPart, from_memory, scan_block
 from helios.query.counts import count_by, countable
 from helios.query.filters import mask, may_match
 from helios.query.pipes import apply
@@ -127,12 +127,15 @@ def execute(query: ast.Query, sources: list[Source], cache: BlockCache, *,
             counters["blocks_pruned"] += is_block
             continue
         if is_block:
-            if not plain and source.block.id not in ahead:  # scan the next blocks in parallel
+            got = None if plain or source.block.id in ahead else from_memory(
+                query, source, cache, needed=needed, low=low, high=high)
+            if got is None and not plain and source.block.id not in ahead:  # scan the next blocks in parallel
                 _scan_ahead(ahead, query, ordered[at:], cache, fetch, needed=needed, low=low, high=high,
                             check=check)
-            got = ahead.pop(source.block.id).result() if source.block.id in ahead else scan_block(
-                query, source, cache, fetch, needed=needed, low=low, high=high,
-                keep_last=cap if plain else None, check=check)
+            if got is None:
+                got = ahead.pop(source.block.id).result() if source.block.id in ahead else scan_block(
+                    query, source, cache, fetch, needed=needed, low=low, high=high,
+                    keep_last=cap if plain else None, check=check)
             if got is None:  # neither local nor fetchable before the deadline: the answer is partial
                 counters["blocks_missing"] += 1
                 continue

@@ -49,6 +49,24 @@ class BlockCache:
                 self.hits += 1
             return pa.table({name: f[0] for name, f in zip(names, found)})  # type: ignore[index]
 
+    def cached_columns(self, entry: BlockEntry, names: Iterable[str] | None) -> pa.Table | None:
+        """The block's columns ``names`` that exist (``None``: all) if its index and all of them are in
+        memory (no I/O, no hashing), else None."""
+        with self._lock:
+            index = self._indexes.get(entry.id)
+            if index is None:
+                return None
+            wanted = sorted(index.columns if names is None else set(names) & index.columns, key=_column_order)
+            found = [self._columns.get((entry.id, name)) for name in wanted]
+            if any(f is None for f in found):
+                return None
+            for name in wanted:
+                self._columns.move_to_end((entry.id, name))
+            self.hits += 1
+        if not wanted:
+            return pa.table({"_": pa.nulls(entry.rows)}).drop_columns(["_"])
+        return pa.table({name: f[0] for name, f in zip(wanted, found)})  # type: ignore[index]
+
     def known_index(self, block_id: str) -> BlockIndex | None:
         """The block's index if it was read before (no I/O): pruning without the block's bytes."""
         with self._lock:
