@@ -30,7 +30,7 @@ from helios.query.cancel import Check, never
 from helios.query.blockscan import BlockPart, from_memory, scan_block
 from helios.query.counts import count_by, countable
 from helios.query.filters import mask, may_match
-from helios.query.pipes import apply
+from helios.query.pipes import apply, by_parts, combine, partial
 from helios.storage.cache import BlockCache
 from helios.storage.engine import Source
 
@@ -41,6 +41,9 @@ CELLS_PER_CHUNK = 200_000  # …and fewer when rows are wide (20,000 rows of 998
 
 _AGGREGATING = (ast.Stats, ast.Timechart, ast.Top)
 SCAN_WORKERS = max(2, min(4, os.cpu_count() or 2))  # blocks of one query scanned at once
+# An aggregation that goes by parts (pipes.by_parts) aggregates its gathered rows each time they reach
+# this many, and keeps only the groups: its memory follows this and the groups, not the matches.
+PART_ROWS = 1 << 20
 
 
 @dataclass
@@ -111,6 +114,8 @@ def execute(query: ast.Query, sources: list[Source], cache: BlockCache, *,
     counters = {"rows_scanned": 0, "blocks_scanned": 0, "blocks_indexed": 0, "blocks_pruned": 0,
                 "blocks_missing": 0}
     pieces: list[pa.Table] = []
+    in_parts = bool(query.pipes) and by_parts(query.pipes[0])
+    parts: list[pa.Table] = []  # the first pipe's part of each source (``pipes.partial``)
     kept = 0
     boundary: int | None = None
 
@@ -165,6 +170,10 @@ def execute(query: ast.Query, sources: list[Source], cache: BlockCache, *,
         part = part.append_column("dataset", pa.repeat(source.dataset, part.num_rows))
         pieces.append(part)
         kept += part.num_rows
+        if in_parts and kept >= PART_ROWS:  # aggregate what is gathered; only its groups are kept
+            parts.append(partial(query.pipes[0], pa.concat_tables(pieces, promote_options="default")))
+            pieces, kept = [], 0
+            continue
         if plain and kept >= cap and "_time" in part.column_names:
             more = more or kept > cap
             merged = _newest(pa.concat_tables(pieces, promote_options="default"), cap)
@@ -173,7 +182,12 @@ def execute(query: ast.Query, sources: list[Source], cache: BlockCache, *,
 
     for future in ahead.values():  # a block scanned ahead whose answer was not needed
         future.cancel()
-    if pieces:
+    pipes = query.pipes
+    if parts:
+        if pieces:
+            parts.append(partial(query.pipes[0], pa.concat_tables(pieces, promote_options="default")))
+        table, pipes = combine(query.pipes[0], parts), query.pipes[1:]
+    elif pieces:
         table = pa.concat_tables(pieces, promote_options="default")
     else:
         table = pa.table({"_time": pa.array([], timeutil.TIME_TYPE), "_msg": pa.array([], pa.string()),
@@ -181,9 +195,9 @@ def execute(query: ast.Query, sources: list[Source], cache: BlockCache, *,
         if needed is not None:
             table = pa.table({name: pa.array([], timeutil.TIME_TYPE if name == "_time" else pa.string())
                               for name in dict.fromkeys([*needed, "dataset"])})
-    if "_time" in table.column_names and not (query.pipes and isinstance(query.pipes[0], _AGGREGATING)):
+    if not parts and "_time" in table.column_names and not (pipes and isinstance(pipes[0], _AGGREGATING)):
         table = _newest(table, table.num_rows)  # an aggregation does not need its rows in order
-    for pipe in query.pipes:
+    for pipe in pipes:
         check()
         table = apply(pipe, table, check)
     truncated = table.num_rows > limit or (plain and more and table.num_rows >= cap)

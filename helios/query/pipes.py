@@ -17,7 +17,7 @@ from helios.query import ast
 from helios.query.cancel import Check, never
 from helios.query.filters import mask, numeric
 
-__all__ = ["apply", "stats"]
+__all__ = ["apply", "by_parts", "combine", "partial", "stats"]
 
 
 def apply(pipe: ast.Pipe, table: pa.Table, check: Check = never) -> pa.Table:
@@ -147,4 +147,113 @@ def timechart(table: pa.Table, pipe: ast.Timechart) -> pa.Table:
     work = table.drop_columns([c for c in ("_time",) if c in table.column_names])
     work = work.append_column("_time", buckets.cast(timeutil.TIME_TYPE))
     result = stats(work, pipe.aggs, ("_time", *pipe.by))
+    return result
+
+
+# -- aggregations by parts ------------------------------------------------------------
+# A stats, timechart or top whose aggregates are counts, sums, minima, maxima and averages is computed
+# one source at a time (``partial``) and the parts are joined (``combine``): a query holds a few rows
+# per group and source instead of every matching row. count_distinct and quantiles need every value:
+# those queries gather the rows as before.
+
+_BY_PARTS = {"count", "sum", "min", "max", "avg"}
+
+
+def by_parts(pipe: ast.Pipe) -> bool:
+    """Whether ``pipe`` can be computed a source at a time."""
+    if isinstance(pipe, ast.Top):
+        return True
+    return isinstance(pipe, (ast.Stats, ast.Timechart)) and all(agg.func in _BY_PARTS for agg in pipe.aggs)
+
+
+def _shape(pipe: ast.Pipe) -> tuple[tuple[ast.Agg, ...], tuple[str, ...]]:
+    """(aggregates, group keys) of a pipe that ``by_parts`` accepts."""
+    if isinstance(pipe, ast.Top):
+        return (ast.Agg("count", None, "count"),), (pipe.field,)
+    if isinstance(pipe, ast.Timechart):
+        return pipe.aggs, ("_time", *pipe.by)
+    assert isinstance(pipe, ast.Stats)
+    return pipe.aggs, pipe.by
+
+
+def _bucketed(table: pa.Table, step_ns: int) -> pa.Table:
+    """The table with ``_time`` replaced by the start of its ``step_ns`` bucket."""
+    ns = table.column("_time").cast(pa.int64()) if "_time" in table.column_names else pa.nulls(
+        table.num_rows, pa.int64())
+    buckets = pc.multiply(timeutil.floor_div(ns, step_ns), step_ns)
+    work = table.drop_columns([c for c in ("_time",) if c in table.column_names])
+    return work.append_column("_time", buckets.cast(timeutil.TIME_TYPE))
+
+
+def partial(pipe: ast.Pipe, table: pa.Table) -> pa.Table:
+    """One source's part of ``pipe``: per group (keys ``k<i>``) and aggregate ``j``, the row or value
+    count ``c<j>``, the sum ``s<j>``, the minimum or maximum ``m<j>`` (an average: ``s<j>`` and
+    ``c<j>``, the count of its values)."""
+    aggs, by = _shape(pipe)
+    if isinstance(pipe, ast.Timechart):
+        table = _bucketed(table, pipe.step_ns)
+    n = table.num_rows
+    work: dict[str, Any] = {f"k{i}": _key_column(table, name) for i, name in enumerate(by)}
+    specs: list[tuple[Any, ...]] = []
+    for j, agg in enumerate(aggs):
+        column = table.column(agg.field) if agg.field in table.column_names else None
+        if agg.func == "count":
+            work[f"c{j}"] = pa.nulls(n, pa.int8()) if agg.field is None else (
+                column if column is not None else pa.nulls(n, pa.string()))
+            specs.append((f"c{j}", "count", pc.CountOptions(mode="all" if agg.field is None else "only_valid")))
+            continue
+        values = numeric(column) if column is not None else pa.nulls(n, pa.float64())
+        if agg.func in ("min", "max") and column is not None and pa.types.is_timestamp(column.type):
+            values = column
+        if agg.func in ("min", "max"):
+            work[f"m{j}"] = values
+            specs.append((f"m{j}", agg.func))
+            continue
+        work[f"s{j}"] = values
+        specs.append((f"s{j}", "sum"))
+        if agg.func == "avg":
+            specs.append((f"s{j}", "count", pc.CountOptions(mode="only_valid")))
+    keys = [f"k{i}" for i in range(len(by))]
+    out = pa.table(work).group_by(keys, use_threads=False).aggregate(specs)
+    return out.rename_columns([_part_name(name) for name in out.column_names])
+
+
+def _part_name(name: str) -> str:
+    """``s0_sum`` → ``s0``, ``s0_count`` (an average's value count) → ``c0``, ``c0_count`` → ``c0``."""
+    if name.startswith("k"):
+        return name
+    column, _, func = name.partition("_")
+    return f"c{column[1:]}" if func == "count" else column
+
+
+def combine(pipe: ast.Pipe, parts: list[pa.Table]) -> pa.Table:
+    """``pipe``'s answer from the parts of every source (at least one), shaped as ``apply`` gives it."""
+    aggs, by = _shape(pipe)
+    table = pa.concat_tables(parts, promote_options="permissive")
+    keys = [f"k{i}" for i in range(len(by))]
+    specs: list[tuple[str, str]] = []
+    for j, agg in enumerate(aggs):
+        if agg.func in ("count", "avg"):
+            specs.append((f"c{j}", "sum"))
+        if agg.func in ("sum", "avg"):
+            specs.append((f"s{j}", "sum"))
+        if agg.func in ("min", "max"):
+            specs.append((f"m{j}", agg.func))
+    out = table.group_by(keys, use_threads=False).aggregate(specs)
+    columns: dict[str, Any] = {name: out.column(f"k{i}") for i, name in enumerate(by)}
+    for j, agg in enumerate(aggs):
+        if agg.func == "count":
+            columns[agg.name] = out.column(f"c{j}_sum")
+        elif agg.func == "avg":
+            mean = pc.divide(out.column(f"s{j}_sum").cast(pa.float64()), out.column(f"c{j}_sum").cast(pa.float64()))
+            columns[agg.name] = pc.if_else(pc.is_nan(mean), None, mean) if len(mean) else mean
+        elif agg.func == "sum":
+            columns[agg.name] = out.column(f"s{j}_sum")
+        else:
+            columns[agg.name] = out.column(f"m{j}_{agg.func}")
+    result = pa.table(columns)
+    if keys:
+        result = sort(result, tuple((name, False) for name in by))
+    if isinstance(pipe, ast.Top):
+        result = sort(result, (("count", True), (pipe.field, False))).slice(0, pipe.count)
     return result

@@ -1,0 +1,135 @@
+"""Aggregations a source at a time (``pipes.partial`` / ``pipes.combine``) equal the pipe over all rows.
+
+The executor aggregates a block or memtable as soon as its rows are chosen and keeps only the part;
+these checks pin the parts' join to ``pipes.apply`` over the concatenated rows, for the aggregates
+that go by parts, with groups split across parts, values that are text in some parts and numbers in
+others, whole numbers in one part and fractions in another, nulls, NaN, timestamps, a field missing
+from a part, and empty groups.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from helios.query import ast
+from helios.query import executor
+from helios.query.executor import execute
+from helios.query.parser import parse
+from helios.query.pipes import apply, by_parts, combine, partial
+from helios.storage.cache import BlockCache
+from helios.storage.engine import Source
+
+BASE_NS = 1_700_000_000_000_000_000
+
+
+def _parts(seed: int) -> list[pa.Table]:
+    """Tables of one schema (so the whole can be concatenated) whose text fields read as numbers
+    differently per part: whole numbers in some, fractions or junk in others."""
+    rng = random.Random(seed)
+    tables = []
+    for p in range(rng.randint(1, 6)):
+        n = rng.choice([0, 1, 7, 50, 300])
+        fractional = rng.random() < 0.4
+        def text() -> str | None:
+            roll = rng.random()
+            if roll < 0.1:
+                return None
+            if roll < 0.15:
+                return rng.choice(["n/a", "", " 12 ", "nan", "1e3"])
+            return str(rng.randint(-50, 50) + (0.25 if fractional and rng.random() < 0.5 else 0))
+        tables.append(pa.table({
+            "_time": pa.array([BASE_NS + rng.randint(0, 10 * 3_600_000_000_000) for _ in range(n)],
+                              pa.int64()).cast(pa.timestamp("ns", "UTC")),
+            "level": pa.array([rng.choice(["INFO", "WARN", "ERROR", None]) for _ in range(n)], pa.string()),
+            "host": pa.array([rng.choice(["a", "b", "c"]) for _ in range(n)], pa.string()),
+            "size": pa.array([None if rng.random() < 0.1 else rng.randint(0, 1000) for _ in range(n)], pa.int64()),
+            "latency": pa.array([rng.choice([None, math.nan, rng.random() * 10]) if rng.random() < 0.2
+                                 else rng.random() * 10 for _ in range(n)], pa.float64()),
+            "took": pa.array([text() for _ in range(n)], pa.string()),
+            "dataset": pa.array([f"d{p % 2}"] * n, pa.string()),
+        }))
+    return tables
+
+
+PIPES = [
+    "stats count()", "stats count() as n by (level)", "stats count(level) as n, count(nosuch) as z by (host)",
+    "stats sum(size) as s, avg(size) as a, min(size), max(size) by (level, host)",
+    "stats sum(took) as s, avg(took) as a, min(took) as lo, max(took) as hi",
+    "stats avg(latency) as a, sum(latency) as s, min(latency), max(latency) by (host)",
+    "stats sum(nosuch) as s, avg(nosuch) as a, min(nosuch) as lo by (level)",
+    "stats min(_time) as first, max(_time) as last, count() as n by (dataset)",
+    "stats count() as n by (nosuch)", "timechart 1h", "timechart 17m count() as n, avg(took) as a by (level)",
+    "top 2 host", "top 10 level",
+]
+
+
+def _same(got: pa.Table, expected: pa.Table, where: str) -> None:
+    assert got.column_names == expected.column_names, where
+    assert got.num_rows == expected.num_rows, where
+    for name in got.column_names:
+        columns = [t.column(name) for t in (got, expected)]
+        assert columns[0].type == columns[1].type, (where, name)
+        if pa.types.is_timestamp(columns[0].type):
+            columns = [c.cast(pa.int64()) for c in columns]
+        for a, b in zip(*(c.to_pylist() for c in columns)):
+            if isinstance(a, float) and isinstance(b, float):
+                same = math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9) or (math.isnan(a) and math.isnan(b))
+                assert same, (where, name, a, b)
+            else:
+                assert a == b, (where, name, a, b)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_parts_joined_equal_the_pipe_over_all_rows(seed: int) -> None:
+    tables = _parts(seed)
+    whole = pa.concat_tables(tables)
+    for text in PIPES:
+        pipe = parse(f"* | {text}").pipes[0]
+        assert by_parts(pipe), text
+        expected = apply(pipe, whole)
+        parts = [partial(pipe, t) for t in tables if t.num_rows]
+        if not parts:
+            continue  # the executor runs the pipe over the empty table itself
+        _same(combine(pipe, parts), expected, f"seed {seed}: {text}")
+
+
+def test_what_needs_every_value_is_not_split() -> None:
+    for text in ("stats count_distinct(host)", "stats quantile(0.5, size)", "stats median(size) by (level)",
+                 "stats count() as n, count_distinct(host) as h", "sort by (size)", "fields size", "limit 3",
+                 "where size:>3"):
+        assert not by_parts(parse(f"* | {text}").pipes[0]), text
+
+
+@pytest.mark.parametrize("part_rows", [1, 60, 1 << 20], ids=["each-source", "some-sources", "all-at-once"])
+def test_the_executor_aggregates_by_parts(monkeypatch: pytest.MonkeyPatch, part_rows: int) -> None:
+    """Through ``execute``: several memtable sources, pipes after the aggregation, and a filter that
+    leaves some sources without rows; the gathered rows aggregated each time they reach ``PART_ROWS``
+    (every source, some of them together, or all at once as one table)."""
+    monkeypatch.setattr(executor, "PART_ROWS", part_rows)
+    tables = [t.drop_columns(["dataset"]).append_column("_msg", pa.array([f"m {i % 3}" for i in range(t.num_rows)],
+                                                                          pa.string()))
+              for t in _parts(7) if t.num_rows]
+    sources = [Source(dataset=f"d{i % 2}", day=0, min_time=BASE_NS, max_time=BASE_NS + 10 * 3_600_000_000_000,
+                      rows=t.num_rows, table=t) for i, t in enumerate(tables)]
+    whole = pa.concat_tables([t.append_column("dataset", pa.repeat(s.dataset, t.num_rows))
+                              for t, s in zip(tables, sources)])
+    for text in ("* | stats count() as n, sum(size) as s by (dataset) | sort -n",
+                 "2 | stats avg(took) as a, max(latency) as hi by (host, level)",
+                 "zzz | stats count() as n, sum(size) as s", "* | top 2 host | limit 1"):
+        query = parse(text)
+        got = execute(query, sources, BlockCache(1 << 20), start_ns=None, end_ns=None, limit=1000)
+        rows = whole.filter(_matching(query, whole))
+        expected = rows
+        for pipe in query.pipes:
+            expected = apply(pipe, expected)
+        _same(got.table, expected, text)
+
+
+def _matching(query: ast.Query, table: pa.Table) -> pa.Array:
+    from helios.query.filters import mask
+    return mask(query.filter, table, None)
