@@ -1,10 +1,10 @@
-"""Aggregations a source at a time (``pipes.partial`` / ``pipes.combine``) equal the pipe over all rows.
+"""Aggregations in parts (``pipes.partial`` / ``pipes.combine``) equal the pipe over all rows.
 
-The executor aggregates a block or memtable as soon as its rows are chosen and keeps only the part;
-these checks pin the parts' join to ``pipes.apply`` over the concatenated rows, for the aggregates
-that go by parts, with groups split across parts, values that are text in some parts and numbers in
-others, whole numbers in one part and fractions in another, nulls, NaN, timestamps, a field missing
-from a part, and empty groups.
+The executor aggregates the rows it has gathered each time they reach ``executor.PART_ROWS`` and keeps
+only the part; these checks pin the parts' join to ``pipes.apply`` over the concatenated rows, for the
+aggregates that go by parts, with groups split across parts, values that are text in some parts and
+numbers in others, whole numbers in one part and fractions in another, nulls, NaN, timestamps, a field
+missing from a part, and empty groups.
 """
 
 from __future__ import annotations
