@@ -3,8 +3,10 @@
 The query runs in ``helios.query.runner.QueryPool`` (bounded concurrency, a
 deadline, stopped when its client leaves or the node shuts down). In the same
 worker slot its result is encoded to JSON a chunk of rows at a time straight
-from Arrow, so no answer ever exists as one list of Python dicts; the chunks
-are then streamed.
+from Arrow, so no answer ever exists as one list of Python dicts: up to
+``ENCODE_AHEAD_BYTES`` there, the rest chunk by chunk as the client reads it,
+so a large answer is held as its Arrow table and one chunk of JSON, not as
+all of its JSON.
 
 Before it runs, its blocks that are not in the data dir are fetched as
 ``fetch_plan`` says: index sections first (small, ranged reads) where the index
@@ -14,9 +16,10 @@ the query reads (``helios.storage.fetch``).
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, Iterator
 
 import orjson
+import trio
 from quart import Blueprint, Response, request
 
 from helios import timeutil
@@ -29,6 +32,7 @@ from helios.query.executor import encode_rows, execute, needed_columns
 from helios.query.filters import may_match
 from helios.query.lookup import hits
 from helios.query.parser import parse
+from helios.query.runner import QueryPool
 from helios.storage.blocks import CorruptBlock
 from helios.storage.cache import BlockCache
 from helios.storage.engine import Source
@@ -38,6 +42,7 @@ __all__ = ["DEFAULT_LIMIT", "bp", "fetch_plan"]
 
 bp = Blueprint("query", __name__)
 DEFAULT_LIMIT = 1000
+ENCODE_AHEAD_BYTES = 8 << 20  # of an answer's JSON encoded in its query slot; the rest as the client reads
 
 
 @bp.route("/api/v1/query", methods=["GET", "POST"])
@@ -62,14 +67,14 @@ async def query() -> Response:
         async with query_blocks(helios.engine.blocks, sources, start_ns=start, end_ns=end, wanted=needs_rows,
                                 index_wanted=needs_index, deadline_s=helios.config.fetch_deadline_secs) as blocks:
             fetch = blocks.open if helios.engine.blocks.store is not None else None
-            chunks, stats = await queries().run(
+            chunks, rest, stats = await queries().run(
                 lambda token: _run(token, parsed, sources, cache, start, end, limit, fetch))
     except CorruptBlock as exc:  # a local disk fault: reported like every other one, answered 503
         helios.health.fail("query", str(exc.path or ""), exc, quarantined=True)
         raise Unavailable(f"a block this query needs is damaged on this node's disk ({exc}); "
                           "it is reported in /api/v1/cluster") from None
     helios.counters["queries"] += 1
-    return Response(_stream(chunks, stats), mimetype="application/json")
+    return Response(_stream(chunks, rest, stats, queries()), mimetype="application/json")
 
 
 def fetch_plan(parsed: ast.Query, cache: BlockCache, start: int | None, end: int | None
@@ -136,11 +141,29 @@ async def _request_doc() -> dict[str, Any]:
 
 
 def _run(token: CancelToken, parsed: ast.Query, sources: list[Source], cache: BlockCache, start: int | None,
-         end: int | None, limit: int, fetch: Fetch | None) -> tuple[list[bytes], dict[str, Any]]:
-    """In a query worker thread: execute (``fetch``: blocks not local), then encode the rows chunk by chunk."""
+         end: int | None, limit: int, fetch: Fetch | None) -> tuple[list[bytes], Iterator[bytes] | None, dict[str, Any]]:
+    """In a query worker thread: execute (``fetch``: blocks not local), then encode the rows chunk by
+    chunk, up to ``ENCODE_AHEAD_BYTES``: (those chunks, the rest of the answer's chunks or None, stats).
+
+    The rest is encoded as the client reads it, after the query's slot is released: only the slot's
+    part runs under the deadline (an answer being sent is not stopped by it)."""
     result = execute(parsed, sources, cache, start_ns=start, end_ns=end, limit=limit, check=token.check,
                      fetch=fetch)
-    return list(encode_rows(result, token.check)), result.stats
+    in_slot = True
+
+    def check() -> None:
+        if in_slot:
+            token.check()
+
+    rows = encode_rows(result, check)
+    chunks, size = [], 0
+    for chunk in rows:
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= ENCODE_AHEAD_BYTES:
+            in_slot = False
+            return chunks, rows, result.stats
+    return chunks, None, result.stats
 
 
 def _datasets_of(value: object) -> set[str] | None:
@@ -153,8 +176,20 @@ def _datasets_of(value: object) -> set[str] | None:
     raise InvalidInput("'dataset' is a name or a non-empty list of names")
 
 
-async def _stream(chunks: list[bytes], stats: dict[str, Any]) -> AsyncIterator[bytes]:
-    yield b'{"rows":['
-    for i, chunk in enumerate(chunks):
-        yield (b"," if i else b"") + chunk
-    yield b'],"stats":' + orjson.dumps(stats) + b"}"
+async def _stream(chunks: list[bytes], rest: Iterator[bytes] | None, stats: dict[str, Any],
+                  pool: QueryPool) -> AsyncIterator[bytes]:
+    """The answer: the chunks encoded in the query's slot, then the rest, each chunk encoded in a worker
+    thread once the client has taken the one before (a client that leaves stops the encoding). Answers
+    with such a rest are counted in ``pool.counters["streaming"]`` while they are sent."""
+    if rest is not None:
+        pool.counters["streaming"] += 1
+    try:
+        yield b'{"rows":['
+        for i, chunk in enumerate(chunks):
+            yield (b"," if i else b"") + chunk
+        while rest is not None and (chunk := await trio.to_thread.run_sync(next, rest, None, limiter=pool.encoders)) is not None:
+            yield b"," + chunk
+        yield b'],"stats":' + orjson.dumps(stats) + b"}"
+    finally:
+        if rest is not None:
+            pool.counters["streaming"] -= 1

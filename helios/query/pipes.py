@@ -141,13 +141,7 @@ def _quantile(values: list[Any] | None, q: float) -> float | None:
 
 
 def timechart(table: pa.Table, pipe: ast.Timechart) -> pa.Table:
-    ns = table.column("_time").cast(pa.int64()) if "_time" in table.column_names else pa.nulls(
-        table.num_rows, pa.int64())
-    buckets = pc.multiply(timeutil.floor_div(ns, pipe.step_ns), pipe.step_ns)
-    work = table.drop_columns([c for c in ("_time",) if c in table.column_names])
-    work = work.append_column("_time", buckets.cast(timeutil.TIME_TYPE))
-    result = stats(work, pipe.aggs, ("_time", *pipe.by))
-    return result
+    return stats(_bucketed(table, pipe.step_ns), pipe.aggs, ("_time", *pipe.by))
 
 
 # -- aggregations by parts ------------------------------------------------------------

@@ -62,6 +62,9 @@ class QueryPool:
         self.deadline_s = deadline_s
         self.counters: Counter[str] = Counter()
         self._limiter = trio.CapacityLimiter(max_concurrent)
+        # Threads that encode the rest of large answers as their clients read them (api/query.py): not
+        # trio's default limiter, which ingest uses.
+        self.encoders = trio.CapacityLimiter(max_concurrent)
         self._running: dict[CancelToken, trio.CancelScope] = {}
         self._closing = False
 
@@ -122,4 +125,5 @@ class QueryPool:
             f'helios_queries_stopped_total{{reason="client_gone"}} {c["cancelled_client_gone"]}',
             "# TYPE helios_queries_rejected_total counter",
             f'helios_queries_rejected_total{{reason="busy"}} {c["rejected_busy"]}',
+            "# TYPE helios_query_answers_streaming gauge", f"helios_query_answers_streaming {c['streaming']}",
         ]
