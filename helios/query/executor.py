@@ -115,7 +115,7 @@ def execute(query: ast.Query, sources: list[Source], cache: BlockCache, *,
                 "blocks_missing": 0}
     pieces: list[pa.Table] = []
     in_parts = bool(query.pipes) and by_parts(query.pipes[0])
-    parts: list[pa.Table] = []  # the first pipe's part of each source (``pipes.partial``)
+    parts: list[pa.Table] = []  # the first pipe's part of each batch of gathered rows (``pipes.partial``)
     kept = 0
     boundary: int | None = None
 

@@ -145,16 +145,17 @@ def timechart(table: pa.Table, pipe: ast.Timechart) -> pa.Table:
 
 
 # -- aggregations by parts ------------------------------------------------------------
-# A stats, timechart or top whose aggregates are counts, sums, minima, maxima and averages is computed
-# one source at a time (``partial``) and the parts are joined (``combine``): a query holds a few rows
-# per group and source instead of every matching row. count_distinct and quantiles need every value:
-# those queries gather the rows as before.
+# A stats, timechart or top whose aggregates are counts, sums, minima, maxima and averages can be
+# computed in parts (``partial``, over any split of the rows; the executor cuts a part each time the
+# rows it gathered reach PART_ROWS) and the parts joined (``combine``): a query holds a few rows per
+# group and part instead of every matching row. count_distinct and quantiles need every value: those
+# queries gather the rows as before.
 
 _BY_PARTS = {"count", "sum", "min", "max", "avg"}
 
 
 def by_parts(pipe: ast.Pipe) -> bool:
-    """Whether ``pipe`` can be computed a source at a time."""
+    """Whether ``pipe`` can be computed in parts."""
     if isinstance(pipe, ast.Top):
         return True
     return isinstance(pipe, (ast.Stats, ast.Timechart)) and all(agg.func in _BY_PARTS for agg in pipe.aggs)
@@ -180,7 +181,7 @@ def _bucketed(table: pa.Table, step_ns: int) -> pa.Table:
 
 
 def partial(pipe: ast.Pipe, table: pa.Table) -> pa.Table:
-    """One source's part of ``pipe``: per group (keys ``k<i>``) and aggregate ``j``, the row or value
+    """One part of ``pipe`` (over some of its rows): per group (keys ``k<i>``) and aggregate ``j``, the row or value
     count ``c<j>``, the sum ``s<j>``, the minimum or maximum ``m<j>`` (an average: ``s<j>`` and
     ``c<j>``, the count of its values)."""
     aggs, by = _shape(pipe)
@@ -221,7 +222,7 @@ def _part_name(name: str) -> str:
 
 
 def combine(pipe: ast.Pipe, parts: list[pa.Table]) -> pa.Table:
-    """``pipe``'s answer from the parts of every source (at least one), shaped as ``apply`` gives it."""
+    """``pipe``'s answer from the parts of all its rows (at least one part), shaped as ``apply`` gives it."""
     aggs, by = _shape(pipe)
     table = pa.concat_tables(parts, promote_options="permissive")
     keys = [f"k{i}" for i in range(len(by))]
