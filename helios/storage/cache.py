@@ -35,23 +35,10 @@ class BlockCache:
         self.hits = 0
         self.misses = 0
 
-    def cached_table(self, block_id: str, *, count_hit: bool = False) -> pa.Table | None:
-        """The decoded block if all its columns are in memory (no I/O)."""
-        with self._lock:
-            index = self._indexes.get(block_id)
-            if index is None:
-                return None
-            names = sorted(index.columns, key=_column_order)
-            found = [self._columns.get((block_id, name)) for name in names]
-            if any(f is None for f in found):
-                return None
-            if count_hit:
-                self.hits += 1
-            return pa.table({name: f[0] for name, f in zip(names, found)})  # type: ignore[index]
-
-    def cached_columns(self, entry: BlockEntry, names: Iterable[str] | None) -> pa.Table | None:
+    def cached_columns(self, entry: BlockEntry, names: Iterable[str] | None, *, use: bool = True
+                       ) -> pa.Table | None:
         """The block's columns ``names`` that exist (``None``: all) if its index and all of them are in
-        memory (no I/O, no hashing), else None."""
+        memory (no I/O, no hashing), else None. ``use=False`` only looks: no hit counted, no LRU move."""
         with self._lock:
             index = self._indexes.get(entry.id)
             if index is None:
@@ -60,9 +47,10 @@ class BlockCache:
             found = [self._columns.get((entry.id, name)) for name in wanted]
             if any(f is None for f in found):
                 return None
-            for name in wanted:
-                self._columns.move_to_end((entry.id, name))
-            self.hits += 1
+            if use:
+                for name in wanted:
+                    self._columns.move_to_end((entry.id, name))
+                self.hits += 1
         if not wanted:
             return pa.table({"_": pa.nulls(entry.rows)}).drop_columns(["_"])
         return pa.table({name: f[0] for name, f in zip(wanted, found)})  # type: ignore[index]
