@@ -74,8 +74,8 @@ async def query() -> Response:
         raise Unavailable(f"a block this query needs is damaged on this node's disk ({exc}); "
                           "it is reported in /api/v1/cluster") from None
     helios.counters["queries"] += 1
-    if rest is None:  # all of it encoded: one body, sent at once with its length
-        return Response(b"".join(_whole(chunks, stats)), mimetype="application/json")
+    if rest is None:  # all of it encoded: one body, sent at once with its length (1 ms less on loopback)
+        return Response(_head(chunks) + _tail(stats), mimetype="application/json")
     return Response(_stream(chunks, rest, stats, queries()), mimetype="application/json")
 
 
@@ -143,7 +143,8 @@ async def _request_doc() -> dict[str, Any]:
 
 
 def _run(token: CancelToken, parsed: ast.Query, sources: list[Source], cache: BlockCache, start: int | None,
-         end: int | None, limit: int, fetch: Fetch | None) -> tuple[list[bytes], Iterator[bytes] | None, dict[str, Any]]:
+         end: int | None, limit: int, fetch: Fetch | None
+         ) -> tuple[list[bytes], Iterator[bytes] | None, dict[str, Any]]:
     """In a query worker thread: execute (``fetch``: blocks not local), then encode the rows chunk by
     chunk, up to ``ENCODE_AHEAD_BYTES``: (those chunks, the rest of the answer's chunks or None, stats).
 
@@ -178,12 +179,13 @@ def _datasets_of(value: object) -> set[str] | None:
     raise InvalidInput("'dataset' is a name or a non-empty list of names")
 
 
-def _whole(chunks: list[bytes], stats: dict[str, Any]) -> Iterator[bytes]:
-    """An answer encoded whole in the query's slot: sent as one body with its length (one write
-    instead of one per chunk: 1 ms less for a small answer on loopback)."""
-    yield b'{"rows":['
-    yield b",".join(chunks)
-    yield b'],"stats":' + orjson.dumps(stats) + b"}"
+def _head(chunks: list[bytes]) -> bytes:
+    """The answer's start with the chunks encoded in the query's slot, as one piece (one write)."""
+    return b'{"rows":[' + b",".join(chunks)
+
+
+def _tail(stats: dict[str, Any]) -> bytes:
+    return b'],"stats":' + orjson.dumps(stats) + b"}"
 
 
 async def _stream(chunks: list[bytes], rest: Iterator[bytes], stats: dict[str, Any],
@@ -193,11 +195,9 @@ async def _stream(chunks: list[bytes], rest: Iterator[bytes], stats: dict[str, A
     Counted in ``pool.counters["streaming"]`` while it is sent."""
     pool.counters["streaming"] += 1
     try:
-        yield b'{"rows":['
-        for i, chunk in enumerate(chunks):
-            yield (b"," if i else b"") + chunk
+        yield _head(chunks)  # at least ENCODE_AHEAD_BYTES of rows: every later chunk follows a comma
         while (chunk := await trio.to_thread.run_sync(next, rest, None, limiter=pool.encoders)) is not None:
             yield b"," + chunk
-        yield b'],"stats":' + orjson.dumps(stats) + b"}"
+        yield _tail(stats)
     finally:
         pool.counters["streaming"] -= 1

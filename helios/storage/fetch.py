@@ -97,7 +97,8 @@ class QueryBlocks:
         cache = blocks.engine.cache
         self._candidates = [s for s in sorted(sources, key=lambda s: s.max_time, reverse=True)  # the executor's order
                             if s.block is not None and s.max_time >= low and s.min_time < high
-                            and not blocks.is_resident(s.block.id) and cache.cached_columns(s.block, None, use=False) is None]
+                            and not blocks.is_resident(s.block.id)
+                            and cache.cached_columns(s.block, None, use=False) is None]
         self._slots: dict[str, _Slot] = {}
         self._plan: list[_Slot] = []
         self._next = 0  # the first planned block the executor has not asked for yet
