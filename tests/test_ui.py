@@ -131,6 +131,9 @@ def test_search_finds_a_known_line_with_histogram_facets_and_stats(browse: Brows
     expect(details).to_contain_text("latency")
     details.get_by_role("button", name=record.host, exact=True).click()
     expect(page.get_by_label("Query")).to_have_value(f"{word} host:{record.host}")
+    # The click ran the new search (results busy until it is drawn): wait for it, or the row expanded
+    # next may be the old one, replaced under the click.
+    expect(page.locator("section.results-box")).not_to_have_attribute("aria-busy", "true")
     expect(row).to_have_count(1)
     row.get_by_role("button", name=re.compile("Show all fields")).click()
     page.get_by_role("button", name=f"Exclude service:{record.service}").click()
