@@ -195,6 +195,9 @@ OPTIONS: tuple[Option, ...] = (
            "leader lease TTL: renewed every third of it, taken over after 1.5 times it unchanged"),
     Option("compaction_interval_secs", "HELIOS_COMPACTION_INTERVAL_SECS", 300.0, _positive_float,
            "how often the compaction leader merges small blocks"),
+    Option("compaction_nice", "HELIOS_COMPACTION_NICE", 19, _int_between(0, 19),
+           "CPU priority of compaction's merges (a Linux nice value; 0 is a request's): at 19 they "
+           "use the CPU that ingest and queries leave idle"),
     Option("retention_interval_secs", "HELIOS_RETENTION_INTERVAL_SECS", 3600.0, _positive_float,
            "how often partitions past their dataset's retention are dropped"),
     Option("gc_grace_secs", "HELIOS_GC_GRACE_SECS", 600.0, _positive_float,
@@ -282,6 +285,7 @@ class Config:
     token_ttl_secs: int
     lease_secs: float
     compaction_interval_secs: float
+    compaction_nice: int
     retention_interval_secs: float
     gc_grace_secs: float
     syslog_listen: tuple[tuple[str, str, int], ...]

@@ -310,6 +310,7 @@ async def serve(config: Config, *, task_status: Any = trio.TASK_STATUS_IGNORED) 
                             retention_interval_s=config.retention_interval_secs,
                             gc_grace_s=config.gc_grace_secs, health=node.health)
     node.jobs.min_block_age_s = config.block_sync_secs  # see helios.tail: peers pull a block before it is compacted
+    node.jobs.merge_nice = config.compaction_nice  # merges use the CPU requests leave idle
     node.monitors = MonitorService(node.control, node.engine, node.leases["monitors"], store, node_id=node.node_id,
                                    lag_s=config.block_sync_secs, retry_s=config.monitor_retry_secs,
                                    policy=WebhookPolicy(config.monitor_webhook_allow), health=node.health,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +14,9 @@ import trio
 import trio.testing
 
 from backends.memory import MemoryBackend
+from helios import config
+from helios.errors import ConfigError
+from helios.niceness import niced
 from helios.replication import shared
 from helios.replication import jobs
 from helios.replication.jobs import Maintenance, plan_compaction
@@ -256,3 +262,30 @@ def test_slow_store_answers_never_make_two_leaders(slow: str) -> None:
 
     both = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     assert not both, f"two leaders from t={both[0]:.2f} to t={both[-1]:.2f}"
+
+
+def _own_nice() -> tuple[int, int]:
+    return threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a thread's own nice value is Linux's")
+def test_a_niced_merge_runs_in_a_thread_of_its_own_at_that_priority() -> None:
+    caller, before = _own_nice()
+    thread, nice = niced(_own_nice, 19)()
+    assert thread != caller and nice == 19
+    assert _own_nice() == (caller, before)  # the caller (a cached worker thread) keeps its priority
+
+    def fails() -> None:
+        raise ValueError("bad block")
+
+    with pytest.raises(ValueError, match="bad block"):
+        niced(fails, 19)()
+    assert niced(_own_nice, 0)() == (caller, before)  # 0: run as it is, in the caller's thread
+
+
+def test_the_compaction_priority_is_a_nice_value() -> None:
+    assert config.load(environ={}).compaction_nice == 19
+    assert config.load(environ={"HELIOS_COMPACTION_NICE": "0"}).compaction_nice == 0
+    for bad in ("20", "-1", "low"):
+        with pytest.raises(ConfigError, match="HELIOS_COMPACTION_NICE"):
+            config.load(environ={"HELIOS_COMPACTION_NICE": bad})

@@ -41,6 +41,7 @@ import trio
 
 from backends import Backend, Corrupt, NotFound, list_all
 from helios import log, timeutil
+from helios.niceness import niced
 from helios.replication import shared
 from helios.replication.lease import Lease
 from helios.replication.replicator import CHANGE_TTL_NS, Replicator
@@ -125,6 +126,9 @@ class Maintenance:
     # then every node has pulled them, so a live tail on any node sees their rows before a compaction
     # output re-holds them (helios.tail). Ages are judged by the creating node's clock.
     min_block_age_s: float = 0.0
+    # The nice value merges run at (HELIOS_COMPACTION_NICE; helios.niceness): tests and the fuzzer
+    # leave it 0.
+    merge_nice: int = 0
 
     def __init__(self, engine: Engine, store: Backend | None, replicator: Replicator | None,
                  leases: dict[str, Lease], node_id: str, *, retention_days: Callable[[str], int | None],
@@ -207,9 +211,9 @@ class Maintenance:
         inputs = [(await self.engine.blocks.read(key, block, keep=False), block) for block in group]
         created = self.clock()
         block_id = new_block_id(created, self.node_id, compacted=True, token_hex=self._token_hex)
-        return await self._run_sync(
+        return await self._run_sync(niced(
             lambda: merge_blocks(directory, block_id, inputs, dataset=key[0], day=key[1], node=self.node_id,
-                                 created_ns=created))
+                                 created_ns=created), self.merge_nice, "helios-merge"))
 
     async def _compact_local(self, key: PartKey) -> int:
         done = 0
