@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 import trio
 
+from helios import timeutil
 from helios.errors import IngestError, QuerySyntaxError
 from helios.ingest.records import parse_ndjson
 from helios.query import ast
@@ -242,3 +245,16 @@ def test_the_later_lines_shortcut_agrees_with_the_regular_expression() -> None:
         data = bytes(rng.choice(b"{{{\n\n \t\rx}") for _ in range(size))
         for body in (data, bytearray(data)):
             assert _later_not_object(body) == (_LATER_NOT_OBJECT.search(data) is not None), data
+
+
+def test_times_are_formatted_as_rfc3339_like_strftime() -> None:
+    rng = random.Random(5)
+    edges = [0, 1, -1, 999_999_999, -(10**18) * 5, 9_000_000_000_000_000_000, -9_000_000_000_000_000_000]
+    values = edges + [rng.randrange(-(2**63) + 1, 2**63) for _ in range(2000)]
+    times = pa.array(values + [None], pa.int64()).cast(timeutil.TIME_TYPE)
+    expected = pc.strftime(times, format="%Y-%m-%dT%H:%M:%SZ")
+    assert timeutil.format_column(times).to_pylist() == expected.to_pylist()
+    assert timeutil.format_column(pa.chunked_array([times[:7], times[7:]])).to_pylist() == expected.to_pylist()
+    assert timeutil.format_column(pa.array([0], pa.timestamp("ms"))).to_pylist() == ["1970-01-01T00:00:00.000000000Z"]
+    again = timeutil.parse_column(timeutil.format_column(times))
+    assert again.cast(pa.int64()).to_pylist() == values + [None]
