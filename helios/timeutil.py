@@ -72,12 +72,13 @@ def format_ns(ns: int) -> str:
 
 
 def format_column(times: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
-    """RFC 3339 text in UTC with all nine digits of nanoseconds (``2026-01-02T03:04:05.000000000Z``).
+    """RFC 3339 text in UTC with all nine digits of nanoseconds: ``2026-01-02T03:04:05.000000000Z``.
 
     A cast to text of the times without their zone, ``T`` put between date and time: a fifth of the
     time of ``strftime``, which looks the zone up for every value (0.4 ms for a 100-row answer)."""
     text = times.cast(TIME_TYPE).cast(_NAIVE).cast(pa.string())
-    return pc.binary_join_element_wise(pc.replace_substring(text, " ", "T", max_replacements=1), "Z", "")
+    joined = pc.replace_substring(text, " ", "T", max_replacements=1)
+    return pc.binary_join_element_wise(joined, "Z", "")
 
 
 def parse_column(values: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
