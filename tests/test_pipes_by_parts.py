@@ -65,6 +65,11 @@ PIPES = [
     "stats min(_time) as first, max(_time) as last, count() as n by (dataset)",
     "stats count() as n by (nosuch)", "timechart 1h", "timechart 17m count() as n, avg(took) as a by (level)",
     "top 2 host", "top 10 level",
+    "stats count_distinct(host) as h, count_distinct(took) as t, count() as n by (level)",
+    "stats count_distinct(size) as s, count_distinct(nosuch) as z",
+    "stats count_distinct(_time) as t",
+    "timechart 1h count_distinct(level) as l, avg(size) as a",
+    "stats count_distinct(latency) as l, max(size) by (dataset, host)",
 ]
 
 
@@ -99,9 +104,9 @@ def test_parts_joined_equal_the_pipe_over_all_rows(seed: int) -> None:
 
 
 def test_what_needs_every_value_is_not_split() -> None:
-    for text in ("stats count_distinct(host)", "stats quantile(0.5, size)", "stats median(size) by (level)",
-                 "stats count() as n, count_distinct(host) as h", "sort by (size)", "fields size", "limit 3",
-                 "where size:>3"):
+    for text in ("stats quantile(0.5, size)", "stats median(size) by (level)",
+                 "stats count_distinct(host) as h, quantile(0.9, size) as p", "sort by (size)",
+                 "fields size", "limit 3", "where size:>3"):
         assert not by_parts(parse(f"* | {text}").pipes[0]), text
 
 
@@ -120,7 +125,9 @@ def test_the_executor_aggregates_by_parts(monkeypatch: pytest.MonkeyPatch, part_
                               for t, s in zip(tables, sources)])
     for text in ("* | stats count() as n, sum(size) as s by (dataset) | sort -n",
                  "2 | stats avg(took) as a, max(latency) as hi by (host, level)",
-                 "zzz | stats count() as n, sum(size) as s", "* | top 2 host | limit 1"):
+                 "zzz | stats count() as n, sum(size) as s", "* | top 2 host | limit 1",
+                 "* | stats count_distinct(host) as h, count() as n by (level)",
+                 "zzz | stats count_distinct(host) as h", "m | stats count_distinct(took) as t"):
         query = parse(text)
         got = execute(query, sources, BlockCache(1 << 20), start_ns=None, end_ns=None, limit=1000)
         rows = whole.filter(_matching(query, whole))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -148,10 +149,11 @@ def timechart(table: pa.Table, pipe: ast.Timechart) -> pa.Table:
 # A stats, timechart or top whose aggregates are counts, sums, minima, maxima and averages can be
 # computed in parts (``partial``, over any split of the rows; the executor cuts a part each time the
 # rows it gathered reach PART_ROWS) and the parts joined (``combine``): a query holds a few rows per
-# group and part instead of every matching row. count_distinct and quantiles need every value: those
-# queries gather the rows as before.
+# group and part instead of every matching row. count_distinct keeps each group's distinct values
+# per part (exact: as many values as there are distinct ones, not one per row). Quantiles need
+# every value: those queries gather the rows as before.
 
-_BY_PARTS = {"count", "sum", "min", "max", "avg"}
+_BY_PARTS = {"count", "sum", "min", "max", "avg", "count_distinct"}
 
 
 def by_parts(pipe: ast.Pipe) -> bool:
@@ -183,19 +185,26 @@ def _bucketed(table: pa.Table, step_ns: int) -> pa.Table:
 def partial(pipe: ast.Pipe, table: pa.Table) -> pa.Table:
     """One part of ``pipe`` (over some of its rows): per group (keys ``k<i>``) and aggregate ``j``, the row or value
     count ``c<j>``, the sum ``s<j>``, the minimum or maximum ``m<j>`` (an average: ``s<j>`` and
-    ``c<j>``, the count of its values)."""
+    ``c<j>``, the count of its values), the list of distinct values ``d<j>`` (nulls left out)."""
     aggs, by = _shape(pipe)
     if isinstance(pipe, ast.Timechart):
         table = _bucketed(table, pipe.step_ns)
     n = table.num_rows
     work: dict[str, Any] = {f"k{i}": _key_column(table, name) for i, name in enumerate(by)}
     specs: list[tuple[Any, ...]] = []
+    whole: dict[str, Any] = {}  # count_distinct without groups: Arrow's "distinct" is grouped only
     for j, agg in enumerate(aggs):
         column = table.column(agg.field) if agg.field in table.column_names else None
         if agg.func == "count":
             work[f"c{j}"] = pa.nulls(n, pa.int8()) if agg.field is None else (
                 column if column is not None else pa.nulls(n, pa.string()))
             specs.append((f"c{j}", "count", pc.CountOptions(mode="all" if agg.field is None else "only_valid")))
+            continue
+        if agg.func == "count_distinct":
+            values = column if column is not None else pa.nulls(n, pa.string())
+            (work if by else whole)[f"d{j}"] = values
+            if by:
+                specs.append((f"d{j}", "distinct", pc.CountOptions(mode="only_valid")))
             continue
         values = numeric(column) if column is not None else pa.nulls(n, pa.float64())
         if agg.func in ("min", "max") and column is not None and pa.types.is_timestamp(column.type):
@@ -209,12 +218,17 @@ def partial(pipe: ast.Pipe, table: pa.Table) -> pa.Table:
         if agg.func == "avg":
             specs.append((f"s{j}", "count", pc.CountOptions(mode="only_valid")))
     keys = [f"k{i}" for i in range(len(by))]
-    out = pa.table(work).group_by(keys, use_threads=False).aggregate(specs)
+    out = _grouped(pa.table(work), keys, specs)
+    for name, column in whole.items():  # one group: its distinct values as one list
+        values = pc.drop_null(pc.unique(column))
+        offsets = pa.array([0, len(values)], pa.int32())
+        out = out.append_column(name, pa.ListArray.from_arrays(offsets, values))
     return out.rename_columns([_part_name(name) for name in out.column_names])
 
 
 def _part_name(name: str) -> str:
-    """``s0_sum`` → ``s0``, ``s0_count`` (an average's value count) → ``c0``, ``c0_count`` → ``c0``."""
+    """``s0_sum`` → ``s0``, ``s0_count`` (an average's value count) → ``c0``, ``c0_count`` → ``c0``,
+    ``d0_distinct`` → ``d0``."""
     if name.startswith("k"):
         return name
     column, _, func = name.partition("_")
@@ -227,6 +241,10 @@ def combine(pipe: ast.Pipe, parts: list[pa.Table]) -> pa.Table:
     table = pa.concat_tables(parts, promote_options="permissive")
     keys = [f"k{i}" for i in range(len(by))]
     specs: list[tuple[str, str]] = []
+    distinct = any(agg.func == "count_distinct" for agg in aggs)
+    if distinct and keys:  # each group's part rows: its distinct values are counted over all parts
+        table = table.append_column("_row", pa.array(np.arange(table.num_rows, dtype=np.int64)))
+        specs.append(("_row", "list"))
     for j, agg in enumerate(aggs):
         if agg.func in ("count", "avg"):
             specs.append((f"c{j}", "sum"))
@@ -234,11 +252,18 @@ def combine(pipe: ast.Pipe, parts: list[pa.Table]) -> pa.Table:
             specs.append((f"s{j}", "sum"))
         if agg.func in ("min", "max"):
             specs.append((f"m{j}", agg.func))
-    out = table.group_by(keys, use_threads=False).aggregate(specs)
+    out = _grouped(table, keys, specs)
+    group_of = None
+    if distinct:  # without groups every part's row is the one group's
+        group_of = (_group_of_rows(out.column("_row_list"), table.num_rows) if keys
+                    else np.zeros(table.num_rows, dtype=np.int64))
     columns: dict[str, Any] = {name: out.column(f"k{i}") for i, name in enumerate(by)}
     for j, agg in enumerate(aggs):
         if agg.func == "count":
             columns[agg.name] = out.column(f"c{j}_sum")
+        elif agg.func == "count_distinct":
+            assert group_of is not None
+            columns[agg.name] = _distinct_counts(table.column(f"d{j}"), group_of, out.num_rows)
         elif agg.func == "avg":
             mean = pc.divide(out.column(f"s{j}_sum").cast(pa.float64()), out.column(f"c{j}_sum").cast(pa.float64()))
             columns[agg.name] = pc.if_else(pc.is_nan(mean), None, mean) if len(mean) else mean
@@ -252,3 +277,30 @@ def combine(pipe: ast.Pipe, parts: list[pa.Table]) -> pa.Table:
     if isinstance(pipe, ast.Top):
         result = sort(result, (("count", True), (pipe.field, False))).slice(0, pipe.count)
     return result
+
+
+def _grouped(table: pa.Table, keys: list[str], specs: list[Any]) -> pa.Table:
+    """``table`` grouped by ``keys``; without keys or aggregates, one row (only count_distinct)."""
+    if not specs and not keys:
+        return pa.table({"_": pa.nulls(1)})
+    return table.group_by(keys, use_threads=False).aggregate(specs)
+
+
+def _group_of_rows(rows: pa.ChunkedArray, count: int) -> np.ndarray:
+    """Per row of the joined parts, the index of its group in the aggregate."""
+    lists = rows.combine_chunks()
+    group_of = np.zeros(count, dtype=np.int64)
+    group_of[pc.list_flatten(lists).to_numpy()] = pc.list_parent_indices(lists).to_numpy()
+    return group_of
+
+
+def _distinct_counts(values: pa.ChunkedArray, group_of: np.ndarray, groups: int) -> pa.Array:
+    """Per group, how many distinct values its parts' lists hold together (``count_distinct``)."""
+    lists = values.combine_chunks()
+    pairs = pa.table({"g": pa.array(group_of[pc.list_parent_indices(lists).to_numpy()]),
+                      "v": pc.list_flatten(lists)})
+    counted = pairs.group_by(["g"], use_threads=False).aggregate(
+        [("v", "count_distinct", pc.CountOptions(mode="only_valid"))])
+    counts = np.zeros(groups, dtype=np.int64)
+    counts[counted.column("g").to_numpy()] = counted.column("v_count_distinct").to_numpy()
+    return pa.array(counts)
