@@ -126,8 +126,8 @@ class Maintenance:
     # then every node has pulled them, so a live tail on any node sees their rows before a compaction
     # output re-holds them (helios.tail). Ages are judged by the creating node's clock.
     min_block_age_s: float = 0.0
-    # The nice value merges run at (HELIOS_COMPACTION_NICE; helios.niceness): tests and the fuzzer
-    # leave it 0.
+    # The nice value merges run at (the node sets HELIOS_COMPACTION_NICE; helios.niceness): in-process
+    # tests and the fuzzer leave it 0.
     merge_nice: int = 0
 
     def __init__(self, engine: Engine, store: Backend | None, replicator: Replicator | None,
