@@ -102,7 +102,7 @@ def stats(table: pa.Table, aggs: tuple[ast.Agg, ...], by: tuple[str, ...]) -> pa
             results.append((agg, f"v{j}_{func}"))
     grouped = pa.table(work) if work else pa.table({"_": pa.nulls(n)})
     keys = [f"k{i}" for i in range(len(by))]
-    out = grouped.group_by(keys, use_threads=False).aggregate(specs) if specs or keys else pa.table({"_": [None]})
+    out = _grouped(grouped, keys, specs)
     columns: dict[str, Any] = {name: out.column(f"k{i}") for i, name in enumerate(by)}
     for agg, source in results:
         if source in whole:
@@ -280,7 +280,8 @@ def combine(pipe: ast.Pipe, parts: list[pa.Table]) -> pa.Table:
 
 
 def _grouped(table: pa.Table, keys: list[str], specs: list[Any]) -> pa.Table:
-    """``table`` grouped by ``keys``; without keys or aggregates, one row (only count_distinct)."""
+    """``table`` grouped by ``keys``; without keys or aggregates (only whole-column quantiles or
+    distinct counts), the one row of the answer."""
     if not specs and not keys:
         return pa.table({"_": pa.nulls(1)})
     return table.group_by(keys, use_threads=False).aggregate(specs)
