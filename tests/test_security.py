@@ -269,6 +269,19 @@ def test_forged_tokens_are_refused(node: Server) -> None:
     assert node.request("GET", "/api/v1/users", token=claimed).status_code == 403
 
 
+def test_a_session_token_that_worked_is_refused_once_it_expires(node: Server) -> None:
+    """The node remembers a token whose signature it checked; its expiry must still end it."""
+    admin = jwt.decode(node.token, options={"verify_signature": False})
+    exp = int(time.time()) + 2
+    short = jwt.encode({"sub": "admin", "uid": admin["uid"], "gen": admin["gen"], "role": "admin",
+                        "iat": exp - 2, "exp": exp}, _secret(node), algorithm="HS256")
+    for _ in range(2):  # checked, then remembered
+        assert node.request("GET", "/api/v1/users", token=short).status_code == 200
+    time.sleep(max(0.0, exp - time.time()) + 0.05)  # until the wall clock passes exp
+    reply = node.request("GET", "/api/v1/users", token=short)
+    assert reply.status_code == 401 and "expired" in reply.json()["error"], reply.text
+
+
 def test_dashboard_versions_refuse_stale_writes(node: Server) -> None:
     panels = [{"title": "errors", "query": "error | stats count() as n", "type": "stat"}]
     made = node.request("POST", "/api/v1/dashboards", json={"title": "Ops", "panels": panels})

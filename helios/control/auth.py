@@ -54,6 +54,7 @@ __all__ = ["MAX_KDF_WAITING_PER_SLOT", "PERMISSIONS", "ROLES", "TOKEN_PREFIX", "
 
 TOKEN_PREFIX = "hlt_"
 MAX_KDF_WAITING_PER_SLOT = 16  # logins queued for a hash slot beyond this answer 429 at once
+VERIFIED_SESSIONS = 4096  # session tokens whose signature checks are remembered (_session_claims)
 
 ROLES = ("admin", "editor", "viewer", "ingest")
 
@@ -151,6 +152,7 @@ class Auth:
         self._max_waiting = MAX_KDF_WAITING_PER_SLOT * scrypt_concurrency
         self._kdf_slots = trio.CapacityLimiter(scrypt_concurrency)  # held while a hash runs, and queued on
         self._kdf_threads = trio.CapacityLimiter(scrypt_concurrency)  # the threads: never trio's shared pool
+        self._verified: dict[str, dict[str, Any]] = {}  # session JWT -> its checked claims
 
     @classmethod
     def from_config(cls, control: ControlPlane, jwt_secret: bytes, config: Config) -> Auth:
@@ -243,13 +245,7 @@ class Auth:
             raise Unauthorized("use Authorization: Bearer <token>")
         if token.startswith(TOKEN_PREFIX):
             return self._api_token(token)
-        try:
-            claims = jwt.decode(token, self._secret, algorithms=["HS256"],
-                                options={"require": ["exp", "iat", "sub"]})
-        except jwt.ExpiredSignatureError:
-            raise Unauthorized("the token has expired; log in again") from None
-        except jwt.InvalidTokenError:
-            raise Unauthorized("the token is not valid") from None
+        claims = self._session_claims(token)
         username = claims.get("sub")
         user = self.control.get("users", username) if names.USERNAME.ok(username) else None
         if user is None or user.doc is None or claims.get("uid") != _uid(user):
@@ -258,6 +254,32 @@ class Auth:
         if type(generation) is not int or generation != _generation(user):
             raise Unauthorized("the session was ended by a password change; log in again")
         return Principal(user.id, user.doc["role"])
+
+    def _session_claims(self, token: str) -> dict[str, Any]:
+        """A session JWT's claims, once its signature and times check out.
+
+        A token whose signature was checked is remembered (``VERIFIED_SESSIONS`` at most, the oldest
+        forgotten first): its signature cannot change, so only its expiry is looked at again (as
+        PyJWT does: expired once ``exp <= now``). The checks of its user are made every time.
+        That takes ~55 us (PyJWT) off every request a session makes.
+        """
+        claims = self._verified.get(token)
+        if claims is not None:
+            if claims["exp"] > time.time():
+                return claims
+            del self._verified[token]
+            raise Unauthorized("the token has expired; log in again")
+        try:
+            claims = jwt.decode(token, self._secret, algorithms=["HS256"],
+                                options={"require": ["exp", "iat", "sub"]})
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("the token has expired; log in again") from None
+        except jwt.InvalidTokenError:
+            raise Unauthorized("the token is not valid") from None
+        if len(self._verified) >= VERIFIED_SESSIONS:
+            del self._verified[next(iter(self._verified))]
+        self._verified[token] = claims
+        return claims
 
     def _api_token(self, token: str) -> Principal:
         token_id, _, secret = token[len(TOKEN_PREFIX):].partition("_")

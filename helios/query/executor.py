@@ -242,4 +242,11 @@ def _row_pieces(result: QueryResult, check: Check, rows_per_chunk: int) -> Itera
         for i in times:
             piece = piece.set_column(i, piece.column_names[i], timeutil.format_column(piece.column(i)))
         rows = piece.to_pylist()
-        yield rows if result.aggregated else [{k: v for k, v in row.items() if v is not None} for row in rows]
+        if not result.aggregated:  # a row's nulls are fields it lacks: left out
+            holes = [name for name, column in zip(piece.column_names, piece.columns)
+                     if column.null_count]
+            for name in holes:
+                for row in rows:
+                    if row[name] is None:
+                        del row[name]
+        yield rows

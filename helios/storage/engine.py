@@ -118,7 +118,9 @@ class Engine:
         self._run_sync = run_sync
         self._token_hex = token_hex
         self.cache = BlockCache(cache_bytes)
-        self.manifests: dict[PartKey, PartitionManifest] = {}
+        self.manifests: dict[PartKey, PartitionManifest] = {}  # replaced, never changed in place
+        # Each partition's blocks as query sources, made again only once its list of blocks is new.
+        self._block_sources: dict[PartKey, tuple[list[BlockEntry], list[Source]]] = {}
         self.memtable = Memtable()
         self.frozen: list[tuple[int, Memtable]] = []  # (WAL cut, rows), oldest first
         self._flush_wanted = trio.Event()
@@ -335,9 +337,7 @@ class Engine:
         for key, manifest in self.manifests.items():
             # Blocks of other days are listed too: the executor prunes (and counts) them by time.
             if datasets is None or key[0] in datasets:
-                directory = self.part_dir(key)
-                out.extend(Source(key[0], key[1], b.min_time, b.max_time, b.rows, block=b,
-                                  path=directory / b.filename) for b in manifest.blocks)
+                out.extend(self._sources_of(key, manifest.blocks))
         for memtable in [*(m for _, m in self.frozen), self.memtable]:
             for key, part in memtable.parts.items():
                 if wanted(key) and part.rows:
@@ -345,6 +345,20 @@ class Engine:
                     out.append(Source(key[0], key[1], part.min_time or 0, part.max_time or 0,
                                       part.rows, table=table))
         return out
+
+    def _sources_of(self, key: PartKey, blocks: list[BlockEntry]) -> list[Source]:
+        """A partition's blocks as sources (a query's fixed cost: ~5 us a block to make, so kept).
+
+        Kept while the manifest holds the same list object: a manifest's list is replaced, never
+        changed in place, and the cache holds a reference to it, so no other list takes its id."""
+        cached = self._block_sources.get(key)
+        if cached is not None and cached[0] is blocks:
+            return cached[1]
+        directory = self.part_dir(key)
+        made = [Source(key[0], key[1], b.min_time, b.max_time, b.rows, block=b,
+                       path=directory / b.filename) for b in blocks]
+        self._block_sources[key] = (blocks, made)
+        return made
 
     # -- readers and local garbage ----------------------------------------
 
@@ -385,6 +399,7 @@ class Engine:
         """Remove a partition (retention): its manifest now, its files after the grace period."""
         async with self.part_lock(key):
             manifest = self.manifests.pop(key, None)
+            self._block_sources.pop(key, None)
             if manifest is None:
                 return False
             await self._run_sync(lambda: (self.part_dir(key) / MANIFEST_NAME).unlink(missing_ok=True))
