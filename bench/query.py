@@ -224,6 +224,10 @@ def query_rows(rare: str, one_in: int) -> list[tuple[QueryRow, str, str]]:
                   0.5),
          "exception | limit 100",
          "SELECT * FROM logs WHERE _msg ILIKE '%exception%' ORDER BY _time DESC LIMIT 100"),
+        (QueryRow("numbers", "`* \\| stats avg(latency), quantile(0.9, latency) by (level)` vs `avg`, "
+                  "`quantile_cont` `GROUP BY level`", None),
+         "* | stats avg(latency) as a, quantile(0.9, latency) as p90 by (level)",
+         "SELECT level, avg(latency), quantile_cont(latency, 0.9) FROM logs GROUP BY level"),
     ]
 
 
@@ -244,6 +248,13 @@ def check_answers(key: str, helios: dict[str, Any], duck: list[tuple], rows: int
         counts_h = [r[next(k for k in r if k != "_time")] for r in sorted(got, key=lambda r: r["_time"])]
         same = counts_h == [n for _, n in duck]
         return f"`timechart`: {len(got)} buckets, {'the same counts as' if same else 'DIFFERENT from'} DuckDB"
+    if key == "numbers":
+        expected = {level: (a, p) for level, a, p in duck}
+        same = len(got) == len(expected) and all(
+            math.isclose(r["a"], expected[r.get("level")][0], rel_tol=1e-9)
+            and math.isclose(r["p90"], expected[r.get("level")][1], rel_tol=1e-9) for r in got)
+        return (f"`avg` and `quantile(0.9)` of `latency` by level: {len(got)} groups, "
+                f"{'the same values as' if same else 'DIFFERENT from'} DuckDB's (within 1e-9)")
     times = [r["_time"] for r in got]
     ordered = "newest first" if times == sorted(times, reverse=True) else "NOT newest first"
     return f"newest `exception`: Helios {len(got)} rows ({ordered}, whole token), DuckDB {len(duck)} rows (substring)"

@@ -110,8 +110,7 @@ def stats(table: pa.Table, aggs: tuple[ast.Agg, ...], by: tuple[str, ...]) -> pa
             continue
         column = out.column(source)
         if agg.func == "quantile":
-            column = pa.array([_quantile(values, agg.q or 0.0) for values in column.to_pylist()],
-                              pa.float64())
+            column = _list_quantiles(column, agg.q or 0.0)
         elif agg.func == "avg":
             column = pc.if_else(pc.is_nan(column), None, column) if len(column) else column
         columns[agg.name] = column
@@ -122,23 +121,42 @@ def stats(table: pa.Table, aggs: tuple[ast.Agg, ...], by: tuple[str, ...]) -> pa
 
 
 def _whole_quantile(values: Any, q: float) -> pa.Array:
-    """The ``q`` quantile of a whole column as a one-row float64 array (null when it has no number)."""
-    numbers = values.cast(pa.float64())
-    numbers = pc.drop_null(pc.if_else(pc.is_nan(numbers), None, numbers))
-    if len(numbers) == 0:
-        return pa.array([None], pa.float64())
-    return pc.quantile(numbers, q=q, interpolation="linear").cast(pa.float64())
+    """The ``q`` quantile of a whole column as a one-row float64 array (null when it has no number):
+    the column as one group. (``pc.quantile`` would cast whole numbers past 2^53 to float64, which
+    Arrow refuses.)"""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    return _list_quantiles(pa.LargeListArray.from_arrays(pa.array([0, len(values)], pa.int64()), values), q)
 
 
-def _quantile(values: list[Any] | None, q: float) -> float | None:
-    """Linear interpolation between the closest ranks (numpy's default)."""
-    present = sorted(v for v in values or () if v is not None and not (isinstance(v, float) and math.isnan(v)))
-    if not present:
-        return None
-    position = q * (len(present) - 1)
-    low = math.floor(position)
-    high = min(low + 1, len(present) - 1)
-    return float(present[low] + (present[high] - present[low]) * (position - low))
+def _list_quantiles(lists: pa.ListArray | pa.LargeListArray | pa.ChunkedArray, q: float) -> pa.Array:
+    """Per list (one group's values), the ``q`` quantile as float64: linear interpolation between the
+    closest ranks (numpy's default), nulls and NaN left out; null for a list without a number.
+
+    Each group's values are contiguous once flattened; ``np.partition`` finds the two ranks a group
+    needs without sorting it (10 M values in 7 groups: ~0.1 s; Python lists took seconds). The two
+    values are Python numbers before they are combined, so whole numbers past 2^53 interpolate as
+    exactly as they would in a Python list."""
+    if isinstance(lists, pa.ChunkedArray):
+        lists = lists.combine_chunks()
+    flat, parents = pc.list_flatten(lists), pc.list_parent_indices(lists)
+    present = pc.is_valid(flat)
+    if pa.types.is_floating(flat.type):
+        present = pc.and_(present, pc.invert(pc.is_nan(flat)))
+    values = flat.filter(present).to_numpy()
+    bounds = np.searchsorted(parents.filter(present).to_numpy(), np.arange(len(lists) + 1))
+    out: list[float | None] = []
+    for start, end in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        if start == end:
+            out.append(None)
+            continue
+        position = q * (end - start - 1)
+        low = math.floor(position)
+        high = min(low + 1, end - start - 1)
+        ranked = np.partition(values[start:end], sorted({low, high}))
+        a, b = ranked[low].item(), ranked[high].item()
+        out.append(float(a + (b - a) * (position - low)))
+    return pa.array(out, pa.float64())
 
 
 def timechart(table: pa.Table, pipe: ast.Timechart) -> pa.Table:
