@@ -224,8 +224,8 @@ def query_rows(rare: str, one_in: int) -> list[tuple[QueryRow, str, str]]:
                   0.5),
          "exception | limit 100",
          "SELECT * FROM logs WHERE _msg ILIKE '%exception%' ORDER BY _time DESC LIMIT 100"),
-        (QueryRow("numbers", "`* \\| stats avg(latency), quantile(0.9, latency) by (level)` vs `avg`, "
-                  "`quantile_cont` `GROUP BY level`", None),
+        (QueryRow("numbers", "`* \\| stats avg(latency), quantile(0.9, latency) by (level)` vs "
+                  "`avg`, `quantile_cont` `GROUP BY level`", None),
          "* | stats avg(latency) as a, quantile(0.9, latency) as p90 by (level)",
          "SELECT level, avg(latency), quantile_cont(latency, 0.9) FROM logs GROUP BY level"),
     ]

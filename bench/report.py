@@ -103,7 +103,8 @@ def render(machine: str, setup: str, queries: list[QueryRow], results: list[Size
         hf, df = first.times[q.key]
         hl, dl = last.times[q.key]
         row(cells, f"{_growth(hl / hf)} ({_growth(dl / df)})",
-            None if q.goal is None else all(r.times[q.key][0] / r.times[q.key][1] <= q.goal for r in results))
+            None if q.goal is None else all(r.times[q.key][0] / r.times[q.key][1] <= q.goal
+                                            for r in results))
         if q.key == "rare" and growing:
             cells = [f"rare token: time at {_rows(last.rows)} / time at {_rows(first.rows)} rows", "≤ 2×"]
             row(cells + ["", "", ""] * len(results), f"{_growth(hl / hf)} ({_growth(dl / df)})", hl / hf <= 2.0)

@@ -87,7 +87,7 @@ def by_expressions(column: Any) -> Any:
     valid = pc.if_else(is_number, text, None)
     is_integer = pc.match_substring_regex(valid, _INTEGER)
     if pc.all(pc.or_(pc.is_null(valid), is_integer)).as_py() is not False:
-        return pc.utf8_ltrim(valid, characters="+").cast(pa.int64())  # Arrow's int64 cast refuses "+5"
+        return pc.utf8_ltrim(valid, characters="+").cast(pa.int64())  # the cast refuses "+5"
     return valid.cast(pa.float64())
 
 

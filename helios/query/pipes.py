@@ -126,12 +126,13 @@ def _whole_quantile(values: Any, q: float) -> pa.Array:
     Arrow refuses.)"""
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
-    return _list_quantiles(pa.LargeListArray.from_arrays(pa.array([0, len(values)], pa.int64()), values), q)
+    offsets = pa.array([0, len(values)], pa.int64())
+    return _list_quantiles(pa.LargeListArray.from_arrays(offsets, values), q)
 
 
-def _list_quantiles(lists: pa.ListArray | pa.LargeListArray | pa.ChunkedArray, q: float) -> pa.Array:
-    """Per list (one group's values), the ``q`` quantile as float64: linear interpolation between the
-    closest ranks (numpy's default), nulls and NaN left out; null for a list without a number.
+def _list_quantiles(lists: Any, q: float) -> pa.Array:
+    """Per list (one group's values; a list array, large or chunked), the ``q`` quantile as float64:
+    linear interpolation between the closest ranks (numpy's default), nulls and NaN left out; null for a list without a number.
 
     Each group's values are contiguous once flattened; ``np.partition`` finds the two ranks a group
     needs without sorting it (10 M values in 7 groups: ~0.1 s; Python lists took seconds). The two
