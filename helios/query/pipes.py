@@ -132,7 +132,8 @@ def _whole_quantile(values: Any, q: float) -> pa.Array:
 
 def _list_quantiles(lists: Any, q: float) -> pa.Array:
     """Per list (one group's values; a list array, large or chunked), the ``q`` quantile as float64:
-    linear interpolation between the closest ranks (numpy's default), nulls and NaN left out; null for a list without a number.
+    linear interpolation between the closest ranks (numpy's default), nulls and NaN left out;
+    null for a list without a number.
 
     Each group's values are contiguous once flattened; ``np.partition`` finds the two ranks a group
     needs without sorting it (10 M values in 7 groups: ~0.1 s; Python lists took seconds). The two
