@@ -31,6 +31,7 @@ from helios.query.blockscan import BlockPart, from_memory, scan_block
 from helios.query.counts import count_by, countable
 from helios.query.filters import mask, may_match
 from helios.query.pipes import apply, by_parts, combine, partial
+from helios.query.topn import TopRows, top_of
 from helios.storage.cache import BlockCache
 from helios.storage.engine import Source
 
@@ -44,6 +45,7 @@ SCAN_WORKERS = max(2, min(4, os.cpu_count() or 2))  # blocks of one query scanne
 # An aggregation that goes by parts (pipes.by_parts) aggregates its gathered rows each time they reach
 # this many, and keeps only the groups: its memory follows this and the groups, not the matches.
 PART_ROWS = 1 << 20
+TOP_PART_ROWS = 1 << 18  # rows (every column) gathered before a leading sort keeps its first
 
 
 @dataclass
@@ -115,6 +117,8 @@ def execute(query: ast.Query, sources: list[Source], cache: BlockCache, *,
                 "blocks_missing": 0}
     pieces: list[pa.Table] = []
     in_parts = bool(query.pipes) and by_parts(query.pipes[0])
+    top = top_of(query.pipes, limit)
+    ranked = TopRows(query.pipes[0], top) if top is not None else None  # type: ignore[arg-type]
     parts: list[pa.Table] = []  # the first pipe's part of each batch of gathered rows (``pipes.partial``)
     kept = 0
     boundary: int | None = None
@@ -174,6 +178,10 @@ def execute(query: ast.Query, sources: list[Source], cache: BlockCache, *,
             parts.append(partial(query.pipes[0], pa.concat_tables(pieces, promote_options="default")))
             pieces, kept = [], 0
             continue
+        if ranked is not None and kept >= TOP_PART_ROWS:  # keep the rows that may come first
+            ranked.add(pa.concat_tables(pieces, promote_options="default"))
+            pieces, kept = [], 0
+            continue
         if plain and kept >= cap and "_time" in part.column_names:
             more = more or kept > cap
             merged = _newest(pa.concat_tables(pieces, promote_options="default"), cap)
@@ -183,10 +191,15 @@ def execute(query: ast.Query, sources: list[Source], cache: BlockCache, *,
     for future in ahead.values():  # a block scanned ahead whose answer was not needed
         future.cancel()
     pipes = query.pipes
+    in_order = False  # the rows are in the order the pipes give already
     if parts:
         if pieces:
             parts.append(partial(query.pipes[0], pa.concat_tables(pieces, promote_options="default")))
         table, pipes = combine(query.pipes[0], parts), query.pipes[1:]
+    elif ranked is not None and (pieces or ranked.kept):
+        if pieces:
+            ranked.add(pa.concat_tables(pieces, promote_options="default"))
+        table, pipes, in_order = ranked.result(), query.pipes[1:], True
     elif pieces:
         table = pa.concat_tables(pieces, promote_options="default")
     else:
@@ -195,7 +208,8 @@ def execute(query: ast.Query, sources: list[Source], cache: BlockCache, *,
         if needed is not None:
             table = pa.table({name: pa.array([], timeutil.TIME_TYPE if name == "_time" else pa.string())
                               for name in dict.fromkeys([*needed, "dataset"])})
-    if not parts and "_time" in table.column_names and not (pipes and isinstance(pipes[0], _AGGREGATING)):
+    if (not parts and not in_order and "_time" in table.column_names
+            and not (pipes and isinstance(pipes[0], _AGGREGATING))):
         table = _newest(table, table.num_rows)  # an aggregation does not need its rows in order
     for pipe in pipes:
         check()

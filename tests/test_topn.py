@@ -1,0 +1,147 @@
+"""A leading ``sort`` kept by parts (``topn.TopRows``) gives the rows sorting everything gives.
+
+The executor gathers the rows of ``* | sort by (...) | limit n`` in parts and keeps only those that
+may come first. These checks pin that to the whole: every gathered row newest first, then the sort
+(both stable), then the limit, row for row, over random parts whose sort fields are numbers in some
+parts and text in others, whole in some and fractions in others, whole numbers past 2^53, nulls, a
+field some parts lack, many equal values and equal times (so ties must fall as the whole's do).
+"""
+
+from __future__ import annotations
+
+import random
+
+import pyarrow as pa
+import pytest
+
+from helios import timeutil
+from helios.query import ast, executor
+from helios.query.executor import _newest, execute
+from helios.query.filters import mask
+from helios.query.parser import parse
+from helios.query.pipes import apply
+from helios.query.topn import TopRows, top_of
+from helios.storage.cache import BlockCache
+from helios.storage.engine import Source
+
+BASE_NS = 1_700_000_000_000_000_000
+
+
+def _part(rng: random.Random, serial: list[int]) -> pa.Table:
+    n = rng.choice([0, 1, 3, 12, 40, 150])
+    style = rng.choice(["whole", "fraction", "text", "junk", "huge", "mixed"])
+
+    def size() -> str | None:
+        roll = rng.random()
+        if roll < 0.1:
+            return None
+        if style == "whole" or (style == "mixed" and roll < 0.5):
+            return str(rng.randint(0, 30))
+        if style == "fraction":
+            return f"{rng.randint(0, 30) / 4}"
+        if style == "huge":  # float64 holds only some of these: int64 and float64 order them apart
+            return str((1 << 53) + rng.randint(-3, 3))
+        if style == "text":  # numbers but one in twenty: the whole sorts as text, "9" after "10"
+            return "a" if roll < 0.15 else str(rng.randint(0, 30))
+        return rng.choice(["a", "b", "10", "9", "", " 7"])
+
+    columns = {
+        "_time": pa.array([BASE_NS + rng.randint(0, 5) * 1_000_000 for _ in range(n)],
+                          timeutil.TIME_TYPE),
+        "name": pa.array([rng.choice(["x", "y", "z", None]) for _ in range(n)], pa.string()),
+        "n": pa.array([str(serial[0] + i) for i in range(n)], pa.string()),  # tells rows apart
+    }
+    serial[0] += n
+    if rng.random() < 0.85:  # some parts lack the field
+        columns["size"] = pa.array([size() for _ in range(n)], pa.string())
+    return pa.table(columns)
+
+
+def _keys(rng: random.Random) -> str:
+    fields = rng.sample(["size", "name", "_time", "absent", "n"], rng.randint(1, 3))
+    return ", ".join(f"{name}{' desc' if rng.random() < 0.5 else ''}" for name in fields)
+
+
+def _whole(tables: list[pa.Table], pipes: tuple[ast.Pipe, ...], limit: int) -> pa.Table:
+    """What the executor did before: every row, newest first, each pipe, the limit."""
+    table = pa.concat_tables(tables, promote_options="default")
+    table = _newest(table, table.num_rows)
+    for pipe in pipes:
+        table = apply(pipe, table)
+    return table.slice(0, limit)
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_first_rows_by_parts_equal_sorting_everything(seed: int) -> None:
+    rng = random.Random(seed)
+    serial = [0]
+    tables = [_part(rng, serial) for _ in range(rng.randint(1, 7))]
+    tables = [t for t in tables if t.num_rows] or [_part(random.Random(-1), serial)]
+    limited = f" | limit {rng.randint(1, 25)}" if rng.random() < 0.7 else ""
+    query = parse(f"* | sort by ({_keys(rng)}){limited}")
+    limit = rng.randint(1, 30)
+    count = top_of(query.pipes, limit)
+    assert count is not None
+    top = TopRows(query.pipes[0], count)  # type: ignore[arg-type]
+    for table in tables:
+        top.add(table)
+    got = top.result()
+    for pipe in query.pipes[1:]:
+        got = apply(pipe, got)
+    expected = _whole(tables, query.pipes, limit)
+    assert got.slice(0, limit).to_pylist() == expected.to_pylist(), (seed, query)
+
+
+def test_whole_numbers_float64_cannot_tell_apart_sort_as_the_whole_sorts_them() -> None:
+    """2^53 and 2^53 + 1 are one float64: once another part holds a fraction (the whole field reads
+    as float64), they tie, and the newer rows come first, not the larger whole numbers; and so
+    even when the fraction itself is not kept."""
+    big = [str((1 << 53) + i % 2) for i in range(50)]  # the odd ones, 2^53 + 1, are the older rows
+    times = [BASE_NS + (50 - i) * 1000 - (i % 2) * 10 ** 9 for i in range(50)]
+    part = pa.table({"_time": pa.array(times, timeutil.TIME_TYPE), "size": big})
+    # a fraction, but not among this part's first rows: what is kept of it is whole numbers
+    fraction = pa.table({"_time": pa.array([BASE_NS] * 20, timeutil.TIME_TYPE),
+                         "size": ["0.5", *(str(i) for i in range(1, 20))]})
+    query = parse("* | sort by (size desc) | limit 10")
+    top = TopRows(query.pipes[0], 10)  # type: ignore[arg-type]
+    for table in (part, fraction):
+        top.add(table)
+    got = top.result().slice(0, 10)
+    assert got.to_pylist() == _whole([part, fraction], query.pipes, 10).to_pylist()
+    assert set(got.column("size").to_pylist()) == {str(1 << 53)}
+
+
+def test_only_a_leading_sort_with_fields_and_limits_after_it_is_kept_by_parts() -> None:
+    assert top_of(parse("* | sort by (a) | limit 5 | fields a | limit 9").pipes, 1000) == 5
+    assert top_of(parse("* | sort by (a)").pipes, 1000) == 1001  # one more: the answer is truncated
+    for text in ("* | limit 3 | sort by (a)", "* | sort by (a) | stats count()",
+                 "* | sort by (a) | where a:1", "* | fields a", "*"):
+        assert top_of(parse(text).pipes, 1000) is None, text
+
+
+@pytest.mark.parametrize("part_rows", [1, 37, 1 << 20],
+                         ids=["each-source", "some-sources", "all-at-once"])
+def test_the_executor_keeps_the_first_rows_by_parts(monkeypatch: pytest.MonkeyPatch,
+                                                     part_rows: int) -> None:
+    """Through ``execute``: memtable sources of two datasets, a filter, the answer's truncation."""
+    monkeypatch.setattr(executor, "TOP_PART_ROWS", part_rows)
+    rng = random.Random(3)
+    serial = [0]
+    made = [_part(rng, serial) for _ in range(12)]
+    tables = [t.append_column("_msg", pa.array([f"m {i % 3}" for i in range(t.num_rows)]))
+              for t in made if t.num_rows]
+    sources = [Source(dataset=f"d{i % 2}", day=0, min_time=BASE_NS, max_time=BASE_NS + 10_000_000,
+                      rows=t.num_rows, table=t) for i, t in enumerate(tables)]
+    whole = [t.append_column("dataset", pa.repeat(s.dataset, t.num_rows))
+             for t, s in zip(tables, sources)]
+    for text, limit in (("* | sort by (size desc)", 10),
+                        ("* | sort by (size, name desc) | limit 7", 1000),
+                        ("1 | sort by (name, size desc) | fields n, size", 5),
+                        ("zzz | sort by (size)", 10), ("* | sort by (dataset desc, _time)", 20)):
+        query = parse(text)
+        got = execute(query, sources, BlockCache(1 << 20), start_ns=None, end_ns=None, limit=limit)
+        matching = [t.filter(mask(query.filter, t, None)) for t in whole]
+        kept = [t for t in matching if t.num_rows] or [whole[0].slice(0, 0)]
+        expected = _whole(kept, query.pipes, limit + 1)
+        assert got.table.to_pylist() == expected.slice(0, limit).to_pylist(), text
+        assert got.stats["truncated"] == (expected.num_rows > limit), text
