@@ -106,8 +106,9 @@ def test_parts_joined_equal_the_pipe_over_all_rows(seed: int) -> None:
 def test_what_needs_every_value_is_not_split() -> None:
     for text in ("stats quantile(0.5, size)", "stats median(size) by (level)",
                  "stats count_distinct(host) as h, quantile(0.9, size) as p", "sort by (size)",
-                 "fields size", "limit 3", "where size:>3"):
+                 "fields size", "limit 3"):
         assert not by_parts(parse(f"* | {text}").pipes[0]), text
+    assert not by_parts(parse("* | stats count() as n | where n:>3").pipes[1])  # leading: folded
 
 
 @pytest.mark.parametrize("part_rows", [1, 60, 1 << 20], ids=["each-source", "some-sources", "all-at-once"])

@@ -400,4 +400,20 @@ def _check_regex(pattern: str, col: int) -> None:
 def parse(text: str) -> ast.Query:
     if len(text) > MAX_QUERY_LENGTH:
         raise QuerySyntaxError(f"the query is longer than {MAX_QUERY_LENGTH} characters", MAX_QUERY_LENGTH)
-    return _Parser(text).parse_query()
+    return _fold_where(_Parser(text).parse_query())
+
+
+def _fold_where(query: ast.Query) -> ast.Query:
+    """``F | where G | …`` is ``F and G | …``: a ``where`` right after the filter is part of it.
+
+    Row for row the same (both are ``filters.mask`` over the same rows, and a ``dataset:`` term
+    reads the row's dataset either way), but the token index, the pruning and the reading of only
+    the needed columns then see it: ``* | where latency:>100 | stats count()`` over 10 M rows gathered
+    every column of every row and took 7 s over HTTP, where ``latency:>100 | stats count()`` takes
+    0.2 s."""
+    condition, pipes = query.filter, query.pipes
+    while pipes and isinstance(pipes[0], ast.Where):
+        more = pipes[0].filter
+        condition = more if isinstance(condition, ast.All) else ast.And((condition, more))
+        pipes = pipes[1:]
+    return query if pipes is query.pipes else ast.Query(condition, pipes)
