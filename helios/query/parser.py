@@ -408,9 +408,9 @@ def _fold_where(query: ast.Query) -> ast.Query:
 
     Row for row the same (both are ``filters.mask`` over the same rows, and a ``dataset:`` term
     reads the row's dataset either way), but the token index, the pruning and the reading of only
-    the needed columns then see it: ``* | where latency:>100 | stats count()`` over 10 M rows gathered
-    every column of every row and took 7 s over HTTP, where ``latency:>100 | stats count()`` takes
-    0.2 s."""
+    the needed columns then see it: ``* | where latency:>100 | stats count()`` over 10 M rows
+    gathered every column of every row (7 s over HTTP), where ``latency:>100 | stats count()``
+    takes 0.2 s."""
     condition, pipes = query.filter, query.pipes
     while pipes and isinstance(pipes[0], ast.Where):
         more = pipes[0].filter
