@@ -95,11 +95,8 @@ class BlockCache:
                 raise CorruptBlock(f"block {entry.id} cannot be decoded: {exc}",
                                    None if isinstance(where, bytes) else where) from exc
             for name in missing:
-                # One chunk a column, but _msg stays in its row groups' chunks: joining them copies
-                # the largest column of a block (0.8 s of a phrase search over 10 M rows whose
-                # messages do not fit the cache); a scan that needs one chunk makes it then.
-                column = table.column(name)
-                read[name] = column if name == "_msg" else column.combine_chunks()
+                column = table.column(name).combine_chunks()
+                read[name] = column
             self._keep(entry.id, read)
         columns = {name: (read[name] if name in read else found[name][0]) for name in wanted}  # type: ignore[index]
         if not columns:
