@@ -124,10 +124,7 @@ def _whole_quantile(values: Any, q: float) -> pa.Array:
     """The ``q`` quantile of a whole column as a one-row float64 array (null when it has no number):
     the column as one group. (``pc.quantile`` would cast whole numbers past 2^53 to float64, which
     Arrow refuses.)"""
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
-    offsets = pa.array([0, len(values)], pa.int64())
-    return _list_quantiles(pa.LargeListArray.from_arrays(offsets, values), q)
+    return _list_quantiles(_one_list(values), q)
 
 
 def _list_quantiles(lists: Any, q: float) -> pa.Array:
@@ -170,10 +167,11 @@ def timechart(table: pa.Table, pipe: ast.Timechart) -> pa.Table:
 # computed in parts (``partial``, over any split of the rows; the executor cuts a part each time the
 # rows it gathered reach PART_ROWS) and the parts joined (``combine``): a query holds a few rows per
 # group and part instead of every matching row. count_distinct keeps each group's distinct values
-# per part (exact: as many values as there are distinct ones, not one per row). Quantiles need
-# every value: those queries gather the rows as before.
+# per part (exact: as many values as there are distinct ones, not one per row). Quantiles keep each
+# group's numbers per part (8 bytes a value instead of the gathered rows) and rank them at the end.
 
-_BY_PARTS = {"count", "sum", "min", "max", "avg", "count_distinct"}
+_BY_PARTS = {"count", "sum", "min", "max", "avg", "count_distinct", "quantile"}
+FEW_GROUPS = 32  # a quantile's groups picked one mask each (else one sort by group)
 
 
 def by_parts(pipe: ast.Pipe) -> bool:
@@ -205,7 +203,8 @@ def _bucketed(table: pa.Table, step_ns: int) -> pa.Table:
 def partial(pipe: ast.Pipe, table: pa.Table) -> pa.Table:
     """One part of ``pipe`` (over some of its rows): per group (keys ``k<i>``) and aggregate ``j``, the row or value
     count ``c<j>``, the sum ``s<j>``, the minimum or maximum ``m<j>`` (an average: ``s<j>`` and
-    ``c<j>``, the count of its values), the list of distinct values ``d<j>`` (nulls left out)."""
+    ``c<j>``, the count of its values), the list of distinct values ``d<j>`` (nulls left out), the
+    list of numbers ``q<j>`` of a quantile (nulls kept: the rows' other aggregates group them)."""
     aggs, by = _shape(pipe)
     if isinstance(pipe, ast.Timechart):
         table = _bucketed(table, pipe.step_ns)
@@ -227,6 +226,12 @@ def partial(pipe: ast.Pipe, table: pa.Table) -> pa.Table:
                 specs.append((f"d{j}", "distinct", pc.CountOptions(mode="only_valid")))
             continue
         values = numeric(column) if column is not None else pa.nulls(n, pa.float64())
+        if agg.func == "quantile":  # a missing field: int64 nulls (no part turns the others float)
+            numbers = values if column is not None else pa.nulls(n, pa.int64())
+            (work if by else whole)[f"q{j}"] = numbers
+            if by:
+                specs.append((f"q{j}", "list"))
+            continue
         if agg.func in ("min", "max") and column is not None and pa.types.is_timestamp(column.type):
             values = column
         if agg.func in ("min", "max"):
@@ -239,8 +244,10 @@ def partial(pipe: ast.Pipe, table: pa.Table) -> pa.Table:
             specs.append((f"s{j}", "count", pc.CountOptions(mode="only_valid")))
     keys = [f"k{i}" for i in range(len(by))]
     out = _grouped(pa.table(work), keys, specs)
-    for name, column in whole.items():  # one group: its distinct values as one list
-        values = pc.drop_null(pc.unique(column))
+    for name, column in whole.items():  # one group: its distinct values (or numbers) as one list
+        values = pc.drop_null(pc.unique(column)) if name.startswith("d") else column
+        if isinstance(values, pa.ChunkedArray):
+            values = values.combine_chunks()
         offsets = pa.array([0, len(values)], pa.int32())
         out = out.append_column(name, pa.ListArray.from_arrays(offsets, values))
     return out.rename_columns([_part_name(name) for name in out.column_names])
@@ -258,11 +265,11 @@ def _part_name(name: str) -> str:
 def combine(pipe: ast.Pipe, parts: list[pa.Table]) -> pa.Table:
     """``pipe``'s answer from the parts of all its rows (at least one part), shaped as ``apply`` gives it."""
     aggs, by = _shape(pipe)
-    table = pa.concat_tables(parts, promote_options="permissive")
+    table = pa.concat_tables(_same_numbers(parts, aggs), promote_options="permissive")
     keys = [f"k{i}" for i in range(len(by))]
     specs: list[tuple[str, str]] = []
-    distinct = any(agg.func == "count_distinct" for agg in aggs)
-    if distinct and keys:  # each group's part rows: its distinct values are counted over all parts
+    distinct = any(agg.func in ("count_distinct", "quantile") for agg in aggs)
+    if distinct and keys:  # each group's part rows: its values are joined over all parts
         table = table.append_column("_row", pa.array(np.arange(table.num_rows, dtype=np.int64)))
         specs.append(("_row", "list"))
     for j, agg in enumerate(aggs):
@@ -284,6 +291,10 @@ def combine(pipe: ast.Pipe, parts: list[pa.Table]) -> pa.Table:
         elif agg.func == "count_distinct":
             assert group_of is not None
             columns[agg.name] = _distinct_counts(table.column(f"d{j}"), group_of, out.num_rows)
+        elif agg.func == "quantile":
+            assert group_of is not None
+            columns[agg.name] = _group_quantiles(table.column(f"q{j}"), group_of, out.num_rows,
+                                                 agg.q or 0.0)
         elif agg.func == "avg":
             mean = pc.divide(out.column(f"s{j}_sum").cast(pa.float64()), out.column(f"c{j}_sum").cast(pa.float64()))
             columns[agg.name] = pc.if_else(pc.is_nan(mean), None, mean) if len(mean) else mean
@@ -313,6 +324,51 @@ def _group_of_rows(rows: pa.ChunkedArray, count: int) -> np.ndarray:
     group_of = np.zeros(count, dtype=np.int64)
     group_of[pc.list_flatten(lists).to_numpy()] = pc.list_parent_indices(lists).to_numpy()
     return group_of
+
+
+def _same_numbers(parts: list[pa.Table], aggs: tuple[ast.Agg, ...]) -> list[pa.Table]:
+    """The parts with each quantile's numbers of one type: ``float64`` in every part once one part
+    read its field so (as the whole column would be read), else ``int64``."""
+    for j, agg in enumerate(aggs):
+        name = f"q{j}"
+        if agg.func != "quantile" or not any(
+                pa.types.is_floating(p.schema.field(name).type.value_type) for p in parts):
+            continue
+        wanted = pa.list_(pa.float64())
+        parts = [p.set_column(p.schema.get_field_index(name), name,
+                              pc.cast(p.column(name), wanted, safe=False))  # as the text would read
+                 for p in parts]
+    return parts
+
+
+def _group_quantiles(lists: pa.ChunkedArray, group_of: np.ndarray, groups: int,
+                     q: float) -> pa.Array:
+    """Per group, the ``q`` quantile of the numbers of all its parts' lists.
+
+    The parts' lists are read in place (one chunk a part, flattened without a copy). With few groups
+    each group's numbers are picked by a mask and ranked, one group at a time; with many, all are
+    sorted by their group once. 10 M numbers (80 MB) are copied at most once."""
+    values = pa.chunked_array([pc.list_flatten(chunk) for chunk in lists.chunks],
+                              lists.type.value_type)
+    starts = np.cumsum([0, *(len(chunk) for chunk in lists.chunks)])
+    owner = np.concatenate([np.zeros(0, dtype=np.int32), *(
+        group_of[start + pc.list_parent_indices(chunk).to_numpy()].astype(np.int32)
+        for start, chunk in zip(starts.tolist(), lists.chunks))])
+    if groups <= FEW_GROUPS:
+        return pa.concat_arrays([_list_quantiles(_one_list(values.filter(pa.array(owner == g))), q)
+                                 for g in range(groups)] or [pa.array([], pa.float64())])
+    offsets = np.zeros(groups + 1, dtype=np.int64)
+    np.cumsum(np.bincount(owner, minlength=groups), out=offsets[1:])
+    joined = values.take(pa.array(np.argsort(owner, kind="stable")))
+    joined = joined.combine_chunks()
+    return _list_quantiles(pa.LargeListArray.from_arrays(pa.array(offsets), joined), q)
+
+
+def _one_list(values: Any) -> pa.LargeListArray:
+    """An array or chunked array as one list."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    return pa.LargeListArray.from_arrays(pa.array([0, len(values)], pa.int64()), values)
 
 
 def _distinct_counts(values: pa.ChunkedArray, group_of: np.ndarray, groups: int) -> pa.Array:
