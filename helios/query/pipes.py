@@ -7,7 +7,7 @@ the closest ranks (numpy's default), with or without ``by``.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -18,7 +18,7 @@ from helios.query import ast
 from helios.query.cancel import Check, never
 from helios.query.filters import mask, numeric
 
-__all__ = ["apply", "by_parts", "combine", "partial", "stats"]
+__all__ = ["apply", "by_parts", "combine", "key_column", "partial", "sort", "stats"]
 
 
 def apply(pipe: ast.Pipe, table: pa.Table, check: Check = never) -> pa.Table:
@@ -50,13 +50,17 @@ def _sort_column(column: Any) -> Any:
     return column
 
 
-def sort(table: pa.Table, keys: tuple[tuple[str, bool], ...]) -> pa.Table:
+def sort(table: pa.Table, keys: tuple[tuple[str, bool], ...],
+         read: Callable[[int, Any], Any] | None = None) -> pa.Table:
+    """``table`` in the order of ``keys`` (stable; nulls last). ``read(i, column)`` gives what key
+    ``i`` sorts by; by default text that is all numbers sorts as numbers (``_sort_column``)."""
     work: dict[str, Any] = {}
     sort_keys = []
     for i, (name, descending) in enumerate(keys):
         if name not in table.column_names:
             continue
-        work[f"k{i}"] = _sort_column(table.column(name))
+        column = table.column(name)
+        work[f"k{i}"] = _sort_column(column) if read is None else read(i, column)
         sort_keys.append((f"k{i}", "descending" if descending else "ascending", "at_end"))
     if not sort_keys or table.num_rows == 0:
         return table
@@ -64,7 +68,8 @@ def sort(table: pa.Table, keys: tuple[tuple[str, bool], ...]) -> pa.Table:
     return table.take(order)
 
 
-def _key_column(table: pa.Table, name: str) -> Any:
+def key_column(table: pa.Table, name: str) -> Any:
+    """A key's column; a field the table lacks is null in every row (a group, or last in a sort)."""
     if name in table.column_names:
         return table.column(name)
     return pa.nulls(table.num_rows, pa.string())
@@ -72,7 +77,7 @@ def _key_column(table: pa.Table, name: str) -> Any:
 
 def stats(table: pa.Table, aggs: tuple[ast.Agg, ...], by: tuple[str, ...]) -> pa.Table:
     n = table.num_rows
-    work: dict[str, Any] = {f"k{i}": _key_column(table, name) for i, name in enumerate(by)}
+    work: dict[str, Any] = {f"k{i}": key_column(table, name) for i, name in enumerate(by)}
     specs: list[tuple[Any, ...]] = []
     results: list[tuple[ast.Agg, str]] = []
     whole: dict[str, Any] = {}  # quantiles without groups: one value over the whole column
@@ -209,7 +214,7 @@ def partial(pipe: ast.Pipe, table: pa.Table) -> pa.Table:
     if isinstance(pipe, ast.Timechart):
         table = _bucketed(table, pipe.step_ns)
     n = table.num_rows
-    work: dict[str, Any] = {f"k{i}": _key_column(table, name) for i, name in enumerate(by)}
+    work: dict[str, Any] = {f"k{i}": key_column(table, name) for i, name in enumerate(by)}
     specs: list[tuple[Any, ...]] = []
     whole: dict[str, Any] = {}  # count_distinct without groups: Arrow's "distinct" is grouped only
     for j, agg in enumerate(aggs):

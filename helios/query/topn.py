@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 
 from helios.query import ast
 from helios.query.filters import numeric
+from helios.query.pipes import key_column, sort
 
 __all__ = ["MAX_ORDERS", "TopRows", "top_of"]
 
@@ -65,7 +66,7 @@ class TopRows:
         choices: list[list[Any]] = []
         whole = table.num_rows <= self.count  # every row is kept; what it shows is still noted
         for i, (name, _) in enumerate(self.keys):
-            column = _key(table, name)
+            column = key_column(table, name)
             if not pa.types.is_string(column.type):
                 choices.append([column])
                 continue
@@ -92,30 +93,15 @@ class TopRows:
         would be."""
         table = pa.concat_tables(self.kept, promote_options="default")
         self.kept = []
-        times = pc.sort_indices(table, sort_keys=[("_time", "descending")])
-        table = table.take(times)
-        work: dict[str, Any] = {}
-        sort_keys = []
-        for i, (name, descending) in enumerate(self.keys):
-            if name not in table.column_names:
-                continue
-            column = table.column(name)
-            if pa.types.is_string(column.type) and not self.text[i]:
-                column = numeric(column)
-                if self.fractions[i]:
-                    column = pc.cast(column, pa.float64(), safe=False)  # as the text would read
-            work[f"k{i}"] = column
-            sort_keys.append((f"k{i}", "descending" if descending else "ascending", "at_end"))
-        if sort_keys and table.num_rows:
-            table = table.take(pc.sort_indices(pa.table(work), sort_keys=sort_keys))
-        return table
+        table = table.take(pc.sort_indices(table, sort_keys=[("_time", "descending")]))
+        return sort(table, self.keys, read=self._reading)
 
-
-def _key(table: pa.Table, name: str) -> Any:
-    """A sort key's column in a part; a field the part lacks is null in every row of it."""
-    if name in table.column_names:
-        return table.column(name)
-    return pa.nulls(table.num_rows, pa.string())
+    def _reading(self, i: int, column: Any) -> Any:
+        """What key ``i`` sorts by, as the whole decides it (not the kept rows alone)."""
+        if not pa.types.is_string(column.type) or self.text[i]:
+            return column
+        numbers = numeric(column)
+        return pc.cast(numbers, pa.float64(), safe=False) if self.fractions[i] else numbers
 
 
 def _past_exact(numbers: Any) -> bool:
