@@ -251,10 +251,7 @@ def partial(pipe: ast.Pipe, table: pa.Table) -> pa.Table:
     out = _grouped(pa.table(work), keys, specs)
     for name, column in whole.items():  # one group: its distinct values (or numbers) as one list
         values = pc.drop_null(pc.unique(column)) if name.startswith("d") else column
-        if isinstance(values, pa.ChunkedArray):
-            values = values.combine_chunks()
-        offsets = pa.array([0, len(values)], pa.int32())
-        out = out.append_column(name, pa.ListArray.from_arrays(offsets, values))
+        out = out.append_column(name, _one_list(values))
     return out.rename_columns([_part_name(name) for name in out.column_names])
 
 
