@@ -97,6 +97,9 @@ def test_login_logout_and_a_401_anywhere_returns_to_login(browse: Browse) -> Non
     expect(page.get_by_role("navigation", name="Main").get_by_role("link")).to_have_text(
         ["Search", "Dashboards", "Monitors", "Cluster", "Admin"])
     expect(page.get_by_text("admin (admin)")).to_be_visible()
+    # Until the list is drawn, its request may still be unsent; a bad token then sends back to
+    # /login?next=/dashboards before the click below.
+    expect(page.locator("#main")).not_to_have_attribute("aria-busy", "true")
     # The token goes bad (as when it expires): the next call answers 401 and the login page is back.
     page.evaluate("sessionStorage.setItem('helios.token', 'not-a-token')")
     page.get_by_role("link", name="Monitors").click()

@@ -113,8 +113,19 @@ function loginAddress() {
 export async function draw() {
   drawing += 1;
   const mine = drawing;
-  if (current) current.controller.abort();
   const main = document.getElementById("main");
+  // Busy until the page's first load is drawn: people with screen readers (and tests) can tell
+  // a page still loading from a drawn one. A newer draw takes the attribute over.
+  main.setAttribute("aria-busy", "true");
+  try {
+    await drawPage(main, mine);
+  } finally {
+    if (mine === drawing) main.removeAttribute("aria-busy");
+  }
+}
+
+async function drawPage(main, mine) {
+  if (current) current.controller.abort();
   const found = match(location.pathname);
   const controller = new AbortController();
   current = { route: found && found.route, controller };
