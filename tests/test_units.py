@@ -47,6 +47,21 @@ def test_parser_errors_carry_columns(text: str, column: int) -> None:
     assert info.value.column == column, str(info.value)
 
 
+def test_parsed_queries_are_remembered_by_their_text_and_errors_are_not() -> None:
+    from helios.query import parser
+    text = "error host:web-1 | where latency:>100 | stats count() as n by (level)"
+    first = parse(text)
+    assert parse(text) is first  # remembered: the same (immutable) query object
+    assert parse(text + " ") == first and parse(text + " ") is not first  # another text, parsed apart
+    assert first == parser._parse(text)  # what a fresh parse gives
+    long = "error " + "x" * parser.PARSED_TEXT_CHARS
+    assert parse(long) is not parse(long)  # past the bound, never remembered
+    for _ in range(2):  # a bad text fails every time, with its own column
+        with pytest.raises(QuerySyntaxError) as info:
+            parse("a | limit")
+        assert info.value.column == 10
+
+
 def test_parser_bounds_nesting() -> None:
     with pytest.raises(QuerySyntaxError):
         parse("(" * 500 + "a" + ")" * 500)

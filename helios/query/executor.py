@@ -122,6 +122,7 @@ def execute(query: ast.Query, sources: list[Source], cache: BlockCache, *,
     parts: list[pa.Table] = []  # the first pipe's part of each batch of gathered rows (``pipes.partial``)
     kept = 0
     boundary: int | None = None
+    newest: pa.Table | None = None  # a plain search's rows kept so far, newest first
 
     ordered = sorted(sources, key=lambda s: s.max_time, reverse=True)
     ahead: dict[str, Future[BlockPart | bool | None]] = {}
@@ -184,8 +185,9 @@ def execute(query: ast.Query, sources: list[Source], cache: BlockCache, *,
             continue
         if plain and kept >= cap and "_time" in part.column_names:
             more = more or kept > cap
-            merged = _newest(pa.concat_tables(pieces, promote_options="default"), cap)
-            pieces, kept = [merged], merged.num_rows
+            merged = _newest(pieces[0] if len(pieces) == 1 else pa.concat_tables(pieces, promote_options="default"),
+                             cap)
+            pieces, kept, newest = [merged], merged.num_rows, merged
             boundary = merged.column("_time").cast(pa.int64())[-1].as_py() if kept else None
 
     for future in ahead.values():  # a block scanned ahead whose answer was not needed
@@ -201,7 +203,8 @@ def execute(query: ast.Query, sources: list[Source], cache: BlockCache, *,
             ranked.add(pa.concat_tables(pieces, promote_options="default"))
         table, pipes, in_order = ranked.result(), query.pipes[1:], True
     elif pieces:
-        table = pa.concat_tables(pieces, promote_options="default")
+        in_order = len(pieces) == 1 and pieces[0] is newest  # sorted when they were kept
+        table = pieces[0] if len(pieces) == 1 else pa.concat_tables(pieces, promote_options="default")
     else:
         table = pa.table({"_time": pa.array([], timeutil.TIME_TYPE), "_msg": pa.array([], pa.string()),
                           "dataset": pa.array([], pa.string())})

@@ -12,6 +12,7 @@ Errors raise ``QuerySyntaxError`` with the 1-based column where parsing stopped.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -26,6 +27,8 @@ __all__ = ["MAX_QUERY_LENGTH", "parse"]
 
 MAX_QUERY_LENGTH = 16_384
 MAX_DEPTH = 64
+PARSED_KEPT = 256  # queries remembered by their text (``parse``)…
+PARSED_TEXT_CHARS = 1024  # …when it is this short at most: 256 KiB of texts at most
 MAX_STEP_NS = 3650 * timeutil.DAY_NS  # a timechart step of at most ten years keeps bucket arithmetic in int64
 _COUNT = re.compile(r"[0-9]{1,9}")  # ASCII digits only: str.isdigit() also accepts "²"
 _SPECIAL = set("()|,:\"'")
@@ -398,9 +401,22 @@ def _check_regex(pattern: str, col: int) -> None:
 
 
 def parse(text: str) -> ast.Query:
+    """The query of ``text``. Recent texts' queries are remembered (``PARSED_KEPT``): a query is
+    immutable (frozen dataclasses of tuples) and depends on its text alone, and dashboards, monitors
+    and people refreshing a search send the same texts again (0.15–0.2 ms a parse on an idle node)."""
     if len(text) > MAX_QUERY_LENGTH:
         raise QuerySyntaxError(f"the query is longer than {MAX_QUERY_LENGTH} characters", MAX_QUERY_LENGTH)
+    if len(text) > PARSED_TEXT_CHARS:
+        return _parse(text)
+    return _parse_kept(text)
+
+
+def _parse(text: str) -> ast.Query:
     return _fold_where(_Parser(text).parse_query())
+
+
+# Errors are not remembered (an exception leaves lru_cache empty-handed): a bad text is parsed again.
+_parse_kept = functools.lru_cache(maxsize=PARSED_KEPT)(_parse)
 
 
 def _fold_where(query: ast.Query) -> ast.Query:
