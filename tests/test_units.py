@@ -52,7 +52,7 @@ def test_parsed_queries_are_remembered_by_their_text_and_errors_are_not() -> Non
     text = "error host:web-1 | where latency:>100 | stats count() as n by (level)"
     first = parse(text)
     assert parse(text) is first  # remembered: the same (immutable) query object
-    assert parse(text + " ") == first and parse(text + " ") is not first  # another text, parsed apart
+    assert parse(text + " ") == first and parse(text + " ") is not first  # another text
     assert first == parser._parse(text)  # what a fresh parse gives
     long = "error " + "x" * parser.PARSED_TEXT_CHARS
     assert parse(long) is not parse(long)  # past the bound, never remembered

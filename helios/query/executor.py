@@ -86,6 +86,11 @@ def _scan_ahead(ahead: dict[str, Future[BlockPart | bool | None]], query: ast.Qu
                                                   low=low, high=high, keep_last=None, check=check)
 
 
+def _joined(pieces: list[pa.Table]) -> pa.Table:
+    """The pieces as one table (a lone piece as it is); a column some lack is null in their rows."""
+    return pieces[0] if len(pieces) == 1 else pa.concat_tables(pieces, promote_options="default")
+
+
 def _newest(table: pa.Table, count: int) -> pa.Table:
     order = pc.sort_indices(table, sort_keys=[("_time", "descending")])
     return table.take(order[:count]) if count < table.num_rows else table.take(order)
@@ -176,17 +181,16 @@ def execute(query: ast.Query, sources: list[Source], cache: BlockCache, *,
         pieces.append(part)
         kept += part.num_rows
         if in_parts and kept >= PART_ROWS:  # aggregate what is gathered; only its groups are kept
-            parts.append(partial(query.pipes[0], pa.concat_tables(pieces, promote_options="default")))
+            parts.append(partial(query.pipes[0], _joined(pieces)))
             pieces, kept = [], 0
             continue
         if ranked is not None and kept >= TOP_PART_ROWS:  # keep the rows that may come first
-            ranked.add(pa.concat_tables(pieces, promote_options="default"))
+            ranked.add(_joined(pieces))
             pieces, kept = [], 0
             continue
         if plain and kept >= cap and "_time" in part.column_names:
             more = more or kept > cap
-            merged = _newest(pieces[0] if len(pieces) == 1 else pa.concat_tables(pieces, promote_options="default"),
-                             cap)
+            merged = _newest(_joined(pieces), cap)
             pieces, kept, newest = [merged], merged.num_rows, merged
             boundary = merged.column("_time").cast(pa.int64())[-1].as_py() if kept else None
 
@@ -196,15 +200,15 @@ def execute(query: ast.Query, sources: list[Source], cache: BlockCache, *,
     in_order = False  # the rows are in the order the pipes give already
     if parts:
         if pieces:
-            parts.append(partial(query.pipes[0], pa.concat_tables(pieces, promote_options="default")))
+            parts.append(partial(query.pipes[0], _joined(pieces)))
         table, pipes = combine(query.pipes[0], parts), query.pipes[1:]
     elif ranked is not None and (pieces or ranked.kept):
         if pieces:
-            ranked.add(pa.concat_tables(pieces, promote_options="default"))
+            ranked.add(_joined(pieces))
         table, pipes, in_order = ranked.result(), query.pipes[1:], True
     elif pieces:
         in_order = len(pieces) == 1 and pieces[0] is newest  # sorted when they were kept
-        table = pieces[0] if len(pieces) == 1 else pa.concat_tables(pieces, promote_options="default")
+        table = _joined(pieces)
     else:
         table = pa.table({"_time": pa.array([], timeutil.TIME_TYPE), "_msg": pa.array([], pa.string()),
                           "dataset": pa.array([], pa.string())})

@@ -402,8 +402,9 @@ def _check_regex(pattern: str, col: int) -> None:
 
 def parse(text: str) -> ast.Query:
     """The query of ``text``. Recent texts' queries are remembered (``PARSED_KEPT``): a query is
-    immutable (frozen dataclasses of tuples) and depends on its text alone, and dashboards, monitors
-    and people refreshing a search send the same texts again (0.15–0.2 ms a parse on an idle node)."""
+    immutable (frozen dataclasses of tuples) and depends on its text alone, and dashboards,
+    monitors and people refreshing a search send the same texts again (0.15–0.2 ms a parse on an
+    idle node)."""
     if len(text) > MAX_QUERY_LENGTH:
         raise QuerySyntaxError(f"the query is longer than {MAX_QUERY_LENGTH} characters", MAX_QUERY_LENGTH)
     if len(text) > PARSED_TEXT_CHARS:
@@ -415,7 +416,7 @@ def _parse(text: str) -> ast.Query:
     return _fold_where(_Parser(text).parse_query())
 
 
-# Errors are not remembered (an exception leaves lru_cache empty-handed): a bad text is parsed again.
+# Errors are not remembered (lru_cache keeps no exception): a bad text is parsed again.
 _parse_kept = functools.lru_cache(maxsize=PARSED_KEPT)(_parse)
 
 
