@@ -13,8 +13,9 @@ For each size (``--rows 1000000,10000000`` by default; ``--quick``: 100 k):
    ``HELIOS_COMPACTION_INTERVAL_SECS=2`` instead of 300 s, replaced blocks deleted after
    ``HELIOS_GC_GRACE_SECS=1``; every other setting is the default), then measures its bytes on disk.
 4. Each query runs once on each side (warm-up), then alternately on Helios (over HTTP, one
-   keep-alive connection) and DuckDB, best of ``--runs``, each timed run a quarter second after
-   the other engine's (``QUIET_S``: DuckDB's threads spin for a while after a query).
+   keep-alive ``http.client`` connection: ``common.Keepalive``) and DuckDB, best of ``--runs``,
+   each timed run a quarter second after the other engine's (``QUIET_S``: DuckDB's threads spin
+   for a while after a query).
 5. The node's peak RSS (VmHWM) after all of that.
 
 The Markdown table goes to stdout and to ``--out``; progress goes to stderr. It measures whatever
@@ -37,10 +38,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import duckdb
-import httpx
 import orjson
 
-from common import (Batch, machine, peak_rss_bytes, rare_token, start_node, token_rows, tree_bytes,
+from common import (Batch, Keepalive, machine, peak_rss_bytes, rare_token, start_node, token_rows, tree_bytes,
                     write_ndjson)
 from report import QueryRow, SizeResult, render
 from support import Server, cluster, loghub_records, metric, wait_until
@@ -77,9 +77,8 @@ def ingest(server: Server, path: Path, batches: list[Batch], clients: int) -> fl
     fd = os.open(path, os.O_RDONLY)
 
     def client() -> None:
-        with httpx.Client(base_url=server.url, timeout=600.0,
-                          headers={"Authorization": f"Bearer {token}",
-                                   "Content-Type": "application/x-ndjson"}) as http:
+        http = Keepalive(server.url, {"Authorization": f"Bearer {token}"})
+        try:
             while not failures:
                 with lock:
                     batch = next(pending, None)
@@ -87,15 +86,18 @@ def ingest(server: Server, path: Path, batches: list[Batch], clients: int) -> fl
                     return
                 body = batch.read(fd)
                 for _ in range(600):  # bounded: ten minutes of shedding at most
-                    reply = http.post("/api/v1/ingest", params={"dataset": DATASET}, content=body)
-                    if reply.status_code not in (429, 503):
+                    status, headers, text = http.post(f"/api/v1/ingest?dataset={DATASET}", body,
+                                                      "application/x-ndjson")
+                    if status not in (429, 503):
                         break
-                    time.sleep(min(1.0, float(reply.headers.get("Retry-After", "0.1") or 0.1)))
-                if reply.status_code != 200:
-                    failures.append(f"{reply.status_code} {reply.text[:300]}")
+                    time.sleep(min(1.0, float(headers.get("Retry-After", "0.1") or 0.1)))
+                if status != 200:
+                    failures.append(f"{status} {text[:300].decode(errors='replace')}")
                     return
                 with lock:
-                    done[0] += reply.json()["ingested"]
+                    done[0] += orjson.loads(text)["ingested"]
+        finally:
+            http.close()
 
     try:
         began = time.perf_counter()
@@ -310,14 +312,16 @@ def run_size(rows: int, args: argparse.Namespace, records: list, rare: str, one_
                             f"reports them), {result.dir_bytes:,} B in the data dir")
         log(f"settled: {blocks} blocks, {result.block_bytes / rows:.1f} B/row")
 
-        with httpx.Client(base_url=node.url, timeout=600.0,
-                          headers={"Authorization": f"Bearer {node.token}"}) as http:
+        http = Keepalive(node.url, {"Authorization": f"Bearer {node.token}"})
+        try:
             def helios(q: str) -> Callable[[], dict[str, Any]]:
+                body = orjson.dumps({"q": q, "dataset": DATASET})
+
                 def run() -> dict[str, Any]:
-                    reply = http.post("/api/v1/query", json={"q": q, "dataset": DATASET})
-                    if reply.status_code != 200:  # e.g. 503 past HELIOS_QUERY_TIMEOUT_SECS: reported, not fatal
-                        raise QueryFailed(f"{reply.status_code} {reply.text[:200]}")
-                    answer = reply.json()
+                    status, _, text = http.post("/api/v1/query", body, "application/json")
+                    if status != 200:  # e.g. 503 past HELIOS_QUERY_TIMEOUT_SECS: reported, not fatal
+                        raise QueryFailed(f"{status} {text[:200].decode(errors='replace')}")
+                    answer = orjson.loads(text)
                     assert not answer["stats"].get("partial"), answer["stats"]
                     return answer
                 return run
@@ -333,6 +337,8 @@ def run_size(rows: int, args: argparse.Namespace, records: list, rare: str, one_
                     result.notes.append(f"`{q}` FAILED on Helios: {failed}")
                 result.times[row.key] = (h, d)
                 log(f"{q}: Helios {h * 1000:.1f} ms, DuckDB {d * 1000:.1f} ms ({h / d:.2f}×)")
+        finally:
+            http.close()
         result.peak_rss = peak_rss_bytes(node.proc.pid)
         result.notes.append(f"whole size done in {time.monotonic() - began:.0f} s")
     finally:
