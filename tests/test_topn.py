@@ -10,13 +10,16 @@ field some parts lack, many equal values and equal times (so ties must fall as t
 from __future__ import annotations
 
 import random
+from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from helios import timeutil
 from helios.query import ast, executor
-from helios.query.executor import _newest, execute
+from helios.query.executor import QueryResult, _newest, execute, to_rows
 from helios.query.filters import mask
 from helios.query.parser import parse
 from helios.query.pipes import apply
@@ -145,3 +148,104 @@ def test_the_executor_keeps_the_first_rows_by_parts(monkeypatch: pytest.MonkeyPa
         expected = _whole(kept, query.pipes, limit + 1)
         assert got.table.to_pylist() == expected.slice(0, limit).to_pylist(), text
         assert got.stats["truncated"] == (expected.num_rows > limit), text
+
+
+@pytest.mark.parametrize("index", ["tokens", "later"])
+def test_a_leading_sort_over_blocks_reads_the_other_columns_for_its_first_rows_only(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, index: str) -> None:
+    """Blocks (with a token index and without) and a memtable: the keys are read to rank, every
+    other column only for the rows that come first (``topn.whole_rows``), row for row the answer of
+    sorting every gathered row; columns only some blocks have stay theirs."""
+    from helios.storage.blocks import build_block
+
+    from helios.storage import blocks
+
+    monkeypatch.setattr(executor, "TOP_PART_ROWS", 64)
+    monkeypatch.setattr(blocks, "ROW_GROUP_ROWS", 16)  # blocks of several row groups
+    rng = random.Random(7)
+    serial = [0]
+    sources, whole = [], []
+    for number in range(9):
+        table = _part(rng, serial)
+        if not table.num_rows:
+            continue
+        table = table.append_column("_msg", pa.array([f"m {i % 3}" for i in range(table.num_rows)]))
+        if number % 3 == 0:  # a field only some sources have
+            values = [f"v{i}" for i in range(table.num_rows)]
+            table = table.append_column(f"only{number}", pa.array(values))
+        dataset = f"d{number % 2}"
+        times = table.column("_time").cast(pa.int64())
+        low, high = pc.min(times).as_py(), pc.max(times).as_py()
+        if number == 8:  # the newest rows: not in a block yet
+            source = Source(dataset=dataset, day=0, min_time=low, max_time=high,
+                            rows=table.num_rows, table=table)
+        else:
+            entry = build_block(tmp_path, f"b{number}", [table], dataset=dataset, day=0, node="n",
+                                created_ns=0, index=index)
+            source = Source(dataset=dataset, day=0, min_time=entry.min_time,
+                            max_time=entry.max_time, rows=entry.rows, block=entry,
+                            path=tmp_path / entry.filename)
+            # as the block holds it
+            table = table.take(pc.sort_indices(table, sort_keys=[("_time", "ascending")]))
+        sources.append(source)
+        whole.append(table.append_column("dataset", pa.repeat(dataset, table.num_rows)))
+    # Gathered as the executor visits sources (newest first, a stable sort): ties fall alike.
+    pairs = sorted(zip(sources, whole), key=lambda pair: pair[0].max_time, reverse=True)
+    sources, whole = [s for s, _ in pairs], [t for _, t in pairs]
+    read: list[tuple[str, tuple[str, ...]]] = []
+    columns, rows_of = BlockCache.columns, BlockCache.rows
+
+    def spy(self: BlockCache, where: Any, entry: Any, names: Any) -> pa.Table:
+        read.append((entry.id, tuple(sorted(names)) if names is not None else ("*",)))
+        return columns(self, where, entry, names)
+
+    def spy_rows(self: BlockCache, where: Any, entry: Any, rows: Any) -> pa.Table:
+        read.append((entry.id, ("rows",)))
+        return rows_of(self, where, entry, rows)
+
+    monkeypatch.setattr(BlockCache, "columns", spy)
+    monkeypatch.setattr(BlockCache, "rows", spy_rows)
+    for warm in (False, True):  # the other columns decoded from row groups, then found in memory
+        cache = BlockCache(1 << 30)
+        if warm:
+            execute(parse("*"), sources, cache, start_ns=None, end_ns=None, limit=100_000)
+        for text, limit in (("* | sort by (size desc) | limit 5", 1000),
+                            ("m | sort by (name, size desc)", 12),
+                            ("* | sort by (dataset desc, n) | fields n, dataset, only3", 9)):
+            read.clear()
+            query = parse(text)
+            got = execute(query, sources, cache, start_ns=None, end_ns=None, limit=limit)
+            matching = [t.filter(mask(query.filter, t, None)) for t in whole]
+            expected = _whole([t for t in matching if t.num_rows], query.pipes, limit + 1)
+            # As answered (a row's nulls are fields it lacks): the rows need not carry the columns
+            # of blocks none of them came from.
+            answer = to_rows(QueryResult(expected.slice(0, limit), False))
+            assert to_rows(got) == answer, (warm, text)
+            assert got.stats["truncated"] == (expected.num_rows > limit), (warm, text)
+            assert not got.stats["partial"], (warm, text)
+            keys = {"_time", *(n for n, _ in query.pipes[0].keys)}  # type: ignore[attr-defined]
+            ranking = [names for _, names in read if names != ("rows",)]
+            assert warm or ranking, (text, read)  # warm: the keys are in memory, no read
+            assert all(set(names) <= keys | {"_msg"} for names in ranking), (text, read)
+            assert 0 < sum(names == ("rows",) for _, names in read) <= limit + 1, (text, read)
+
+
+def test_a_first_row_whose_block_cannot_be_had_at_the_end_makes_the_answer_partial(
+        tmp_path: Path) -> None:
+    from helios.storage.blocks import build_block
+
+    table = pa.table({"_time": pa.array([BASE_NS + i for i in range(20)], timeutil.TIME_TYPE),
+                      "_msg": ["x"] * 20, "size": [str(i) for i in range(20)]})
+    entry = build_block(tmp_path, "b0", [table], dataset="d", day=0, node="n", created_ns=0,
+                        index="tokens")
+    source = Source(dataset="d", day=0, min_time=entry.min_time, max_time=entry.max_time,
+                    rows=entry.rows, block=entry, path=tmp_path / entry.filename)
+    calls = [0]
+
+    def fetch(_: Source) -> Path | None:  # the ranking reads the keys; the store is gone by the end
+        calls[0] += 1
+        return tmp_path / entry.filename if calls[0] == 1 else None
+
+    got = execute(parse("* | sort by (size desc) | limit 3"), [source], BlockCache(1 << 20),
+                  start_ns=None, end_ns=None, limit=10, fetch=fetch)
+    assert got.stats["partial"] and got.stats["blocks_missing"] == 1 and got.table.num_rows == 0

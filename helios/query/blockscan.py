@@ -40,6 +40,7 @@ class BlockPart:
     rows_scanned: int  # rows whose values a scan checked
     indexed: bool  # the token index chose the rows
     more: bool = False  # a plain search left older matching rows of this block out
+    chosen: np.ndarray | None = None  # the block's row numbers of the rows (None: all, in order)
 
 
 def _take(table: pa.Table, rows: np.ndarray) -> pa.Table:
@@ -96,9 +97,10 @@ def from_memory(query: ast.Query, source: Source, cache: BlockCache, *, needed: 
     hit = hits(query.filter, index.tokens, source.dataset)
     if hit is None or not hit.exact:
         return None
-    if hit.rows is not None and len(hit.rows) != entry.rows:
-        table = _take(table, hit.rows)
-    return BlockPart(table, 0, True)
+    chosen = None if hit.rows is None or len(hit.rows) == entry.rows else hit.rows
+    if chosen is not None:
+        table = _take(table, chosen)
+    return BlockPart(table, 0, True, chosen=chosen)
 
 
 def locator(source: Source, fetch: Fetch | None) -> Callable[[], Path | bytes]:
@@ -147,9 +149,11 @@ def _scan(query: ast.Query, source: Source, cache: BlockCache, where: Callable[[
         more = len(chosen) > keep_last
         chosen = chosen[len(chosen) - min(keep_last, len(chosen)):]
     table = cache.columns(where, entry, wanted)
-    if chosen is not None and len(chosen) != entry.rows:
+    if chosen is not None and len(chosen) == entry.rows:
+        chosen = None
+    if chosen is not None:
         table = _take(table, chosen)
-    return BlockPart(table, scanned, indexed, more)
+    return BlockPart(table, scanned, indexed, more, chosen)
 
 
 def _from_index(query: ast.Query, source: Source, cache: BlockCache, where: Callable[[], Path | bytes],

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import orjson
-
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -31,7 +31,7 @@ from helios.query.blockscan import BlockPart, from_memory, scan_block
 from helios.query.counts import count_by, countable
 from helios.query.filters import mask, may_match
 from helios.query.pipes import apply, by_parts, combine, partial
-from helios.query.topn import TopRows, top_of
+from helios.query.topn import ROW, SOURCE, TopRows, key_names, top_of, whole_rows
 from helios.storage.cache import BlockCache
 from helios.storage.engine import Source
 
@@ -86,6 +86,10 @@ def _scan_ahead(ahead: dict[str, Future[BlockPart | bool | None]], query: ast.Qu
                                                   low=low, high=high, keep_last=None, check=check)
 
 
+def _with_dataset(part: pa.Table, source: Source) -> pa.Table:
+    return part.append_column("dataset", pa.repeat(source.dataset, part.num_rows))
+
+
 def _joined(pieces: list[pa.Table]) -> pa.Table:
     """The pieces as one table (a lone piece as it is); a column some lack is null in their rows."""
     return pieces[0] if len(pieces) == 1 else pa.concat_tables(pieces, promote_options="default")
@@ -124,6 +128,9 @@ def execute(query: ast.Query, sources: list[Source], cache: BlockCache, *,
     in_parts = bool(query.pipes) and by_parts(query.pipes[0])
     top = top_of(query.pipes, limit)
     ranked = TopRows(query.pipes[0], top) if top is not None else None  # type: ignore[arg-type]
+    # A leading sort reads its keys only; the other columns are read for its first rows at the end.
+    reading = needed if ranked is None else key_names(query.pipes[0])  # type: ignore[arg-type]
+    memory: dict[int, pa.Table] = {}  # a leading sort's memtable rows, every column (whole_rows)
     parts: list[pa.Table] = []  # the first pipe's part of each batch of gathered rows (``pipes.partial``)
     kept = 0
     boundary: int | None = None
@@ -143,13 +150,13 @@ def execute(query: ast.Query, sources: list[Source], cache: BlockCache, *,
             continue
         if is_block:
             got = None if plain or source.block.id in ahead else from_memory(
-                query, source, cache, needed=needed, low=low, high=high)
+                query, source, cache, needed=reading, low=low, high=high)
             if got is None and not plain and source.block.id not in ahead:  # scan the next blocks in parallel
-                _scan_ahead(ahead, query, ordered[at:], cache, fetch, needed=needed, low=low, high=high,
-                            check=check)
+                _scan_ahead(ahead, query, ordered[at:], cache, fetch, needed=reading, low=low,
+                            high=high, check=check)
             if got is None:
                 got = ahead.pop(source.block.id).result() if source.block.id in ahead else scan_block(
-                    query, source, cache, fetch, needed=needed, low=low, high=high,
+                    query, source, cache, fetch, needed=reading, low=low, high=high,
                     keep_last=cap if plain else None, check=check)
             if got is None:  # neither local nor fetchable before the deadline: the answer is partial
                 counters["blocks_missing"] += 1
@@ -162,7 +169,7 @@ def execute(query: ast.Query, sources: list[Source], cache: BlockCache, *,
             counters["blocks_indexed"] += got.indexed
             counters["rows_scanned"] += got.rows_scanned
             more = more or got.more
-            part = got.table
+            part, chosen = got.table, got.chosen
         elif not may_match(query.filter, None, source.dataset):
             continue
         else:
@@ -172,12 +179,17 @@ def execute(query: ast.Query, sources: list[Source], cache: BlockCache, *,
             if source.min_time < low or source.max_time >= high:
                 times = table.column("_time").cast(pa.int64())
                 rows = pc.and_(rows, pc.and_(pc.greater_equal(times, low), pc.less(times, high)))
-            part = table.filter(rows)
-            if needed is not None:
-                part = part.select([name for name in dict.fromkeys(needed) if name in part.column_names])
+            part, chosen = table.filter(rows), None
+            if ranked is not None:
+                memory[at] = part
+            if reading is not None:
+                part = part.select([n for n in dict.fromkeys(reading) if n in part.column_names])
         if part.num_rows == 0:
             continue
-        part = part.append_column("dataset", pa.repeat(source.dataset, part.num_rows))
+        part = _with_dataset(part, source)
+        if ranked is not None:
+            part = part.append_column(SOURCE, pa.repeat(at, part.num_rows)).append_column(
+                ROW, pa.array(np.arange(part.num_rows) if chosen is None else chosen, pa.int64()))
         pieces.append(part)
         kept += part.num_rows
         if in_parts and kept >= PART_ROWS:  # aggregate what is gathered; only its groups are kept
@@ -205,7 +217,9 @@ def execute(query: ast.Query, sources: list[Source], cache: BlockCache, *,
     elif ranked is not None and (pieces or ranked.kept):
         if pieces:
             ranked.add(_joined(pieces))
-        table, pipes, in_order = ranked.result(), query.pipes[1:], True
+        table, lost = whole_rows(ranked.result(), ordered, memory, cache, fetch, _with_dataset)
+        counters["blocks_missing"] += lost
+        pipes, in_order = query.pipes[1:], True
     elif pieces:
         in_order = len(pieces) == 1 and pieces[0] is newest  # sorted when they were kept
         table = _joined(pieces)

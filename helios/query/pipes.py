@@ -144,11 +144,15 @@ def _list_quantiles(lists: Any, q: float) -> pa.Array:
     if isinstance(lists, pa.ChunkedArray):
         lists = lists.combine_chunks()
     flat, parents = pc.list_flatten(lists), pc.list_parent_indices(lists)
-    present = pc.is_valid(flat)
-    if pa.types.is_floating(flat.type):
-        present = pc.and_(present, pc.invert(pc.is_nan(flat)))
-    values = flat.filter(present).to_numpy()
-    bounds = np.searchsorted(parents.filter(present).to_numpy(), np.arange(len(lists) + 1))
+    floating = pa.types.is_floating(flat.type)
+    if flat.null_count == 0 and not (floating and pc.any(pc.is_nan(flat)).as_py()):
+        values, owners = flat.to_numpy(), parents.to_numpy()  # every value counts: read in place
+    else:
+        present = pc.is_valid(flat)
+        if floating:
+            present = pc.and_(present, pc.invert(pc.is_nan(flat)))
+        values, owners = flat.filter(present).to_numpy(), parents.filter(present).to_numpy()
+    bounds = np.searchsorted(owners, np.arange(len(lists) + 1))
     out: list[float | None] = []
     for start, end in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
         if start == end:

@@ -5,6 +5,11 @@ The executor gathers a query's rows in parts (``executor.PART_ROWS``). When its 
 be among the first ``count`` (``TopRows.add``), and the answer is those rows sorted (``result``):
 memory and time follow ``count``, not the matches (10 M rows: 16–22 s and GBs before).
 
+Until then only the keys and ``_time`` are read, each row with where it came from (``SOURCE``,
+``ROW``); ``whole_rows`` then reads every other column for the first rows alone, from the row
+groups that hold them (``BlockCache.rows``): ``* | sort by (size desc) | limit 10`` over 10 M
+rows no longer decodes every message (2.7 → 1.7 s, peak RSS 1.5 → 0.6 GB).
+
 Exact: the answer is the one the whole gathered table gives. That order is the sort keys, then
 ``_time`` newest first, then the order rows were gathered in (every sort is stable), a total order
 that each part's order agrees with, so the first ``count`` of all are among the first ``count`` of
@@ -22,19 +27,66 @@ their part. Two things about the whole are known only at the end:
 from __future__ import annotations
 
 from itertools import product
-from typing import Any
+from typing import Any, Callable
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from helios.ingest.normalise import MAX_FIELD_NAME
 from helios.query import ast
+from helios.query.blockscan import Fetch, Gone, locator
 from helios.query.filters import numeric
 from helios.query.pipes import key_column, sort
+from helios.storage.cache import BlockCache
+from helios.storage.engine import Source
 
-__all__ = ["MAX_ORDERS", "TopRows", "top_of"]
+__all__ = ["MAX_ORDERS", "ROW", "SOURCE", "TopRows", "key_names", "top_of", "whole_rows"]
 
 MAX_ORDERS = 4  # orders a part's first rows are kept under, at most (two keys undecided)
 _EXACT = 1 << 53  # whole numbers up to this order the same as int64 and as float64
+
+
+# Where a kept row came from, while only its sort keys are read: the position of its source in the
+# executor's list, and its row there. Longer than any field name can be, so no field is hidden.
+SOURCE = "source:" + "-" * MAX_FIELD_NAME
+ROW = "row:" + "-" * MAX_FIELD_NAME
+
+
+def key_names(pipe: ast.Sort) -> list[str]:
+    """The columns a leading sort reads until its first rows are known: its keys and ``_time``."""
+    return ["_time", *(name for name, _ in pipe.keys)]
+
+
+def whole_rows(table: pa.Table, sources: list[Source], memory: dict[int, pa.Table],
+               cache: BlockCache, fetch: Fetch | None,
+               dataset: Callable[[pa.Table, Source], pa.Table]) -> tuple[pa.Table, int]:
+    """The kept rows of ``table`` (keys and locators, in the answer's order) with every column,
+    read for those rows alone: from their block's columns (``cache``, fetched as a scan would), or
+    from ``memory`` (a memtable source's matching rows, every column). (rows, blocks whose bytes
+    could not be had: their rows are left out and the answer is partial.)"""
+    at = table.column(SOURCE).to_numpy()
+    rows = table.column(ROW).to_numpy()
+    pieces, places, missing = [], [], 0
+    for position in np.unique(at):
+        mine = np.flatnonzero(at == position)
+        source = sources[int(position)]
+        if source.block is None:
+            whole = memory[int(position)]
+        else:
+            try:
+                whole = cache.rows(locator(source, fetch), source.block, rows[mine])
+            except Gone:
+                missing += 1
+                continue
+        if source.block is None:
+            whole = whole.take(pa.array(rows[mine]))
+        pieces.append(dataset(whole, source))
+        places.append(mine)
+    if not pieces:
+        return table.slice(0, 0).drop_columns([SOURCE, ROW]), missing
+    joined = pa.concat_tables(pieces, promote_options="default")
+    return joined.take(pa.array(np.argsort(np.concatenate(places), kind="stable"))), missing
 
 
 def top_of(pipes: tuple[ast.Pipe, ...], limit: int) -> int | None:

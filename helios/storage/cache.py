@@ -13,6 +13,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -83,17 +84,12 @@ class BlockCache:
                 self.hits += 1
         read: dict[str, Any] = {}
         if missing:
-            where = _resolve(where)
-            if entry.id not in self._verified:
-                verify(where, entry)
-                with self._lock:
-                    self._verified.add(entry.id)
+            where = self._checked(where, entry)
             try:
                 table = pq.ParquetFile(parquet_part(where, entry),
                                        page_checksum_verification=True).read(columns=missing)
             except (OSError, pa.ArrowException) as exc:
-                raise CorruptBlock(f"block {entry.id} cannot be decoded: {exc}",
-                                   None if isinstance(where, bytes) else where) from exc
+                raise _undecodable(entry, where, exc) from exc
             for name in missing:
                 column = table.column(name).combine_chunks()
                 read[name] = column
@@ -102,6 +98,39 @@ class BlockCache:
         if not columns:
             return pa.table({"_": pa.nulls(entry.rows)}).drop_columns(["_"])
         return pa.table(columns)
+
+    def rows(self, where: Where, entry: BlockEntry, rows: np.ndarray) -> pa.Table:
+        """Every column of the block, for ``rows`` (row numbers, in the order wanted) alone: from
+        memory when all its columns are there, else decoded from the row groups holding them only,
+        and not kept (ten rows of a block must not push whole columns out of memory): the first rows
+        of a sort (``topn.whole_rows``)."""
+        cached = self.cached_columns(entry, None)
+        if cached is not None:
+            return cached.take(pa.array(rows))
+        path = self._checked(where, entry)
+        try:
+            file = pq.ParquetFile(parquet_part(path, entry), page_checksum_verification=True)
+            sizes = np.array([file.metadata.row_group(i).num_rows
+                              for i in range(file.num_row_groups)])
+            starts = np.concatenate([[0], np.cumsum(sizes)])
+            group = np.searchsorted(starts, rows, side="right") - 1
+            groups = np.unique(group)
+            table = file.read_row_groups(groups.tolist())
+        except (OSError, pa.ArrowException) as exc:
+            raise _undecodable(entry, path, exc) from exc
+        at = np.zeros(len(sizes), dtype=np.int64)  # where each group read starts in ``table``
+        at[groups] = np.concatenate([[0], np.cumsum(sizes[groups])[:-1]])
+        table = table.select(sorted(table.column_names, key=_column_order))
+        return table.take(pa.array(rows - starts[group] + at[group]))
+
+    def _checked(self, where: Where, entry: BlockEntry) -> Path | bytes:
+        """The block's bytes, hashed against its entry the first time this process reads rows."""
+        where = _resolve(where)
+        if entry.id not in self._verified:
+            verify(where, entry)
+            with self._lock:
+                self._verified.add(entry.id)
+        return where
 
     def _keep(self, block_id: str, columns: dict[str, Any]) -> None:
         with self._lock:
@@ -153,6 +182,11 @@ class BlockCache:
                 self._bytes -= dropped.nbytes
                 self.index_bytes -= dropped.nbytes
             self._verified.discard(block_id)
+
+
+def _undecodable(entry: BlockEntry, where: Path | bytes, exc: Exception) -> CorruptBlock:
+    return CorruptBlock(f"block {entry.id} cannot be decoded: {exc}",
+                        None if isinstance(where, bytes) else where)
 
 
 def _resolve(where: Where) -> Path | bytes:
