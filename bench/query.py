@@ -312,6 +312,7 @@ def run_size(rows: int, args: argparse.Namespace, records: list, rare: str, one_
                             f"reports them), {result.dir_bytes:,} B in the data dir")
         log(f"settled: {blocks} blocks, {result.block_bytes / rows:.1f} B/row")
 
+        settled_rss = peak_rss_bytes(node.proc.pid)
         http = Keepalive(node.url, {"Authorization": f"Bearer {node.token}"})
         try:
             def helios(q: str) -> Callable[[], dict[str, Any]]:
@@ -336,10 +337,13 @@ def run_size(rows: int, args: argparse.Namespace, records: list, rare: str, one_
                     h = math.inf
                     result.notes.append(f"`{q}` FAILED on Helios: {failed}")
                 result.times[row.key] = (h, d)
-                log(f"{q}: Helios {h * 1000:.1f} ms, DuckDB {d * 1000:.1f} ms ({h / d:.2f}×)")
+                log(f"{q}: Helios {h * 1000:.1f} ms, DuckDB {d * 1000:.1f} ms ({h / d:.2f}×); "
+                    f"peak RSS so far {peak_rss_bytes(node.proc.pid) / 2**20:,.0f} MiB")
         finally:
             http.close()
         result.peak_rss = peak_rss_bytes(node.proc.pid)
+        result.notes.append(f"peak RSS {settled_rss / 2**20:,.0f} MiB after the ingests and settling, "
+                            f"{result.peak_rss / 2**20:,.0f} MiB after the queries")
         result.notes.append(f"whole size done in {time.monotonic() - began:.0f} s")
     finally:
         for node in nodes:
