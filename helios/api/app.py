@@ -2,6 +2,7 @@
 
     create_app(node)
     ├── ConnectionGuard (ASGI)   security headers; drain-or-close after early answers
+    ├── QueryLane (ASGI)         POST /api/v1/query with a small body, answered without Quart
     ├── error handlers           HeliosError → its status; store error → 503 (helios.errors.from_store);
     │                            framework HTTP error → its status, JSON; anything else → 500, logged
     ├── BLUEPRINTS               health · ingest · query · cluster · session · users · resources · ui
@@ -20,11 +21,12 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from backends.base import StoreError
-from helios import log
 from helios.api import cluster, compat, health, ingest, monitor_routes, query, resources, session, tail, ui, users
-from helios.api.common import NODE_KEY, QUERIES_KEY, NodeApi, answer, principal, validate_dataset
+from helios.api.common import (NODE_KEY, QUERIES_KEY, NodeApi, answer, error_parts, principal,
+                               validate_dataset)
 from helios.api.guard import ConnectionGuard
-from helios.errors import HeliosError, NotFound, from_store
+from helios.api.lane import QueryLane
+from helios.errors import HeliosError, NotFound
 from helios.query.runner import QueryPool
 
 __all__ = ["BLUEPRINTS", "DRAIN_S", "create_app", "validate_dataset"]
@@ -34,7 +36,6 @@ BLUEPRINTS: tuple[Blueprint, ...] = (
     ui.bp,  # the web UI: its pages and files (helios/ui)
 )
 DRAIN_S = 5.0  # how long an early answer waits for the rest of the request body before closing instead
-_log = log.get("helios.api")
 
 
 def create_app(node: NodeApi, *, shutdown: trio.Event | None = None) -> QuartTrio:
@@ -48,7 +49,9 @@ def create_app(node: NodeApi, *, shutdown: trio.Event | None = None) -> QuartTri
                      deadline_s=config.query_timeout_secs)
     app.extensions[NODE_KEY] = node
     app.extensions[QUERIES_KEY] = pool
-    app.asgi_app = ConnectionGuard(app.asgi_app, drain_s=DRAIN_S,  # type: ignore[method-assign]
+    # Most queries are answered without Quart (helios.api.lane); the rest of the app through it.
+    lane = QueryLane(app.asgi_app, node, pool, body_timeout_s=config.body_timeout_secs)
+    app.asgi_app = ConnectionGuard(lane, drain_s=DRAIN_S,  # type: ignore[method-assign]
                                    max_body_bytes=config.max_body_bytes)
     _register_errors(app, config.max_body_bytes, config.body_timeout_secs)
     for blueprint in BLUEPRINTS:
@@ -68,10 +71,10 @@ def create_app(node: NodeApi, *, shutdown: trio.Event | None = None) -> QuartTri
     return app
 
 
-def _error_answer(error: HeliosError) -> Response:
-    response = answer(error.payload(), error.status)
-    if error.retry_after_s is not None:
-        response.headers["Retry-After"] = str(error.retry_after_s)
+def _error_answer(error: Exception) -> Response:
+    status, doc, headers = error_parts(error, request.path)
+    response = answer(doc, status)
+    response.headers.update(headers)
     return response
 
 
@@ -87,8 +90,7 @@ def _register_errors(app: QuartTrio, max_body_bytes: int, body_timeout_s: float)
 
     @app.errorhandler(StoreError)
     async def _store_error(error: StoreError) -> Response:
-        _log.warning("a store error reached the HTTP layer", exc_info=error, extra={"fields": {"path": request.path}})
-        return _error_answer(from_store(error))
+        return _error_answer(error)
 
     @app.errorhandler(HTTPException)
     async def _http_error(error: HTTPException) -> Response:
@@ -97,8 +99,7 @@ def _register_errors(app: QuartTrio, max_body_bytes: int, body_timeout_s: float)
 
     @app.errorhandler(Exception)
     async def _bug(error: Exception) -> Response:
-        _log.error("unhandled error", exc_info=error, extra={"fields": {"path": request.path}})
-        return answer({"error": "internal error; see the node's log"}, 500)
+        return _error_answer(error)
 
 
 async def _unknown(rest: str) -> Response:

@@ -15,23 +15,26 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 import orjson
 from quart import Response, current_app, request
 
-from helios import names
-from helios.errors import InvalidInput
+from backends.base import StoreError
+from helios import log, names
+from helios.errors import HeliosError, InvalidInput, from_store
 
 if TYPE_CHECKING:
     from helios.config import Config
     from helios.control.auth import Auth, Principal
     from helios.control.plane import ControlPlane
+    from helios.ingest.request import BodyReader
     from helios.query.runner import QueryPool
     from helios.storage.engine import Engine
-    from helios.ingest.request import BodyReader
     from helios.supervisor import Health
 
 __all__ = [
     "MAX_JSON_DEPTH",
     "NodeApi",
     "answer",
+    "error_parts",
     "json_body",
+    "json_object",
     "node",
     "principal",
     "queries",
@@ -42,6 +45,7 @@ __all__ = [
 MAX_JSON_DEPTH = 32  # control-plane bodies (dashboards, monitors, users…) nest a few levels at most
 _DIGITS = re.compile(r"[0-9]{1,18}")  # ASCII only: str.isdigit() also accepts "²", which int() refuses
 NODE_KEY, QUERIES_KEY = "helios.node", "helios.queries"
+_log = log.get("helios.api")
 
 
 class NodeApi(Protocol):
@@ -76,6 +80,21 @@ def answer(doc: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(doc), status=status, mimetype="application/json")
 
 
+def error_parts(error: Exception, path: str) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """(status, JSON doc, extra headers) of the answer to an error a route raised: a HeliosError
+    its own, a store error 503 (``helios.errors.from_store``), anything else 500, logged. The one
+    mapping of the Quart app's error handlers and the query lane (``helios.api.lane``)."""
+    if isinstance(error, StoreError):
+        _log.warning("a store error reached the HTTP layer", exc_info=error,
+                     extra={"fields": {"path": path}})
+        error = from_store(error)
+    if isinstance(error, HeliosError):
+        headers = {} if error.retry_after_s is None else {"Retry-After": str(error.retry_after_s)}
+        return error.status, error.payload(), headers
+    _log.error("unhandled error", exc_info=error, extra={"fields": {"path": path}})
+    return 500, {"error": "internal error; see the node's log"}, {}
+
+
 async def principal(permission: str) -> Principal:
     """The caller, who must hold ``permission`` (401 without valid credentials, 403 without the right)."""
     who = node().auth.authenticate(request.headers.get("Authorization"))
@@ -101,7 +120,11 @@ def _check_depth(doc: Any, limit: int) -> None:
 
 async def json_body() -> dict[str, Any]:
     """The request body as a JSON object (400 if it is not one, or nests deeper than MAX_JSON_DEPTH)."""
-    raw = await request.get_data(cache=False)
+    return json_object(await request.get_data(cache=False))
+
+
+def json_object(raw: bytes) -> dict[str, Any]:
+    """``raw`` as a JSON object (``json_body``'s rules)."""
     try:
         doc = orjson.loads(raw) if raw else None
     except orjson.JSONDecodeError as exc:

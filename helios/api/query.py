@@ -23,7 +23,8 @@ import trio
 from quart import Blueprint, Response, request
 
 from helios import timeutil
-from helios.api.common import json_body, node, principal, queries, validate_dataset, whole_number
+from helios.api.common import (NodeApi, json_body, node, principal, queries, validate_dataset,
+                               whole_number)
 from helios.errors import InvalidInput, Unavailable
 from helios.query import ast
 from helios.query.cancel import CancelToken
@@ -38,7 +39,7 @@ from helios.storage.cache import BlockCache
 from helios.storage.engine import Source
 from helios.storage.fetch import Fetch, query_blocks
 
-__all__ = ["DEFAULT_LIMIT", "bp", "fetch_plan"]
+__all__ = ["DEFAULT_LIMIT", "answer_query", "bp", "fetch_plan", "head", "stream", "tail"]
 
 bp = Blueprint("query", __name__)
 DEFAULT_LIMIT = 1000
@@ -48,8 +49,20 @@ ENCODE_AHEAD_BYTES = 8 << 20  # of an answer's JSON encoded in its query slot; t
 @bp.route("/api/v1/query", methods=["GET", "POST"])
 async def query() -> Response:
     await principal("query")
-    helios = node()
-    doc = await _request_doc()
+    pool = queries()
+    chunks, rest, stats = await answer_query(node(), pool, await _request_doc())
+    if rest is None:  # all of it encoded: one body, sent at once with its length (1 ms less)
+        return Response(head(chunks) + tail(stats), mimetype="application/json")
+    return Response(stream(chunks, rest, stats, pool), mimetype="application/json")
+
+
+Answer = tuple[list[bytes], Iterator[bytes] | None, dict[str, Any]]
+
+
+async def answer_query(helios: NodeApi, pool: QueryPool, doc: dict[str, Any]) -> Answer:
+    """The answer to the query ``doc`` asks (the caller is authenticated): (its chunks encoded in
+    the query's slot, the rest of its chunks or None, its stats); ``head``, ``tail`` and ``stream``
+    make the body. Shared by the Quart route and the query lane (``helios.api.lane``)."""
     text = doc.get("q")
     if not isinstance(text, str):
         raise InvalidInput("'q' (the query text) is required and must be a string")
@@ -67,16 +80,14 @@ async def query() -> Response:
         async with query_blocks(helios.engine.blocks, sources, start_ns=start, end_ns=end, wanted=needs_rows,
                                 index_wanted=needs_index, deadline_s=helios.config.fetch_deadline_secs) as blocks:
             fetch = blocks.open if helios.engine.blocks.store is not None else None
-            chunks, rest, stats = await queries().run(
+            chunks, rest, stats = await pool.run(
                 lambda token: _run(token, parsed, sources, cache, start, end, limit, fetch))
     except CorruptBlock as exc:  # a local disk fault: reported like every other one, answered 503
         helios.health.fail("query", str(exc.path or ""), exc, quarantined=True)
         raise Unavailable(f"a block this query needs is damaged on this node's disk ({exc}); "
                           "it is reported in /api/v1/cluster") from None
     helios.counters["queries"] += 1
-    if rest is None:  # all of it encoded: one body, sent at once with its length (1 ms less on loopback)
-        return Response(_head(chunks) + _tail(stats), mimetype="application/json")
-    return Response(_stream(chunks, rest, stats, queries()), mimetype="application/json")
+    return chunks, rest, stats
 
 
 def fetch_plan(parsed: ast.Query, cache: BlockCache, start: int | None, end: int | None
@@ -179,25 +190,25 @@ def _datasets_of(value: object) -> set[str] | None:
     raise InvalidInput("'dataset' is a name or a non-empty list of names")
 
 
-def _head(chunks: list[bytes]) -> bytes:
+def head(chunks: list[bytes]) -> bytes:
     """The answer's start with the chunks encoded in the query's slot, as one piece (one write)."""
     return b'{"rows":[' + b",".join(chunks)
 
 
-def _tail(stats: dict[str, Any]) -> bytes:
+def tail(stats: dict[str, Any]) -> bytes:
     return b'],"stats":' + orjson.dumps(stats) + b"}"
 
 
-async def _stream(chunks: list[bytes], rest: Iterator[bytes], stats: dict[str, Any],
+async def stream(chunks: list[bytes], rest: Iterator[bytes], stats: dict[str, Any],
                   pool: QueryPool) -> AsyncIterator[bytes]:
     """A larger answer: the chunks encoded in the query's slot, then the rest, each chunk encoded in a
     worker thread once the client has taken the one before (a client that leaves stops the encoding).
     Counted in ``pool.counters["streaming"]`` while it is sent."""
     pool.counters["streaming"] += 1
     try:
-        yield _head(chunks)  # at least ENCODE_AHEAD_BYTES of rows: every later chunk follows a comma
+        yield head(chunks)  # at least ENCODE_AHEAD_BYTES of rows: every later chunk follows a comma
         while (chunk := await trio.to_thread.run_sync(next, rest, None, limiter=pool.encoders)) is not None:
             yield b"," + chunk
-        yield _tail(stats)
+        yield tail(stats)
     finally:
         pool.counters["streaming"] -= 1

@@ -1,0 +1,120 @@
+"""``POST /api/v1/query`` answered straight from ASGI: the Quart route's answer, ~0.5 ms sooner.
+
+Quart costs a request 0.2 ms of CPU on a warm node and 0.45–0.5 ms after a pause (its request
+object, contexts, routing, response object), more than the engine needs to find the newest 100
+rows of 10 M. Queries are what people and dashboards wait on, so the common request — a POST
+with a JSON body of known length, at most ``LANE_BODY_BYTES`` — skips it:
+
+    ConnectionGuard → QueryLane ┬ POST /api/v1/query, Content-Length ≤ LANE_BODY_BYTES → here
+                                └ GET, chunked or larger bodies, other paths → Quart
+
+Nothing is decided twice: the caller is checked by ``Auth.authenticate`` and the permission
+``query`` (``principal``'s two steps), the body by ``common.json_object`` (``json_body``'s rules),
+the query by ``query.answer_query``, and errors become answers through ``common.error_parts``
+(the app's error handlers'). What Quart did besides is done here: the body must arrive within
+``HELIOS_BODY_TIMEOUT_SECS`` (else 408, Quart's message), a client that disconnects cancels its
+query (a task watches ``receive`` for ``http.disconnect``, as quart-trio's does), and a large
+answer streams chunk by chunk (``query.stream``). ``ConnectionGuard`` still wraps every answer:
+security headers, and an answer sent before the body ended closes the connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import orjson
+import trio
+
+from helios.api.common import NodeApi, error_parts, json_object
+from helios.api.guard import App, Message, Receive, Send
+from helios.api.query import answer_query, head, stream, tail
+from helios.query.runner import QueryPool
+
+__all__ = ["LANE_BODY_BYTES", "QueryLane"]
+
+LANE_BODY_BYTES = 1 << 20  # a query's JSON body is a few hundred bytes; larger go through Quart
+PATH = "/api/v1/query"
+_JSON = (b"content-type", b"application/json")
+
+
+def _length(scope: Message) -> int | None:
+    """The declared body length of a request the lane takes, or None (then Quart answers it)."""
+    length = None
+    for name, value in scope.get("headers", ()):
+        name = name.lower()
+        if name == b"transfer-encoding":
+            return None
+        if name == b"content-length":
+            if length is not None or not value.isdigit():
+                return None
+            length = int(value)
+    return length if length is not None and length <= LANE_BODY_BYTES else None
+
+
+class QueryLane:
+    def __init__(self, app: App, node: NodeApi, pool: QueryPool, *, body_timeout_s: float) -> None:
+        self.app = app
+        self.node = node
+        self.pool = pool
+        self.body_timeout_s = body_timeout_s
+
+    async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
+        if (scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != PATH
+                or _length(scope) is None):
+            await self.app(scope, receive, send)
+            return
+        body = bytearray()
+        with trio.move_on_after(self.body_timeout_s) as timer:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                body += message.get("body", b"")
+                if not message.get("more_body", False):
+                    break
+        if timer.cancelled_caught:
+            late = (f"the request body did not arrive within {self.body_timeout_s:g} s "
+                    "(HELIOS_BODY_TIMEOUT_SECS)")  # Quart's words (helios.api.app)
+            await _answer(send, 408, orjson.dumps({"error": late}))
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_watch, receive, nursery.cancel_scope)
+            await self._respond(scope, bytes(body), send)
+            nursery.cancel_scope.cancel()
+
+    async def _respond(self, scope: Message, body: bytes, send: Send) -> None:
+        try:
+            authorization = next((value.decode("latin-1") for name, value in scope["headers"]
+                                  if name.lower() == b"authorization"), None)
+            self.node.auth.authenticate(authorization).require("query")
+            chunks, rest, stats = await answer_query(self.node, self.pool, json_object(body))
+        except Exception as error:  # noqa: BLE001 -- every error is answered, as the app does
+            status, doc, headers = error_parts(error, PATH)
+            await _answer(send, status, orjson.dumps(doc), headers)
+            return
+        if rest is None:  # all of it encoded: one body, sent at once with its length
+            await _answer(send, 200, head(chunks) + tail(stats))
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [_JSON]})
+        async with contextlib.aclosing(stream(chunks, rest, stats, self.pool)) as pieces:
+            async for piece in pieces:
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _answer(send: Send, status: int, body: bytes,
+                  headers: dict[str, str] | None = None) -> None:
+    fields = [_JSON, (b"content-length", str(len(body)).encode()),
+              *((name.lower().encode(), value.encode()) for name, value in (headers or {}).items())]
+    await send({"type": "http.response.start", "status": status, "headers": fields})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _watch(receive: Receive, scope: trio.CancelScope) -> None:
+    """Cancel the request's work once its client has gone (``http.disconnect``)."""
+    while True:
+        message: Any = await receive()
+        if message["type"] == "http.disconnect":
+            scope.cancel()
+            return

@@ -1,0 +1,153 @@
+"""``POST /api/v1/query`` with a small body of known length is answered without Quart
+(``helios.api.lane``); every other request for it through Quart. Both must answer alike.
+
+Each case is sent three ways to one real node: as a JSON body of known length (the lane), as the
+same body chunked (no length: Quart), and where it can be, as a GET (Quart). The statuses, the
+JSON bodies (but a query's elapsed time) and the headers that carry meaning must be the same.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import time
+import urllib.parse
+from typing import Any, Iterator
+
+import orjson
+import pytest
+
+from support import Record, Server, ndjson
+
+ADMIN = "admin"
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory, records: list[Record]) -> Iterator[Server]:
+    data_dir = tmp_path_factory.mktemp("lane") / "node"
+    data_dir.mkdir()
+    server = Server(data_dir, {"HELIOS_BODY_TIMEOUT_SECS": "2"}).start()
+    assert server.ingest(ndjson(records[:2000]), dataset="lane").status_code == 200
+    yield server
+    server.kill()
+
+
+def _send(node: Server, body: bytes, token: str | None, *,
+          chunked: bool) -> tuple[int, dict[str, str], Any]:
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    content: Any = iter([body[: len(body) // 2], body[len(body) // 2 :]]) if chunked else body
+    reply = node.request("POST", "/api/v1/query", token=None, headers=headers, content=content)
+    if chunked:
+        assert reply.request.headers.get("transfer-encoding") == "chunked"
+    else:
+        assert reply.request.headers.get("content-length") == str(len(body))
+    return reply.status_code, dict(reply.headers), _doc(reply.content)
+
+
+def _doc(raw: bytes) -> Any:
+    doc = orjson.loads(raw)
+    if isinstance(doc, dict) and isinstance(doc.get("stats"), dict):
+        doc["stats"].pop("elapsed_ms", None)  # the one part that differs between two runs
+    return doc
+
+
+MEANING = ("content-type", "retry-after", "x-content-type-options", "cache-control",
+           "content-security-policy", "referrer-policy", "x-frame-options")
+
+
+@pytest.mark.parametrize("body,role,status", [
+    (b'{"q": "* | stats count() as n by (level)", "dataset": "lane"}', ADMIN, 200),
+    (b'{"q": "* | limit 3", "dataset": "lane"}', ADMIN, 200),
+    (b'{"q": "* | sort by (size desc) | limit 5", "dataset": ["lane"], "limit": "4"}', ADMIN, 200),
+    (b'{"q": "error", "dataset": "lane", "from": "2023-11-14T00:00:00Z", '
+     b'"to": "2023-11-15T00:00:00Z"}', ADMIN, 200),
+    (b'{"q": "error | limit", "dataset": "lane"}', ADMIN, 400),  # a syntax error, with its column
+    (b'{"q": "error", "dataset": "Bad Name"}', ADMIN, 400),
+    (b'{"q": "error", "limit": -1}', ADMIN, 400),
+    (b'{"q": 5}', ADMIN, 400),
+    (b'{"q": "error", "from": "2024-01-02T00:00:00Z", "to": "2024-01-01T00:00:00Z"}', ADMIN, 400),
+    (b'{"q": "error"', ADMIN, 400),  # not JSON
+    (b'["q", "error"]', ADMIN, 400),  # not an object
+    (b'{"q": ' + b"[" * 40 + b"]" * 40 + b"}", ADMIN, 400),  # nested too deep
+    (b'{"q": "error"}', None, 401),
+    (b'{"q": "error"}', "bad-token", 401),
+    (b'{"q": "error"}', "ingest", 403),
+])
+def test_the_lane_and_quart_answer_alike(node: Server, body: bytes, role: str | None,
+                                         status: int) -> None:
+    tokens = {ADMIN: node.token, "ingest": _ingest_token(node), "bad-token": "x.y.z", None: None}
+    token = tokens[role]
+    lane = _send(node, body, token, chunked=False)
+    quart = _send(node, body, token, chunked=True)
+    assert lane[0] == quart[0] == status, (lane, quart)
+    assert lane[2] == quart[2], (lane, quart)
+    for name in MEANING:
+        assert lane[1].get(name) == quart[1].get(name), (name, lane[1], quart[1])
+    if status == 200:
+        doc = orjson.loads(body)
+        params = {k: ",".join(v) if isinstance(v, list) else v for k, v in doc.items()}
+        got = node.request("GET", "/api/v1/query?" + urllib.parse.urlencode(params))
+        assert got.status_code == 200 and _doc(got.content) == lane[2]
+
+
+_TOKENS: dict[str, str] = {}
+
+
+def _ingest_token(node: Server) -> str:
+    if "ingest" not in _TOKENS:
+        _TOKENS["ingest"] = node.api_token("ingest", name="lane ingest")
+    return _TOKENS["ingest"]
+
+
+def test_a_query_body_that_stops_coming_is_answered_408_and_the_connection_closed(
+        node: Server) -> None:
+    parts = urllib.parse.urlsplit(node.url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
+        body = b'{"q": "error", "dataset": "lane"}'
+        head = (f"POST /api/v1/query HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"Authorization: Bearer {node.token}\r\nContent-Length: {len(body)}\r\n\r\n")
+        sock.sendall(head.encode() + body[:10])  # then nothing: HELIOS_BODY_TIMEOUT_SECS is 2 s
+        began = time.monotonic()
+        reply = http.client.HTTPResponse(sock)
+        reply.begin()
+        assert reply.status == 408, reply.status
+        assert "HELIOS_BODY_TIMEOUT_SECS" in orjson.loads(reply.read())["error"]
+        assert reply.getheader("connection") == "close"
+        assert reply.getheader("x-content-type-options") == "nosniff"
+        assert time.monotonic() - began < 25
+        assert sock.recv(1) == b""  # closed by the server
+    still = node.query("* | stats count() as n", dataset="lane")["rows"]  # the node still serves
+    assert still[0]["n"] == 2000
+
+
+def test_a_large_answer_streams_through_the_lane_whole(node: Server, records: list[Record]) -> None:
+    """An answer past what is encoded in the query's slot (8 MiB) is streamed: no Content-Length."""
+    body = ndjson(records)
+    for _ in range(3):
+        assert node.ingest(body, dataset="large").status_code == 200
+    rows = 3 * len(records)
+    query = orjson.dumps({"q": "*", "dataset": "large", "limit": rows})
+    lane = _send(node, query, node.token, chunked=False)
+    quart = _send(node, query, node.token, chunked=True)
+    assert lane[0] == 200 and len(lane[2]["rows"]) == rows
+    assert "content-length" not in lane[1], lane[1]
+    assert lane[1].get("transfer-encoding") == "chunked", lane[1]
+    assert lane[2] == quart[2]
+
+
+def test_which_requests_take_the_lane() -> None:
+    from helios.api.lane import LANE_BODY_BYTES, _length
+
+    def scope(*headers: tuple[bytes, bytes]) -> dict[str, Any]:
+        return {"headers": list(headers)}
+
+    assert _length(scope((b"Content-Length", b"42"))) == 42
+    assert _length(scope((b"content-length", str(LANE_BODY_BYTES).encode()))) == LANE_BODY_BYTES
+    for refused in (scope(), scope((b"content-length", str(LANE_BODY_BYTES + 1).encode())),
+                    scope((b"transfer-encoding", b"chunked")),
+                    scope((b"content-length", b"4"), (b"transfer-encoding", b"chunked")),
+                    scope((b"content-length", b"4"), (b"content-length", b"4")),
+                    scope((b"content-length", b"-4")), scope((b"content-length", b"4 "))):
+        assert _length(refused) is None, refused
