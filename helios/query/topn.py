@@ -119,7 +119,7 @@ class TopRows:
         whole = table.num_rows <= self.count  # every row is kept; what it shows is still noted
         for i, (name, _) in enumerate(self.keys):
             column = key_column(table, name)
-            if not pa.types.is_string(column.type):
+            if not pa.types.is_string(column.type) or self.text[i]:  # text once: text for good
                 choices.append([column])
                 continue
             numbers = numeric(column)
