@@ -141,12 +141,13 @@ class TopRows:
         self.kept.append(table.take(rows.take(pc.sort_indices(rows))))  # in gathered order again
 
     def result(self) -> pa.Table:
-        """Every kept row (at least one part was added), newest first, then sorted as the whole
-        would be."""
+        """The first ``count`` kept rows (at least one part was added), sorted as the whole would
+        be: newest first, then by the keys. Parts keep up to ``count`` rows each (under every
+        reading), so only these are the answer's: the rest is not read whole (``whole_rows``)."""
         table = pa.concat_tables(self.kept, promote_options="default")
         self.kept = []
         table = table.take(pc.sort_indices(table, sort_keys=[("_time", "descending")]))
-        return sort(table, self.keys, read=self._reading)
+        return sort(table, self.keys, read=self._reading).slice(0, self.count)
 
     def _reading(self, i: int, column: Any) -> Any:
         """What key ``i`` sorts by, as the whole decides it (not the kept rows alone)."""
