@@ -153,18 +153,22 @@ def _list_quantiles(lists: Any, q: float) -> pa.Array:
             present = pc.and_(present, pc.invert(pc.is_nan(flat)))
         values, owners = flat.filter(present).to_numpy(), parents.filter(present).to_numpy()
     bounds = np.searchsorted(owners, np.arange(len(lists) + 1))
-    out: list[float | None] = []
-    for start, end in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
-        if start == end:
-            out.append(None)
-            continue
-        position = q * (end - start - 1)
-        low = math.floor(position)
-        high = min(low + 1, end - start - 1)
-        ranked = np.partition(values[start:end], sorted({low, high}))
-        a, b = ranked[low].item(), ranked[high].item()
-        out.append(float(a + (b - a) * (position - low)))
-    return pa.array(out, pa.float64())
+    return pa.array([_ranked(values[start:end].copy(), q) for start, end
+                     in zip(bounds[:-1].tolist(), bounds[1:].tolist())], pa.float64())
+
+
+def _ranked(values: np.ndarray, q: float) -> float | None:
+    """The ``q`` quantile of ``values`` (a copy of the caller's own: partitioned in place), None
+    when empty: linear interpolation between the closest ranks. The two values are Python numbers
+    before they are combined, so whole numbers past 2^53 interpolate exactly."""
+    if not len(values):
+        return None
+    position = q * (len(values) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(values) - 1)
+    values.partition(sorted({low, high}))
+    a, b = values[low].item(), values[high].item()
+    return float(a + (b - a) * (position - low))
 
 
 def timechart(table: pa.Table, pipe: ast.Timechart) -> pa.Table:
@@ -354,20 +358,50 @@ def _group_quantiles(lists: pa.ChunkedArray, group_of: np.ndarray, groups: int,
     The parts' lists are read in place (one chunk a part, flattened without a copy). With few groups
     each group's numbers are picked by a mask and ranked, one group at a time; with many, all are
     sorted by their group once. 10 M numbers (80 MB) are copied at most once."""
+    starts = np.cumsum([0, *(len(chunk) for chunk in lists.chunks)])
+    owners = [group_of[start + pc.list_parent_indices(chunk).to_numpy()].astype(np.int32)
+              for start, chunk in zip(starts.tolist(), lists.chunks)]
+    if groups <= FEW_GROUPS:
+        numbers = [_counted(pc.list_flatten(chunk)) for chunk in lists.chunks]
+        return pa.array([_ranked(_picked(numbers, owners, g), q) for g in range(groups)], pa.float64())
     values = pa.chunked_array([pc.list_flatten(chunk) for chunk in lists.chunks],
                               lists.type.value_type)
-    starts = np.cumsum([0, *(len(chunk) for chunk in lists.chunks)])
-    owner = np.concatenate([np.zeros(0, dtype=np.int32), *(
-        group_of[start + pc.list_parent_indices(chunk).to_numpy()].astype(np.int32)
-        for start, chunk in zip(starts.tolist(), lists.chunks))])
-    if groups <= FEW_GROUPS:
-        return pa.concat_arrays([_list_quantiles(_one_list(values.filter(pa.array(owner == g))), q)
-                                 for g in range(groups)] or [pa.array([], pa.float64())])
+    owner = np.concatenate([np.zeros(0, dtype=np.int32), *owners])
     offsets = np.zeros(groups + 1, dtype=np.int64)
     np.cumsum(np.bincount(owner, minlength=groups), out=offsets[1:])
     joined = values.take(pa.array(np.argsort(owner, kind="stable")))
     joined = joined.combine_chunks()
     return _list_quantiles(pa.LargeListArray.from_arrays(pa.array(offsets), joined), q)
+
+
+def _counted(values: pa.Array) -> tuple[np.ndarray, np.ndarray | None]:
+    """A part's numbers as numpy (in place when it has no nulls), and which of them count (None:
+    all); nulls and NaN do not."""
+    keep = None
+    if values.null_count:
+        keep = pc.is_valid(values).to_numpy(zero_copy_only=False)
+        values = pc.fill_null(values, 0)
+    array = values.to_numpy()
+    if np.issubdtype(array.dtype, np.floating):
+        nan = np.isnan(array)
+        if nan.any():
+            keep = ~nan if keep is None else keep & ~nan
+    return array, keep
+
+
+def _picked(numbers: list[tuple[np.ndarray, np.ndarray | None]], owners: list[np.ndarray],
+            group: int) -> np.ndarray:
+    """The numbers of one group across the parts, copied once into an array of their own."""
+    masks = [owner == group if keep is None else (owner == group) & keep
+             for (_, keep), owner in zip(numbers, owners)]
+    dtype = numbers[0][0].dtype if numbers else np.float64
+    out = np.empty(sum(int(mask.sum()) for mask in masks), dtype=dtype)
+    at = 0
+    for (array, _), mask in zip(numbers, masks):
+        size = int(mask.sum())
+        np.compress(mask, array, out=out[at:at + size])
+        at += size
+    return out
 
 
 def _one_list(values: Any) -> pa.LargeListArray:
