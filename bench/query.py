@@ -8,8 +8,9 @@ For each size (``--rows 1000000,10000000`` by default; ``--quick``: 100 k):
    fresh nodes from two concurrent clients: one with the index built at flush
    (``HELIOS_INDEX_ON_FLUSH=true``), one that compacts (and so indexes) nothing while it ingests
    (compaction every hour: the rate without index building), and one with the bench's settings;
-   the last two twice, alternating, each rate the best of its two. The last node is kept: the bench waits until every row is flushed to blocks, every block has its token
-   index (built by compaction) and compaction has settled (compaction every
+   the last two twice, alternating, each rate the best of its two. The last node is kept: the
+   bench waits until every row is flushed to blocks, every block has its token index (built by
+   compaction) and compaction has settled (compaction every
    ``HELIOS_COMPACTION_INTERVAL_SECS=2`` instead of 300 s, replaced blocks deleted after
    ``HELIOS_GC_GRACE_SECS=1``; every other setting is the default), then measures its bytes on disk.
 4. Each query runs once on each side (warm-up), then alternately on Helios (over HTTP, one

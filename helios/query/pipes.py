@@ -363,7 +363,8 @@ def _group_quantiles(lists: pa.ChunkedArray, group_of: np.ndarray, groups: int,
               for start, chunk in zip(starts.tolist(), lists.chunks)]
     if groups <= FEW_GROUPS:
         numbers = [_counted(pc.list_flatten(chunk)) for chunk in lists.chunks]
-        return pa.array([_ranked(_picked(numbers, owners, g), q) for g in range(groups)], pa.float64())
+        return pa.array([_ranked(_picked(numbers, owners, g), q) for g in range(groups)],
+                        pa.float64())
     values = pa.chunked_array([pc.list_flatten(chunk) for chunk in lists.chunks],
                               lists.type.value_type)
     owner = np.concatenate([np.zeros(0, dtype=np.int32), *owners])
