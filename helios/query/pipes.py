@@ -356,8 +356,8 @@ def _group_quantiles(lists: pa.ChunkedArray, group_of: np.ndarray, groups: int,
     """Per group, the ``q`` quantile of the numbers of all its parts' lists.
 
     The parts' lists are read in place (one chunk a part, flattened without a copy). With few groups
-    each group's numbers are picked by a mask and ranked, one group at a time; with many, all are
-    sorted by their group once. 10 M numbers (80 MB) are copied at most once."""
+    each group's numbers are copied once, by a mask, into an array ranked in place, one group at a
+    time; with many, all are sorted by their group once."""
     starts = np.cumsum([0, *(len(chunk) for chunk in lists.chunks)])
     owners = [group_of[start + pc.list_parent_indices(chunk).to_numpy()].astype(np.int32)
               for start, chunk in zip(starts.tolist(), lists.chunks)]
