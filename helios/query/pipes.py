@@ -395,11 +395,10 @@ def _picked(numbers: list[tuple[np.ndarray, np.ndarray | None]], owners: list[np
     """The numbers of one group across the parts, copied once into an array of their own."""
     masks = [owner == group if keep is None else (owner == group) & keep
              for (_, keep), owner in zip(numbers, owners)]
-    dtype = numbers[0][0].dtype if numbers else np.float64
-    out = np.empty(sum(int(mask.sum()) for mask in masks), dtype=dtype)
+    sizes = [int(mask.sum()) for mask in masks]
+    out = np.empty(sum(sizes), dtype=numbers[0][0].dtype if numbers else np.float64)
     at = 0
-    for (array, _), mask in zip(numbers, masks):
-        size = int(mask.sum())
+    for (array, _), mask, size in zip(numbers, masks, sizes):
         np.compress(mask, array, out=out[at:at + size])
         at += size
     return out
