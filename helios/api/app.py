@@ -50,7 +50,8 @@ def create_app(node: NodeApi, *, shutdown: trio.Event | None = None) -> QuartTri
     app.extensions[NODE_KEY] = node
     app.extensions[QUERIES_KEY] = pool
     # Most queries are answered without Quart (helios.api.lane); the rest of the app through it.
-    lane = QueryLane(app.asgi_app, node, pool, body_timeout_s=config.body_timeout_secs)
+    lane = QueryLane(app.asgi_app, node, pool, body_timeout_s=config.body_timeout_secs,
+                     max_body_bytes=config.max_body_bytes)
     app.asgi_app = ConnectionGuard(lane, drain_s=DRAIN_S,  # type: ignore[method-assign]
                                    max_body_bytes=config.max_body_bytes)
     _register_errors(app, config.max_body_bytes, config.body_timeout_secs)

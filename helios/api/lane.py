@@ -3,9 +3,10 @@
 Quart costs a request 0.2 ms of CPU on a warm node and 0.45–0.5 ms after a pause (its request
 object, contexts, routing, response object), more than the engine needs to find the newest 100
 rows of 10 M. Queries are what people and dashboards wait on, so the common request — a POST
-with a JSON body of known length, at most ``LANE_BODY_BYTES`` — skips it:
+with a JSON body of known length, at most ``LANE_BODY_BYTES`` and ``HELIOS_MAX_BODY_BYTES``
+(a larger one is Quart's to refuse, 413) — skips it:
 
-    ConnectionGuard → QueryLane ┬ POST /api/v1/query, Content-Length ≤ LANE_BODY_BYTES → here
+    ConnectionGuard → QueryLane ┬ POST /api/v1/query, Content-Length ≤ 1 MiB and the limit: here
                                 └ GET, chunked or larger bodies, other paths → Quart
 
 Nothing is decided twice: the caller is checked by ``Auth.authenticate`` and the permission
@@ -38,8 +39,9 @@ PATH = "/api/v1/query"
 _JSON = (b"content-type", b"application/json")
 
 
-def _length(scope: Message) -> int | None:
-    """The declared body length of a request the lane takes, or None (then Quart answers it)."""
+def _length(scope: Message, bound: int) -> int | None:
+    """The declared body length of a request the lane takes (at most ``bound``), or None (then
+    Quart answers it: a larger body may be one Quart refuses, 413, past HELIOS_MAX_BODY_BYTES)."""
     length = None
     for name, value in scope.get("headers", ()):
         name = name.lower()
@@ -49,19 +51,21 @@ def _length(scope: Message) -> int | None:
             if length is not None or not value.isdigit():
                 return None
             length = int(value)
-    return length if length is not None and length <= LANE_BODY_BYTES else None
+    return length if length is not None and length <= bound else None
 
 
 class QueryLane:
-    def __init__(self, app: App, node: NodeApi, pool: QueryPool, *, body_timeout_s: float) -> None:
+    def __init__(self, app: App, node: NodeApi, pool: QueryPool, *, body_timeout_s: float,
+                 max_body_bytes: int) -> None:
         self.app = app
         self.node = node
         self.pool = pool
         self.body_timeout_s = body_timeout_s
+        self.bound = min(LANE_BODY_BYTES, max_body_bytes)
 
     async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
         if (scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != PATH
-                or _length(scope) is None):
+                or _length(scope, self.bound) is None):
             await self.app(scope, receive, send)
             return
         body = bytearray()
