@@ -355,16 +355,23 @@ def _group_quantiles(lists: pa.ChunkedArray, group_of: np.ndarray, groups: int,
                      q: float) -> pa.Array:
     """Per group, the ``q`` quantile of the numbers of all its parts' lists.
 
-    The parts' lists are read in place (one chunk a part, flattened without a copy). With few groups
-    each group's numbers are copied once, by a mask, into an array ranked in place, one group at a
-    time; with many, all are sorted by their group once."""
-    starts = np.cumsum([0, *(len(chunk) for chunk in lists.chunks)])
-    owners = [group_of[start + pc.list_parent_indices(chunk).to_numpy()].astype(np.int32)
-              for start, chunk in zip(starts.tolist(), lists.chunks)]
+    The parts' lists are read in place (one chunk a part, flattened without a copy). A part row's
+    list holds one group's numbers, so with few groups each group's numbers are its rows' list
+    slices, copied once into an array ranked in place, one group at a time; with many, all are
+    sorted by their group once."""
+    starts = np.cumsum([0, *(len(chunk) for chunk in lists.chunks)]).tolist()
     if groups <= FEW_GROUPS:
         numbers = [_counted(pc.list_flatten(chunk)) for chunk in lists.chunks]
-        return pa.array([_ranked(_picked(numbers, owners, g), q) for g in range(groups)],
-                        pa.float64())
+        bounds = [_list_bounds(chunk) for chunk in lists.chunks]
+        slices: list[list[tuple[np.ndarray, np.ndarray | None]]] = [[] for _ in range(groups)]
+        for start, (array, keep), (first, last) in zip(starts, numbers, bounds):
+            for row, group in enumerate(group_of[start:start + len(first)].tolist()):
+                a, b = first[row], last[row]
+                if b > a:
+                    slices[group].append((array[a:b], None if keep is None else keep[a:b]))
+        return pa.array([_ranked(_joined(parts), q) for parts in slices], pa.float64())
+    owners = [group_of[start + pc.list_parent_indices(chunk).to_numpy()].astype(np.int32)
+              for start, chunk in zip(starts, lists.chunks)]
     values = pa.chunked_array([pc.list_flatten(chunk) for chunk in lists.chunks],
                               lists.type.value_type)
     owner = np.concatenate([np.zeros(0, dtype=np.int32), *owners])
@@ -373,6 +380,14 @@ def _group_quantiles(lists: pa.ChunkedArray, group_of: np.ndarray, groups: int,
     joined = values.take(pa.array(np.argsort(owner, kind="stable")))
     joined = joined.combine_chunks()
     return _list_quantiles(pa.LargeListArray.from_arrays(pa.array(offsets), joined), q)
+
+
+def _list_bounds(chunk: pa.Array) -> tuple[list[int], list[int]]:
+    """Where each list of ``chunk`` starts and ends in ``pc.list_flatten(chunk)`` (a sliced
+    chunk's offsets do not start at zero; a part's lists are never null)."""
+    offsets = chunk.offsets.to_numpy()
+    offsets = offsets - offsets[0] if len(offsets) else offsets
+    return offsets[:-1].tolist(), offsets[1:].tolist()
 
 
 def _counted(values: pa.Array) -> tuple[np.ndarray, np.ndarray | None]:
@@ -390,16 +405,17 @@ def _counted(values: pa.Array) -> tuple[np.ndarray, np.ndarray | None]:
     return array, keep
 
 
-def _picked(numbers: list[tuple[np.ndarray, np.ndarray | None]], owners: list[np.ndarray],
-            group: int) -> np.ndarray:
-    """The numbers of one group across the parts, copied once into an array of their own."""
-    masks = [owner == group if keep is None else (owner == group) & keep
-             for (_, keep), owner in zip(numbers, owners)]
-    sizes = [int(mask.sum()) for mask in masks]
-    out = np.empty(sum(sizes), dtype=numbers[0][0].dtype if numbers else np.float64)
+def _joined(parts: list[tuple[np.ndarray, np.ndarray | None]]) -> np.ndarray:
+    """One group's numbers across the parts (their counting ones), copied once into an array of
+    their own."""
+    sizes = [len(array) if keep is None else int(keep.sum()) for array, keep in parts]
+    out = np.empty(sum(sizes), dtype=parts[0][0].dtype if parts else np.float64)
     at = 0
-    for (array, _), mask, size in zip(numbers, masks, sizes):
-        np.compress(mask, array, out=out[at:at + size])
+    for (array, keep), size in zip(parts, sizes):
+        if keep is None:
+            out[at:at + size] = array
+        else:
+            np.compress(keep, array, out=out[at:at + size])
         at += size
     return out
 
