@@ -40,6 +40,8 @@ from typing import Any, Callable
 
 import duckdb
 import orjson
+import pyarrow as pa
+import pyarrow.json as pajson
 
 from common import (Batch, Keepalive, machine, peak_rss_bytes, rare_token, start_node, token_rows, tree_bytes,
                     write_ndjson)
@@ -63,6 +65,23 @@ def log(message: str) -> None:
 
 
 # -- ingest ---------------------------------------------------------------------------------------
+
+def parse_rate(path: Path, batches: list[Batch]) -> float:
+    """rows/s of ``pyarrow.json.read_json`` over each batch in this process, default options (both
+    cores, types inferred): the node's parser alone, without HTTP, checks, the WAL or blocks."""
+    elapsed = 0.0
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for batch in batches:
+            body = batch.read(fd)
+            start = time.perf_counter()
+            parsed = pajson.read_json(pa.BufferReader(body)).num_rows
+            elapsed += time.perf_counter() - start
+            assert parsed == batch.rows, (parsed, batch.rows)
+    finally:
+        os.close(fd)
+    return sum(b.rows for b in batches) / elapsed
+
 
 def ingest(server: Server, path: Path, batches: list[Batch], clients: int) -> float:
     """Send every batch of ``path`` over HTTP from ``clients`` concurrent clients; rows/s acknowledged.
@@ -284,6 +303,8 @@ def run_size(rows: int, args: argparse.Namespace, records: list, rare: str, one_
     result.duck_load = rows / (time.perf_counter() - start)
     log(f"DuckDB load: {result.duck_load:,.0f} rows/s")
     assert con.execute("SELECT count(*) FROM logs").fetchone()[0] == rows
+    result.ingest["parse"] = parse_rate(path, batches)
+    log(f"pyarrow.json alone: {result.ingest['parse']:,.0f} rows/s")
 
     nodes: list[Server] = []
     try:

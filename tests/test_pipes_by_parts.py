@@ -97,7 +97,7 @@ def _same(got: pa.Table, expected: pa.Table, where: str) -> None:
 @pytest.mark.parametrize("seed", range(40))
 def test_parts_joined_equal_the_pipe_over_all_rows(seed: int,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    if seed % 2:  # quantiles: every group by its mask (the usual few groups), or all by one sort
+    if seed % 2:  # quantiles: group by group from their lists (the usual few groups), or one sort
         monkeypatch.setattr(pipes, "FEW_GROUPS", 0)
     tables = _parts(seed)
     whole = pa.concat_tables(tables)

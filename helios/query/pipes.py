@@ -184,7 +184,7 @@ def timechart(table: pa.Table, pipe: ast.Timechart) -> pa.Table:
 # group's numbers per part (8 bytes a value instead of the gathered rows) and rank them at the end.
 
 _BY_PARTS = {"count", "sum", "min", "max", "avg", "count_distinct", "quantile"}
-FEW_GROUPS = 32  # a quantile's groups picked one mask each (else one sort by group)
+FEW_GROUPS = 32  # quantiles: up to this many groups one at a time (else one sort by group)
 
 
 def by_parts(pipe: ast.Pipe) -> bool:
