@@ -130,6 +130,45 @@ def test_a_query_body_that_stops_coming_is_answered_408_and_the_connection_close
     assert still[0]["n"] == 2000
 
 
+def _raw_post(sock: socket.socket, body: bytes, token: str | None, *, declared: int | None = None,
+              sent: int | None = None) -> None:
+    auth = "" if token is None else f"Authorization: Bearer {token}\r\n"
+    head = (f"POST /api/v1/query HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{auth}"
+            f"Content-Length: {len(body) if declared is None else declared}\r\n\r\n")
+    sock.sendall(head.encode() + body[:sent])
+
+
+def test_a_stranger_is_refused_before_its_body_has_come(node: Server) -> None:
+    """As the route does: who the caller is is known from the headers, so a body that never comes
+    is not waited for (a 401, not the body timeout's 408), and the connection is closed."""
+    parts = urllib.parse.urlsplit(node.url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
+        _raw_post(sock, b'{"q": "error", "dataset": "lane"}', None, declared=100, sent=10)
+        reply = http.client.HTTPResponse(sock)
+        reply.begin()
+        assert reply.status == 401, reply.status
+        assert "error" in orjson.loads(reply.read())
+        assert reply.getheader("connection") == "close"
+        assert sock.recv(1) == b""  # closed by the server
+
+
+def test_an_answer_before_the_body_keeps_the_connection_once_the_body_has_come(
+        node: Server) -> None:
+    """A refused caller whose body was all sent: the lane reads it (and drops it), so the connection
+    stays open and the next request on it is answered."""
+    parts = urllib.parse.urlsplit(node.url)
+    body = b'{"q": "* | stats count() as n", "dataset": "lane"}'
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
+        for token, status in (("not-a-token", 401), (_ingest_token(node), 403), (node.token, 200)):
+            _raw_post(sock, body, token)
+            reply = http.client.HTTPResponse(sock)
+            reply.begin()
+            doc = orjson.loads(reply.read())
+            assert reply.status == status, (reply.status, doc)
+            assert reply.getheader("connection") != "close", token
+        assert doc["rows"] == [{"n": 2000}]
+
+
 def test_a_large_answer_streams_through_the_lane_whole(node: Server, records: list[Record]) -> None:
     """An answer past what is encoded in the query's slot (8 MiB) is streamed: no Content-Length."""
     for _ in range(3):

@@ -10,13 +10,15 @@ with a JSON body of known length, at most ``LANE_BODY_BYTES`` and ``HELIOS_MAX_B
                                 └ GET, chunked or larger bodies, other paths → Quart
 
 Nothing is decided twice: the caller is checked by ``Auth.authenticate`` and the permission
-``query`` (``principal``'s two steps), the body by ``common.json_object`` (``json_body``'s rules),
-the query by ``query.answer_query``, and errors become answers through ``common.error_parts``
-(the app's error handlers'). What Quart did besides is done here: the body must arrive within
-``HELIOS_BODY_TIMEOUT_SECS`` (else 408, Quart's message), a client that disconnects cancels its
-query (a task watches ``receive`` for ``http.disconnect``, as quart-trio's does), and a large
-answer streams chunk by chunk (``query.stream``). ``ConnectionGuard`` still wraps every answer:
-security headers, and an answer sent before the body ended closes the connection.
+``query`` (``principal``'s two steps) before the body is read, as the route does; the body by
+``common.json_object`` (``json_body``'s rules), the query by ``query.answer_query``, and errors
+become answers through ``common.error_parts`` (the app's error handlers'). What Quart did besides
+is done here: the body must arrive within ``HELIOS_BODY_TIMEOUT_SECS`` (else 408, Quart's
+message), an answer given before the body has all come (401, 403, 408) goes on reading it and
+drops it, a client that disconnects cancels its query (a task watches ``receive`` for
+``http.disconnect``, as quart-trio's does), and a large answer streams chunk by chunk
+(``query.stream``). ``ConnectionGuard`` still wraps every answer: security headers, and an answer
+sent before the body ended closes the connection unless the body comes within its wait.
 """
 
 from __future__ import annotations
@@ -68,6 +70,11 @@ class QueryLane:
                 or _length(scope, self.bound) is None):
             await self.app(scope, receive, send)
             return
+        try:  # the caller first, as the route does: a stranger's body is not waited for
+            self._authenticate(scope)
+        except Exception as error:  # noqa: BLE001 -- answered as the app does
+            await _early(receive, send, *error_parts(error, PATH))
+            return
         body = bytearray()
         with trio.move_on_after(self.body_timeout_s) as timer:
             while True:
@@ -80,18 +87,21 @@ class QueryLane:
         if timer.cancelled_caught:
             late = (f"the request body did not arrive within {self.body_timeout_s:g} s "
                     "(HELIOS_BODY_TIMEOUT_SECS)")  # Quart's words (helios.api.app)
-            await _answer(send, 408, orjson.dumps({"error": late}))
+            await _early(receive, send, 408, {"error": late}, {})
             return
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch, receive, nursery.cancel_scope)
-            await self._respond(scope, bytes(body), send)
+            await self._respond(bytes(body), send)
             nursery.cancel_scope.cancel()
 
-    async def _respond(self, scope: Message, body: bytes, send: Send) -> None:
+    def _authenticate(self, scope: Message) -> None:
+        """``principal("query")``'s two steps: who the caller is, and that they may query."""
+        authorization = next((value.decode("latin-1") for name, value in scope["headers"]
+                              if name.lower() == b"authorization"), None)
+        self.node.auth.authenticate(authorization).require("query")
+
+    async def _respond(self, body: bytes, send: Send) -> None:
         try:
-            authorization = next((value.decode("latin-1") for name, value in scope["headers"]
-                                  if name.lower() == b"authorization"), None)
-            self.node.auth.authenticate(authorization).require("query")
             chunks, rest, stats = await answer_query(self.node, self.pool, json_object(body))
         except Exception as error:  # noqa: BLE001 -- every error is answered, as the app does
             status, doc, headers = error_parts(error, PATH)
@@ -113,6 +123,24 @@ async def _answer(send: Send, status: int, body: bytes,
               *((name.lower().encode(), value.encode()) for name, value in (headers or {}).items())]
     await send({"type": "http.response.start", "status": status, "headers": fields})
     await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _early(receive: Receive, send: Send, status: int, doc: Any,
+                 headers: dict[str, str]) -> None:
+    """An answer given before the body has all come (401, 403, 408): the rest is read and dropped
+    meanwhile, as Quart does, so ``ConnectionGuard`` keeps the connection once it has all come, or
+    closes it after its wait."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_drain, receive)
+        await _answer(send, status, orjson.dumps(doc), headers)
+        nursery.cancel_scope.cancel()
+
+
+async def _drain(receive: Receive) -> None:
+    while True:
+        message: Any = await receive()
+        if message["type"] == "http.disconnect" or not message.get("more_body", False):
+            return
 
 
 async def _watch(receive: Receive, scope: trio.CancelScope) -> None:
