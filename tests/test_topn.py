@@ -249,3 +249,78 @@ def test_a_first_row_whose_block_cannot_be_had_at_the_end_makes_the_answer_parti
     got = execute(parse("* | sort by (size desc) | limit 3"), [source], BlockCache(1 << 20),
                   start_ns=None, end_ns=None, limit=10, fetch=fetch)
     assert got.stats["partial"] and got.stats["blocks_missing"] == 1 and got.table.num_rows == 0
+
+
+@pytest.mark.parametrize("room", ["all", "none"])
+def test_streamed_blocks_are_fetched_once_and_their_first_rows_survive_a_store_gone_later(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, room: str) -> None:
+    """Blocks the store streams (bytes, not kept locally): a leading sort ranks by their keys and
+    reads the first rows' other columns from the bytes it kept, so each block is fetched once, and
+    a store that answers nothing afterwards loses no row. With no room to keep them
+    (``KEPT_BYTES``), a block is fetched again at the end, as before, and the answer is partial."""
+    from helios.query import topn
+    from helios.storage.blocks import build_block
+
+    monkeypatch.setattr(executor, "TOP_PART_ROWS", 32)  # several parts: bytes of others dropped
+    if room == "none":
+        monkeypatch.setattr(topn, "KEPT_BYTES", 0)
+    rng = random.Random(11)
+    serial = [0]
+    sources = []
+    for number in range(6):
+        table = _part(rng, serial)
+        if not table.num_rows:
+            continue
+        table = table.append_column("_msg", pa.array([f"m {i}" for i in range(table.num_rows)]))
+        entry = build_block(tmp_path, f"b{number}", [table], dataset="d", day=0, node="n",
+                            created_ns=0, index="tokens")
+        sources.append(Source(dataset="d", day=0, min_time=entry.min_time, max_time=entry.max_time,
+                              rows=entry.rows, block=entry, path=tmp_path / entry.filename))
+    calls: dict[str, int] = {}
+
+    def fetch(source: Source) -> bytes | None:  # streamed once; then the store is gone
+        assert source.block is not None
+        calls[source.block.id] = calls.get(source.block.id, 0) + 1
+        if calls[source.block.id] > 1:
+            return None
+        return (tmp_path / source.block.filename).read_bytes()
+
+    query = "* | sort by (size desc) | limit 5"
+    expected = execute(parse(query), sources, BlockCache(1 << 30), start_ns=None, end_ns=None,
+                       limit=10)
+    got = execute(parse(query), sources, BlockCache(1 << 30), start_ns=None, end_ns=None,
+                  limit=10, fetch=fetch)
+    assert expected.table.num_rows == 5 and not expected.stats["partial"]
+    if room == "all":
+        assert to_rows(got) == to_rows(expected)
+        assert not got.stats["partial"] and got.stats["truncated"] == expected.stats["truncated"]
+        assert set(calls.values()) == {1}, calls
+    else:
+        assert got.stats["partial"] and got.table.num_rows < 5
+        assert max(calls.values()) == 2, calls
+
+
+def test_kept_bytes_keep_only_the_blocks_asked_for_within_their_bound(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from helios.query import topn
+    from helios.storage.blocks import BlockEntry
+
+    monkeypatch.setattr(topn, "KEPT_BYTES", 10)
+    got: list[str] = []
+
+    def fetch(source: Source) -> bytes | Path:
+        assert source.block is not None
+        got.append(source.block.id)
+        return Path("/local") if source.block.id == "local" else b"x" * 4
+
+    def source(block_id: str) -> Source:
+        entry = BlockEntry(block_id, 1, 4, 0, 0, "", "n", 0)
+        return Source(dataset="d", day=0, min_time=0, max_time=0, rows=1, block=entry)
+
+    kept = topn.KeptBytes(fetch)
+    for block_id in ("a", "b", "c", "local", "a", "b", "c", "local"):
+        kept(source(block_id))
+    assert got == ["a", "b", "c", "local", "c", "local"]  # two of 4 bytes fit in 10
+    assert kept.size == 8
+    kept.keep_only({"b"})
+    assert set(kept.kept) == {"b"} and kept.size == 4

@@ -31,7 +31,7 @@ from helios.query.blockscan import BlockPart, from_memory, scan_block
 from helios.query.counts import count_by, countable
 from helios.query.filters import mask, may_match
 from helios.query.pipes import apply, by_parts, combine, partial
-from helios.query.topn import ROW, SOURCE, TopRows, key_names, top_of, whole_rows
+from helios.query.topn import ROW, SOURCE, KeptBytes, TopRows, key_names, top_of, whole_rows
 from helios.storage.cache import BlockCache
 from helios.storage.engine import Source
 
@@ -130,6 +130,8 @@ def execute(query: ast.Query, sources: list[Source], cache: BlockCache, *,
     ranked = TopRows(query.pipes[0], top) if top is not None else None  # type: ignore[arg-type]
     # A leading sort reads its keys only; the other columns are read for its first rows at the end.
     reading = needed if ranked is None else key_names(query.pipes[0])  # type: ignore[arg-type]
+    kept_bytes = KeptBytes(fetch) if ranked is not None and fetch is not None else None
+    fetch = kept_bytes or fetch
     memory: dict[int, pa.Table] = {}  # a leading sort's memtable rows, every column (whole_rows)
     parts: list[pa.Table] = []  # the first pipe's part of each batch of gathered rows (``pipes.partial``)
     kept = 0
@@ -199,6 +201,9 @@ def execute(query: ast.Query, sources: list[Source], cache: BlockCache, *,
         if ranked is not None and kept >= TOP_PART_ROWS:  # keep the rows that may come first
             ranked.add(_joined(pieces))
             pieces, kept = [], 0
+            if kept_bytes is not None:  # the blocks of rows no longer kept will not be read again
+                kept_bytes.keep_only({ordered[i].block.id for i in ranked.sources()
+                                      if ordered[i].block is not None} | set(ahead))
             continue
         if plain and kept >= cap and "_time" in part.column_names:
             more = more or kept > cap

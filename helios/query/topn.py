@@ -26,7 +26,9 @@ their part. Two things about the whole are known only at the end:
 
 from __future__ import annotations
 
+import threading
 from itertools import product
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -41,9 +43,11 @@ from helios.query.pipes import key_column, sort
 from helios.storage.cache import BlockCache
 from helios.storage.engine import Source
 
-__all__ = ["MAX_ORDERS", "ROW", "SOURCE", "TopRows", "key_names", "top_of", "whole_rows"]
+__all__ = ["KEPT_BYTES", "MAX_ORDERS", "ROW", "SOURCE", "KeptBytes", "TopRows", "key_names",
+           "top_of", "whole_rows"]
 
 MAX_ORDERS = 4  # orders a part's first rows are kept under, at most (two keys undecided)
+KEPT_BYTES = 256 << 20  # streamed blocks' bytes a leading sort keeps for its late reads, at most
 _EXACT = 1 << 53  # whole numbers up to this order the same as int64 and as float64
 
 
@@ -85,6 +89,40 @@ def whole_rows(table: pa.Table, sources: list[Source], memory: dict[int, pa.Tabl
         return table.slice(0, 0).drop_columns([SOURCE, ROW]), missing
     joined = pa.concat_tables(pieces, promote_options="default")
     return joined.take(pa.array(np.argsort(np.concatenate(places), kind="stable"))), missing
+
+
+class KeptBytes:
+    """A leading sort's ``fetch``: the bytes of a block the store streamed (not kept on the local
+    disk: ``HELIOS_LOCAL_CACHE_BYTES`` or no room) are kept while the block may hold one of the
+    first rows, so ``whole_rows`` reads its other columns from them instead of downloading it again
+    (and a store that failed meanwhile does not lose those rows). ``keep_only`` drops the others;
+    at most ``KEPT_BYTES`` are kept (past that a block is fetched again, as before). A local file's
+    path is not kept: it is asked for again, as every read does."""
+
+    def __init__(self, fetch: Fetch) -> None:
+        self.fetch = fetch
+        self.kept: dict[str, bytes] = {}
+        self.size = 0
+        self._lock = threading.Lock()  # the scan threads fetch too
+
+    def __call__(self, source: Source) -> Path | bytes | None:
+        assert source.block is not None
+        with self._lock:
+            data = self.kept.get(source.block.id)
+        if data is not None:
+            return data
+        got = self.fetch(source)
+        if got is not None and not isinstance(got, Path):
+            with self._lock:
+                if source.block.id not in self.kept and self.size + len(got) <= KEPT_BYTES:
+                    self.kept[source.block.id] = got
+                    self.size += len(got)
+        return got
+
+    def keep_only(self, block_ids: set[str]) -> None:
+        with self._lock:
+            for block_id in [b for b in self.kept if b not in block_ids]:
+                self.size -= len(self.kept.pop(block_id))
 
 
 def top_of(pipes: tuple[ast.Pipe, ...], limit: int) -> int | None:
@@ -137,6 +175,10 @@ class TopRows:
             first = _first_rows(order, self.keys, times, self.count)
             rows = first if rows is None else pc.unique(pa.concat_arrays([rows, first]))
         self.kept.append(table.take(rows.take(pc.sort_indices(rows))))  # in gathered order again
+
+    def sources(self) -> set[int]:
+        """The positions (in the executor's list) of the sources the kept rows came from."""
+        return {int(at) for part in self.kept for at in pc.unique(part.column(SOURCE)).to_pylist()}
 
     def result(self) -> pa.Table:
         """The first ``count`` kept rows (at least one part was added), sorted as the whole would
