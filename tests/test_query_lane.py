@@ -199,3 +199,15 @@ def test_which_requests_take_the_lane() -> None:
                     scope((b"content-length", b"4"), (b"content-length", b"4")),
                     scope((b"content-length", b"-4")), scope((b"content-length", b"4 "))):
         assert _length(refused, LANE_BODY_BYTES) is None, refused
+
+
+def test_a_query_of_a_thousand_wheres_is_answered(node: Server) -> None:
+    """Leading ``where``s fold into the filter as one ``and`` (a chain of them once nested one
+    ``and`` a ``where``, and past ~1,000 the filter's walks overflowed the stack: a 500)."""
+    text = "*" + " | where -zzz" * 1_150 + " | stats count() as n"
+    assert len(text) < 16_384
+    for chunked in (False, True):
+        status, _, doc = _send(node, orjson.dumps({"q": text, "dataset": "lane"}), node.token,
+                               chunked=chunked)
+        assert status == 200, doc
+        assert doc["rows"] == [{"n": 2000}]

@@ -66,3 +66,36 @@ def test_a_leading_where_answers_as_the_pipe_did(text: str) -> None:
                  for row in expected.slice(0, 1000).to_pylist()]
     assert got_rows == want_rows, text
     assert got_rows, text  # each query has an answer to compare
+
+
+def _depth(condition: ast.Filter) -> int:
+    deepest, stack = 0, [(condition, 1)]
+    while stack:
+        node, level = stack.pop()
+        deepest = max(deepest, level)
+        children = node.children if isinstance(node, (ast.And, ast.Or)) else (
+            (node.child,) if isinstance(node, ast.Not) else ())
+        stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def test_any_number_of_leading_wheres_join_one_and() -> None:
+    """Each ``where`` used to wrap the filter in one more ``and``: 1,000 of them (16 KiB of text)
+    overflowed the stack of every recursive walk of the filter (a 500, and a node ended by a
+    monitor or a live tail holding such a query). Now the filter is as deep as its deepest part."""
+    many = parse("*" + " | where error" * 1_000 + " | stats count() as n")
+    assert _depth(many.filter) == 2 and len(many.filter.children) == 1_000  # type: ignore[attr-defined]
+    nested = parse("a | where (b OR (c AND -d)) | where e f | where * | where g")
+    assert nested.filter == parse("a (b OR (c AND -d)) e f g").filter
+    assert parse("* | where * | where *").filter == ast.All()
+    tables = [_table(s) for s in range(2)]
+    sources = [Source(dataset="d", day=0, min_time=BASE_NS, max_time=BASE_NS + ROWS * 1000,
+                      rows=t.num_rows, table=t) for t in tables]
+    for text in ("*" + " | where error" * 1_150, "*" + " | where -ok" * 400 + " | stats count() as n"):
+        got = execute(parse(text), sources, BlockCache(1 << 20), start_ns=None, end_ns=None,
+                      limit=1000)
+        once = text.split(" | ")[1][len("where "):] + "".join(
+            f" | {pipe}" for pipe in text.split(" | ")[1:] if not pipe.startswith("where "))
+        want = execute(parse(once), sources, BlockCache(1 << 20), start_ns=None, end_ns=None,
+                       limit=1000)
+        assert got.table.to_pylist() == want.table.to_pylist() and got.table.num_rows, text[:40]

@@ -427,10 +427,19 @@ def _fold_where(query: ast.Query) -> ast.Query:
     reads the row's dataset either way), but the token index, the pruning and the reading of only
     the needed columns then see it: ``* | where latency:>100 | stats count()`` over 10 M rows
     gathered every column of every row (7 s over HTTP), where ``latency:>100 | stats count()``
-    takes 0.2 s."""
-    condition, pipes = query.filter, query.pipes
+    takes 0.2 s.
+
+    The filters are joined as the children of one ``and``, never one ``and`` inside another: the
+    filter stays as deep as the deepest of them (``MAX_DEPTH``), however many ``where`` follow (a
+    chain of 2,000 made the recursive walks of the filter overflow Python's stack)."""
+    pipes = query.pipes
+    terms = [] if isinstance(query.filter, ast.All) else [query.filter]
     while pipes and isinstance(pipes[0], ast.Where):
         more = pipes[0].filter
-        condition = more if isinstance(condition, ast.All) else ast.And((condition, more))
+        if not isinstance(more, ast.All):
+            terms.extend(more.children if isinstance(more, ast.And) else (more,))
         pipes = pipes[1:]
-    return query if pipes is query.pipes else ast.Query(condition, pipes)
+    if pipes is query.pipes:
+        return query
+    condition = ast.All() if not terms else terms[0] if len(terms) == 1 else ast.And(tuple(terms))
+    return ast.Query(condition, pipes)
