@@ -26,6 +26,7 @@ their part. Two things about the whole are known only at the end:
 
 from __future__ import annotations
 
+import math
 import threading
 from itertools import product
 from pathlib import Path
@@ -165,10 +166,11 @@ class TopRows:
             # int64 and float64 would order whole numbers past 2^53 differently: keep every row
             whole = whole or (pa.types.is_integer(numbers.type) and _past_exact(numbers))
             choices.append([column] if self.text[i] else [column, numbers])
-        orders = list(product(*choices))
-        if whole or len(orders) > MAX_ORDERS:
+        # Counted before any is made: n undecided keys have 2^n orders (30 would never finish).
+        if whole or math.prod(len(choice) for choice in choices) > MAX_ORDERS:
             self.kept.append(table)
             return
+        orders = list(product(*choices))
         times = table.column("_time")
         rows: Any = None
         for order in orders:
