@@ -223,12 +223,16 @@ class TailHub:
                 self.stats["dropped"] += item.rows * len(streams)
                 continue
             for stream, events in zip(streams, matched):
-                if not stream.closed:
+                if events is None:
+                    self.close(stream)
+                elif not stream.closed:
                     self.stats["dropped"] += stream.offer(events)
 
-    def _match(self, item: _Item, queries: list[ast.Query], data: bytes | None) -> list[list[bytes]]:
-        """Each query's matching rows of the item as ``data: {row}`` events, oldest first (worker thread);
-        ``data``: a pulled block's bytes (verified against its manifest entry here)."""
+    def _match(self, item: _Item, queries: list[ast.Query],
+               data: bytes | None) -> list[list[bytes] | None]:
+        """Each query's matching rows of the item as ``data: {row}`` events, oldest first (worker thread),
+        or None for a query that failed; ``data``: a pulled block's bytes (verified against its
+        manifest entry here)."""
         if item.table is not None:
             table = item.table
         else:
@@ -236,16 +240,14 @@ class TailHub:
             table = load_block(data, item.block)
         order = pc.sort_indices(table, sort_keys=[("_time", "ascending")])
         table = table.take(order)
-        out = []
+        out: list[list[bytes] | None] = []
         for query in queries:
-            part = table.filter(mask(query.filter, table, item.dataset))
-            if part.num_rows == 0:
-                out.append([])
-                continue
-            part = part.append_column("dataset", pa.repeat(item.dataset, part.num_rows))
-            for pipe in query.pipes:
-                part = apply(pipe, part)
-            out.append([b"data: " + orjson.dumps(row) + b"\n\n" for row in to_rows(QueryResult(part, False))])
+            try:
+                out.append(_events(table, query, item.dataset))
+            except Exception as exc:  # noqa: BLE001 -- a bug this stream's query hit
+                # One user's query must not end the node (nor the other streams): its stream ends.
+                _log.error("a live tail's query failed on a bug; its stream is closed", exc_info=exc)
+                out.append(None)
         return out
 
     def metrics_lines(self) -> list[str]:
@@ -317,3 +319,14 @@ class StreamBody:
                 await stream.wake.wait()
             if idle.cancelled_caught:
                 yield b": keep-alive\n\n"
+
+
+def _events(table: pa.Table, query: ast.Query, dataset: str) -> list[bytes]:
+    """The rows of ``table`` (one dataset's, oldest first) that ``query`` keeps, as SSE events."""
+    part = table.filter(mask(query.filter, table, dataset))
+    if part.num_rows == 0:
+        return []
+    part = part.append_column("dataset", pa.repeat(dataset, part.num_rows))
+    for pipe in query.pipes:
+        part = apply(pipe, part)
+    return [b"data: " + orjson.dumps(row) + b"\n\n" for row in to_rows(QueryResult(part, False))]

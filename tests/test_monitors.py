@@ -453,3 +453,57 @@ async def test_evaluation_under_a_lost_lease_commits_nothing(tmp_path: Any) -> N
         assert [e.kind for e in control.audit].count(alerts.KIND) == 1
         nursery.cancel_scope.cancel()
     engine.close()
+
+
+async def test_a_monitor_whose_query_hits_a_bug_fails_alone(tmp_path: Any,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A saved query that hits a bug in the engine puts its monitor in ``error`` and is logged; the
+    other monitors are evaluated and the service (and so the node) goes on. Ending the node would
+    end every node that leads the monitors, again after each restart."""
+    from backends.memory import MemoryBackend
+    from helios.control.objects import monitor_doc
+    from helios.control.plane import ControlPlane, Sealer
+    from helios.monitors import service as service_module
+    from helios.replication.lease import Lease
+    from helios.storage.engine import Engine
+    from helios.supervisor import Health
+
+    store = MemoryBackend()
+    control = ControlPlane(tmp_path / "control", Sealer(b"k" * 32, b"j" * 32, "none"), "a")
+    await control.open()
+    engine = Engine(tmp_path / "data", "a")
+    engine.open()
+    lease = Lease("monitors", store, "a", ttl_s=30.0)
+    await lease.tick()
+    service = MonitorService(control, engine, lease, None, node_id="a", lag_s=0.0, retry_s=60.0,
+                             policy=WebhookPolicy(), health=Health())
+    real = service_module.execute
+
+    def planted(query: Any, *args: Any, **kwargs: Any) -> Any:  # the bug: one query's shape
+        if "bravo" in repr(query.filter):
+            raise RuntimeError("a planted engine bug")
+        return real(query, *args, **kwargs)
+
+    monkeypatch.setattr(service_module, "execute", planted)
+    ids = {}
+    for name in ("alpha", "bravo"):
+        doc = monitor_doc({"name": name, "query": f"{name} | stats count() as n", "schedule": "10s",
+                           "window": "1h", "condition": {"op": ">", "threshold": 0}})
+        made = await control.commit("monitors", name.encode().hex()[:12].ljust(12, "0"),
+                                    lambda _, doc=doc: doc, "t")
+        assert made is not None
+        ids[name] = made.id
+    async with trio.open_nursery() as nursery:
+        await nursery.start(engine.wal.run)
+        now = time.time_ns()
+        from helios.ingest.records import parse_ndjson
+        await engine.ingest("default", parse_ndjson(
+            b"".join(orjson.dumps({"_time": now - 60 * 10**9, "_msg": w}) + b"\n"
+                     for w in ("alpha", "bravo")), now))
+        await service.pass_once()
+        board = service.board.monitors
+        assert board[ids["alpha"]].value == 1 and board[ids["alpha"]].error is None
+        assert board[ids["bravo"]].state == "error" and "internal error" in board[ids["bravo"]].error
+        assert alerts.state_of(control, ids["alpha"])["state"] == "firing"
+        nursery.cancel_scope.cancel()
+    engine.close()

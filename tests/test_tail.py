@@ -278,3 +278,30 @@ def test_helios_tail_follows_the_stream(server_factory: Callable[..., Server]) -
     bad = subprocess.run([sys.executable, "-m", "helios", "tail", "--url", node.url, "--token", node.token,
                           "* | stats count()"], capture_output=True, text=True, env=env, timeout=60)
     assert bad.returncode == 1 and "400" in bad.stderr
+
+
+async def test_a_tail_whose_query_hits_a_bug_is_closed_alone(monkeypatch: Any) -> None:
+    """A live tail's query that hits a bug in the engine ends that stream (logged); the other
+    streams get their rows and the dispatcher (supervised: its error would end the node) goes on."""
+    import pyarrow as pa
+
+    from helios import tail, timeutil
+    from helios.query.parser import parse
+
+    real = tail.mask
+
+    def planted(condition: Any, table: Any, dataset: Any) -> Any:  # the bug: one query's shape
+        if "bravo" in repr(condition):
+            raise RuntimeError("a planted engine bug")
+        return real(condition, table, dataset)
+
+    monkeypatch.setattr(tail, "mask", planted)
+    hub = tail.TailHub(None, "n", max_streams=4, buffer_rows=100)  # type: ignore[arg-type]
+    good, bad = hub.open(parse("alpha"), None), hub.open(parse("bravo"), None)
+    now = time.time_ns()
+    hub.publish("default", pa.table({
+        "_time": pa.array([now, now + 1], timeutil.TIME_TYPE), "_msg": ["alpha one", "bravo two"]}))
+    await hub.dispatch()
+    assert bad.closed and bad not in hub.streams
+    rows = [orjson.loads(event[len(b"data: "):]) for event in good.buffer]
+    assert not good.closed and [row["_msg"] for row in rows] == ["alpha one"]
