@@ -113,16 +113,24 @@ def parse_instant(value: object, what: str) -> int | None:
     if isinstance(value, bool):
         raise InvalidInput(f"{what} must be RFC 3339 text or integer nanoseconds")
     if isinstance(value, int):
-        return value
+        return _int64(value, what)
     if isinstance(value, str):
         if re.fullmatch(r"-?[0-9]+", value):
-            return int(value)
+            if len(value.lstrip("-").lstrip("0")) > 19:  # past int64 (and Python's digit limit)
+                raise InvalidInput(f"{what}: {value[:40]!r} is outside the range of int64 nanoseconds")
+            return _int64(int(value), what)
         try:
             parsed = parse_column(pa.array([value], pa.string()))
         except ValueError:
             raise InvalidInput(f"{what}: {value!r} is not RFC 3339 text or integer nanoseconds") from None
         return int(parsed.cast(pa.int64())[0].as_py())
     raise InvalidInput(f"{what} must be RFC 3339 text or integer nanoseconds")
+
+
+def _int64(ns: int, what: str) -> int:
+    if not -(1 << 63) <= ns < (1 << 63):
+        raise InvalidInput(f"{what}: {ns} is outside the range of int64 nanoseconds")
+    return ns
 
 
 def parse_duration_ns(text: str) -> int:

@@ -75,6 +75,9 @@ MEANING = ("content-type", "retry-after", "x-content-type-options", "cache-contr
     (b'{"q": "error", "limit": -1}', ADMIN, 400),
     (b'{"q": 5}', ADMIN, 400),
     (b'{"q": "error", "from": "2024-01-02T00:00:00Z", "to": "2024-01-01T00:00:00Z"}', ADMIN, 400),
+    (b'{"q": "error", "from": "-100000000000000000000", "to": "5"}', ADMIN, 400),  # past int64
+    (b'{"q": "error", "from": "' + b"1" * 5000 + b'"}', ADMIN, 400),  # past Python's digit limit
+    (b'{"q": "* | timechart 1h", "from": "-9223372036854775808"}', ADMIN, 200),  # int64's edge
     (b'{"q": "error"', ADMIN, 400),  # not JSON
     (b'["q", "error"]', ADMIN, 400),  # not an object
     (b'{"q": ' + b"[" * 40 + b"]" * 40 + b"}", ADMIN, 400),  # nested too deep
