@@ -69,6 +69,26 @@ def test_parser_bounds_nesting() -> None:
         parse("-" * 500 + "a")
 
 
+def test_parser_bounds_keys_and_results_and_drops_repeated_keys() -> None:
+    """Each key or result is a column as long as the rows a part holds: thousands of them (16 KiB
+    of text allows 8,000) took GBs. A repeated key changes nothing, so it is dropped."""
+    from helios.query.parser import MAX_AGGS, MAX_KEYS
+    names = [f"f{i}" for i in range(MAX_KEYS + 1)]
+    listed = ", ".join(names)
+    for text in (f"* | stats count() by ({listed})", f"* | timechart 1h by ({listed})",
+                 f"* | sort by ({listed})",
+                 "* | stats " + ", ".join(f"sum(x) as s{i}" for i in range(MAX_AGGS + 1))):
+        with pytest.raises(QuerySyntaxError, match="at most"):
+            parse(text)
+    assert parse(f"* | stats count() by ({', '.join(names[:MAX_KEYS])})").pipes[0].by == tuple(
+        names[:MAX_KEYS])  # type: ignore[attr-defined]
+    again = parse("* | stats count() by (a, b, a, a)").pipes[0]
+    assert again.by == ("a", "b")  # type: ignore[attr-defined]
+    assert parse("* | sort by (a desc, b, a, -b)").pipes[0] == ast.Sort((("a", True), ("b", False)))
+    many = parse("* | sort by (" + ", ".join(["a"] * 1000) + ")").pipes[0]
+    assert many == ast.Sort((("a", False),))
+
+
 def test_fast_and_exact_ingest_paths_agree() -> None:
     docs = [{"_msg": "m", "n": 1, "f": 2.5, "b": False, "s": "x", "o": {"p": 1.0}},
             {"_msg": "m2", "n": 3, "f": 1e20, "b": True, "s": "y", "o": {"p": 2}}]

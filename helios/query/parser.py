@@ -27,6 +27,8 @@ __all__ = ["MAX_QUERY_LENGTH", "parse"]
 
 MAX_QUERY_LENGTH = 16_384
 MAX_DEPTH = 64
+MAX_KEYS = 32  # fields to group or sort by: each is a column as long as the rows a part holds
+MAX_AGGS = 64  # results of one stats or timechart: each is a column per part, too
 PARSED_KEPT = 256  # queries remembered by their text (``parse``)…
 PARSED_TEXT_CHARS = 1024  # …when it is this short at most: 256 KiB of texts at most
 MAX_STEP_NS = 3650 * timeutil.DAY_NS  # a timechart step of at most ten years keeps bucket arithmetic in int64
@@ -309,6 +311,10 @@ class _Parser:
         if self.is_word("desc", "asc"):  # `sort by (a, b) desc` applies to every key
             descending = self.advance().text == "desc"
             keys = [(name, descending) for name, _ in keys]
+        first = {name: descending for name, descending in reversed(keys)}  # a key again: no effect
+        keys = [(name, first[name]) for name in dict.fromkeys(name for name, _ in keys)]
+        if len(keys) > MAX_KEYS:
+            raise self.error(f"at most {MAX_KEYS} fields to sort by")
         return ast.Sort(tuple(keys))
 
     def sort_key(self) -> tuple[str, bool]:
@@ -341,6 +347,8 @@ class _Parser:
             if any(agg.name == other.name for other in aggs):
                 raise self.error(f"two results are named {agg.name!r}; rename one with 'as'", start)
             aggs.append(agg)
+            if len(aggs) > MAX_AGGS:
+                raise self.error(f"at most {MAX_AGGS} results in one stats", start)
             if self.tok.kind != "COMMA":
                 return aggs
             self.advance()
@@ -389,8 +397,11 @@ class _Parser:
     def by_clause(self) -> list[str]:
         if not self.is_word("by"):
             return []
-        self.advance()
-        return self.name_list()
+        start = self.advance()
+        names = [*dict.fromkeys(self.name_list())]  # by (a, a) groups as by (a)
+        if len(names) > MAX_KEYS:
+            raise self.error(f"at most {MAX_KEYS} fields to group by", start)
+        return names
 
 
 def _check_regex(pattern: str, col: int) -> None:
