@@ -7,6 +7,8 @@ applied to the gathered rows, as the executor did before the fold.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pyarrow as pa
 import pytest
 
@@ -83,8 +85,11 @@ def test_any_number_of_leading_wheres_join_one_and() -> None:
     """Each ``where`` used to wrap the filter in one more ``and``: 1,000 of them (16 KiB of text)
     overflowed the stack of every recursive walk of the filter (a 500, and a node ended by a
     monitor or a live tail holding such a query). Now the filter is as deep as its deepest part."""
-    many = parse("*" + " | where error" * 1_000 + " | stats count() as n")
-    assert _depth(many.filter) == 2 and len(many.filter.children) == 1_000  # type: ignore[attr-defined]
+    words = [a + b + c for a in "abcdefghij" for b in "abcdefghij" for c in "abcdefghijkl"]
+    many = parse("*" + "".join(f"|where -{word}" for word in words) + " | stats count() as n")
+    assert len(words) == 1_200 and _depth(many.filter) == 3
+    assert len(many.filter.children) == 1_200  # type: ignore[attr-defined]
+    assert parse("*" + " | where error" * 1_000).filter == ast.Word("error", False)  # once
     nested = parse("a | where (b OR (c AND -d)) | where e f | where * | where g")
     assert nested.filter == parse("a (b OR (c AND -d)) e f g").filter
     assert parse("* | where * | where *").filter == ast.All()
@@ -99,3 +104,38 @@ def test_any_number_of_leading_wheres_join_one_and() -> None:
         want = execute(parse(once), sources, BlockCache(1 << 20), start_ns=None, end_ns=None,
                        limit=1000)
         assert got.table.to_pylist() == want.table.to_pylist() and got.table.num_rows, text[:40]
+
+
+def test_index_lookups_are_made_once_each_and_stop_at_the_deadline(tmp_path: Any) -> None:
+    """``a* a* …`` (a filter may repeat a term; the parser drops repeats, a lookup must not count
+    on it) looks ``a*`` up once, a phrase's repeated token once, and ``check`` runs before each
+    lookup: a query of many distinct prefixes (16 KiB allows 5,000) stops at its deadline."""
+    from helios.query.cancel import QueryCancelled
+    from helios.query.lookup import hits
+    from helios.storage import tokens as token_module
+    from helios.storage.blocks import build_block
+
+    table = _table(0)
+    entry = build_block(tmp_path, "b0", [table], dataset="d", day=0, node="n", created_ns=0,
+                        index="tokens")
+    index = token_module.TokenIndex((tmp_path / entry.filename).read_bytes()[entry.parquet_bytes:])
+    looked: list[str] = []
+    prefix, term = index.prefix, index.term
+    index.prefix = lambda t: looked.append(t + "*") or prefix(t)  # type: ignore[method-assign]
+    index.term = lambda t: looked.append(t) or term(t)  # type: ignore[method-assign]
+    many = ast.And((ast.Word("e", True),) * 50 + (ast.Phrase("error error error"),) * 3)
+    found = hits(many, index, "d")
+    assert found is not None and looked == ["e*", "error", "error*"]  # a phrase's last: open
+    holding = sum("error" in msg.split() for msg in table.column("_msg").to_pylist())
+    assert 0 < len(found.rows) == holding  # type: ignore[arg-type]
+    calls = [0]
+
+    def deadline() -> None:
+        calls[0] += 1
+        if calls[0] > 3:
+            raise QueryCancelled("deadline")
+
+    distinct = ast.And(tuple(ast.Word(f"w{i}", True) for i in range(1_000)))
+    with pytest.raises(QueryCancelled):
+        hits(distinct, index, "d", deadline)
+    assert calls[0] == 4

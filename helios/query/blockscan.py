@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from helios.query import ast
-from helios.query.cancel import Check
+from helios.query.cancel import Check, never
 from helios.query.filters import mask, may_match
 from helios.query.lookup import Hit, filter_columns, hits
 from helios.storage.blocks import BlockIndex
@@ -75,7 +75,7 @@ def scan_block(query: ast.Query, source: Source, cache: BlockCache, fetch: Fetch
 
 
 def from_memory(query: ast.Query, source: Source, cache: BlockCache, *, needed: list[str] | None, low: int,
-                high: int) -> BlockPart | bool | None:
+                high: int, check: Check = never) -> BlockPart | bool | None:
     """The block's answer when nothing but lookups is needed: its index is in memory and answers the
     filter exactly, no row of the block is unsure, the query's time range holds the whole block, and
     the columns the pipes need are in memory. None otherwise (``scan_block`` then does the work).
@@ -94,7 +94,7 @@ def from_memory(query: ast.Query, source: Source, cache: BlockCache, *, needed: 
     table = cache.cached_columns(entry, None if needed is None else [*dict.fromkeys(needed)])
     if table is None:
         return None
-    hit = hits(query.filter, index.tokens, source.dataset)
+    hit = hits(query.filter, index.tokens, source.dataset, check)
     if hit is None or not hit.exact:
         return None
     chosen = None if hit.rows is None or len(hit.rows) == entry.rows else hit.rows
@@ -128,7 +128,7 @@ def _scan(query: ast.Query, source: Source, cache: BlockCache, where: Callable[[
             return False
     wanted = None if needed is None else [*dict.fromkeys(needed)]
     inside = source.min_time >= low and source.max_time < high
-    hit = hits(query.filter, index.tokens, source.dataset) if index.tokens is not None else None
+    hit = hits(query.filter, index.tokens, source.dataset, check) if index.tokens is not None else None
     if hit is None:  # scan the filter's columns whole, then read the other columns for the matches only
         table = cache.columns(where, entry, filter_columns(query.filter) | ({"_time"} if not inside else set()))
         rows = mask(query.filter, table, source.dataset, check)

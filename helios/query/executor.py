@@ -152,7 +152,7 @@ def execute(query: ast.Query, sources: list[Source], cache: BlockCache, *,
             continue
         if is_block:
             got = None if plain or source.block.id in ahead else from_memory(
-                query, source, cache, needed=reading, low=low, high=high)
+                query, source, cache, needed=reading, low=low, high=high, check=check)
             if got is None and not plain and source.block.id not in ahead:  # scan the next blocks in parallel
                 _scan_ahead(ahead, query, ordered[at:], cache, fetch, needed=reading, low=low,
                             high=high, check=check)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from helios.query import ast
+from helios.query.cancel import Check, never
 from helios.storage.tokens import TokenIndex, field_term
 
 __all__ = ["Hit", "filter_columns", "hits", "may_match_tokens"]
@@ -68,7 +69,17 @@ def _constraints(text: str, phrase: bool, prefix: bool) -> list[tuple[str, bool]
     return found
 
 
-def hits(node: ast.Filter, tokens: TokenIndex, dataset: str) -> Hit | None:
+def hits(node: ast.Filter, tokens: TokenIndex, dataset: str, check: Check = never) -> Hit | None:
+    """The rows of the block that ``node`` may match (``Hit``), or None when the index cannot tell.
+
+    Each token is looked up once however often the filter names it (a query may name ``a*`` a
+    thousand times, and a prefix over a large vocabulary takes a while), and ``check`` is called
+    before each lookup, so a query's deadline stops a long run of them."""
+    return _hits(node, tokens, dataset, {}, check)
+
+
+def _hits(node: ast.Filter, tokens: TokenIndex, dataset: str,
+          seen: dict[tuple[str, bool], np.ndarray], check: Check) -> Hit | None:
     if isinstance(node, ast.All):
         return Hit(None, True)
     if isinstance(node, (ast.Word, ast.Phrase)):
@@ -77,8 +88,11 @@ def hits(node: ast.Filter, tokens: TokenIndex, dataset: str) -> Hit | None:
         if not found:
             return None
         rows: np.ndarray | None = None
-        for token, open_right in found:
-            rows = _intersect(rows, tokens.prefix(token) if open_right else tokens.term(token))
+        for token, open_right in dict.fromkeys(found):
+            if (token, open_right) not in seen:
+                check()
+                seen[token, open_right] = tokens.prefix(token) if open_right else tokens.term(token)
+            rows = _intersect(rows, seen[token, open_right])
             if rows is not None and len(rows) == 0:
                 break
         exact = not phrase and len(found) == 1 and found[0][0] == node.text.lower()
@@ -91,10 +105,11 @@ def hits(node: ast.Filter, tokens: TokenIndex, dataset: str) -> Hit | None:
         if node.field not in tokens.columns:
             return Hit(_EMPTY, True)
         if node.field in tokens.fields:
+            check()
             return Hit(tokens.term(field_term(node.field, node.value)), True)
         return None
     if isinstance(node, ast.And):
-        parts = [hits(child, tokens, dataset) for child in node.children]
+        parts = [_hits(child, tokens, dataset, seen, check) for child in node.children]
         known = [p for p in parts if p is not None]
         if not known:
             return None
@@ -103,7 +118,7 @@ def hits(node: ast.Filter, tokens: TokenIndex, dataset: str) -> Hit | None:
             rows = _intersect(rows, part.rows)
         return Hit(rows, len(known) == len(parts) and all(p.exact for p in known))
     if isinstance(node, ast.Or):
-        parts = [hits(child, tokens, dataset) for child in node.children]
+        parts = [_hits(child, tokens, dataset, seen, check) for child in node.children]
         if any(p is None for p in parts):
             return None
         if any(p.rows is None for p in parts):  # type: ignore[union-attr]
@@ -113,7 +128,7 @@ def hits(node: ast.Filter, tokens: TokenIndex, dataset: str) -> Hit | None:
             rows = np.union1d(rows, part.rows)  # type: ignore[union-attr]
         return Hit(rows, all(p.exact for p in parts))  # type: ignore[union-attr]
     if isinstance(node, ast.Not):
-        inner = hits(node.child, tokens, dataset)
+        inner = _hits(node.child, tokens, dataset, seen, check)
         if inner is None or not inner.exact:
             return None
         if inner.rows is None:

@@ -149,6 +149,7 @@ class _Parser:
             self.advance()
             children.append(self.parse_and())
         self.depth -= 1
+        children = [*dict.fromkeys(children)]  # a term again changes no row: `a OR a` is `a`
         return children[0] if len(children) == 1 else ast.Or(tuple(children))
 
     def starts_unary(self) -> bool:
@@ -163,6 +164,7 @@ class _Parser:
             if self.is_word("AND"):
                 self.advance()
             children.append(self.parse_unary())
+        children = [*dict.fromkeys(children)]  # `a* a*` is `a*`: each term is looked up once
         return children[0] if len(children) == 1 else ast.And(tuple(children))
 
     def parse_unary(self) -> ast.Filter:
@@ -452,5 +454,6 @@ def _fold_where(query: ast.Query) -> ast.Query:
         pipes = pipes[1:]
     if pipes is query.pipes:
         return query
+    terms = [*dict.fromkeys(terms)]
     condition = ast.All() if not terms else terms[0] if len(terms) == 1 else ast.And(tuple(terms))
     return ast.Query(condition, pipes)
