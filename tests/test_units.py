@@ -89,6 +89,18 @@ def test_parser_bounds_keys_and_results_and_drops_repeated_keys() -> None:
     assert many == ast.Sort((("a", False),))
 
 
+def test_parser_bounds_what_its_regular_expressions_cost_to_compile() -> None:
+    """RE2 compiles a repeated large Unicode class slowly (\\pL{400}: 0.2 s, where the usual
+    patterns take microseconds), and every scan of every block compiles it again."""
+    from helios.query.parser import MAX_PATTERNS
+    with pytest.raises(QuerySyntaxError, match="to compile"):
+        parse('_msg:~"\\\\pL{400}"')
+    with pytest.raises(QuerySyntaxError, match=f"at most {MAX_PATTERNS} regular expressions"):
+        parse(" ".join(f'f:~"a{i}"' for i in range(MAX_PATTERNS + 1)))
+    usual = " ".join(f'f{i}:~"(?i)fail(ed|ure).*\\\\d{{3}}"' for i in range(MAX_PATTERNS))
+    assert len(parse(usual).filter.children) == MAX_PATTERNS  # type: ignore[attr-defined]
+
+
 def test_fast_and_exact_ingest_paths_agree() -> None:
     docs = [{"_msg": "m", "n": 1, "f": 2.5, "b": False, "s": "x", "o": {"p": 1.0}},
             {"_msg": "m2", "n": 3, "f": 1e20, "b": True, "s": "y", "o": {"p": 2}}]

@@ -32,7 +32,7 @@ from helios.query.counts import countable
 from helios.query.executor import encode_rows, execute, needed_columns
 from helios.query.filters import may_match
 from helios.query.lookup import hits
-from helios.query.parser import parse
+from helios.query.parser import parse_async
 from helios.query.runner import QueryPool
 from helios.storage.blocks import CorruptBlock
 from helios.storage.cache import BlockCache
@@ -66,7 +66,7 @@ async def answer_query(helios: NodeApi, pool: QueryPool, doc: dict[str, Any]) ->
     text = doc.get("q")
     if not isinstance(text, str):
         raise InvalidInput("'q' (the query text) is required and must be a string")
-    parsed = parse(text)
+    parsed = await parse_async(text)
     datasets = _datasets_of(doc.get("dataset"))
     start = timeutil.parse_instant(doc.get("from"), "from")
     end = timeutil.parse_instant(doc.get("to"), "to")

@@ -28,7 +28,7 @@ from helios.control.auth import Principal
 from helios.errors import InvalidInput
 from helios.query import ast
 from helios.query.executor import execute, to_rows
-from helios.query.parser import parse
+from helios.query.parser import parse_async
 from helios.storage.fetch import query_blocks
 from helios.tail import StreamBody
 
@@ -55,7 +55,7 @@ def register(app: QuartTrio, node: Any, principal: Callable[[str], Awaitable[Pri
         text = request.args.get("q")
         if not text:
             raise InvalidInput("'q' (the query to follow) is required; '*' follows every row")
-        query = parse(text)
+        query = await parse_async(text)
         if any(not isinstance(pipe, ast.Fields) for pipe in query.pipes):
             raise InvalidInput("a live tail takes filters and '| fields …' only (no stats, sort, limit, …)")
         raw_datasets = request.args.get("dataset") or ""

@@ -50,7 +50,7 @@ from helios.monitors.allow import Refused, WebhookPolicy
 from helios.monitors.status import STATUS_KEY, Board, Live
 from helios.monitors.webhooks import Outcome, Webhooks
 from helios.query.executor import execute, to_rows
-from helios.query.parser import parse
+from helios.query.parser import parse_async
 from helios.replication.lease import Lease
 from helios.storage.blocks import CorruptBlock
 from helios.storage.engine import Engine
@@ -229,7 +229,7 @@ class MonitorService:
                     notification=record["id"], repeat=decision.repeat)
 
     async def _value(self, doc: dict[str, Any], start: int, end: int) -> int | float | None:
-        query = rules.counted(parse(doc["query"]))
+        query = rules.counted(await parse_async(doc["query"]))
         engine = self.engine
         sources = engine.sources(_datasets(doc.get("dataset")), start, end)
 
