@@ -314,7 +314,8 @@ async def serve(config: Config, *, task_status: Any = trio.TASK_STATUS_IGNORED) 
     node.monitors = MonitorService(node.control, node.engine, node.leases["monitors"], store, node_id=node.node_id,
                                    lag_s=config.block_sync_secs, retry_s=config.monitor_retry_secs,
                                    policy=WebhookPolicy(config.monitor_webhook_allow), health=node.health,
-                                   status_poll_s=max(0.5, config.block_sync_secs / 2))
+                                   status_poll_s=max(0.5, config.block_sync_secs / 2),
+                                   query_timeout_s=config.query_timeout_secs)
     MONITORS.hooks = node.monitors  # monitor views and webhook checks (one node per process)
     shutdown = trio.Event()
     app = create_app(node, shutdown=shutdown)

@@ -20,7 +20,6 @@ from __future__ import annotations
 from typing import Any, Awaitable, Callable
 
 import orjson
-import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
@@ -28,7 +27,9 @@ from helios.control.auth import Principal
 from helios.errors import InvalidInput
 from helios.query import ast
 from helios.query.executor import execute, to_rows
+from helios.query.cancel import CancelToken
 from helios.query.parser import parse_async
+from helios.query.runner import QueryPool
 from helios.storage.fetch import query_blocks
 from helios.tail import StreamBody
 
@@ -46,7 +47,7 @@ def _backfill_of(raw: str | None) -> int:
 
 
 def register(app: QuartTrio, node: Any, principal: Callable[[str], Awaitable[Principal]],
-             validate_dataset: Callable[[object], str]) -> None:
+             validate_dataset: Callable[[object], str], pool: QueryPool) -> None:
     """Add the route to ``app`` for ``node`` (``helios.node.Node``: ``engine``, ``tail``)."""
 
     @app.get("/api/v1/tail")
@@ -71,12 +72,13 @@ def register(app: QuartTrio, node: Any, principal: Callable[[str], Awaitable[Pri
                 async with query_blocks(engine.blocks, sources) as blocks:  # fetches blocks not cached
                     fetch = blocks.open if engine.blocks.store is not None else None
 
-                    def run() -> list[bytes]:
+                    def run(token: CancelToken) -> list[bytes]:
                         rows = to_rows(execute(query, sources, engine.cache, start_ns=None, end_ns=None,
-                                               limit=count, fetch=fetch))
+                                               limit=count, fetch=fetch, check=token.check))
                         return [b"data: " + orjson.dumps(row) + b"\n\n" for row in reversed(rows)]
 
-                    backfill = await trio.to_thread.run_sync(run)
+                    # As a query: a slot of the pool, its deadline, stopped if the client leaves.
+                    backfill = await pool.run(run)
         except BaseException:
             node.tail.close(stream)
             raise

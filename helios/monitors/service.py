@@ -50,6 +50,7 @@ from helios.monitors.allow import Refused, WebhookPolicy
 from helios.monitors.status import STATUS_KEY, Board, Live
 from helios.monitors.webhooks import Outcome, Webhooks
 from helios.query.executor import execute, to_rows
+from helios.query.cancel import CancelToken, QueryCancelled
 from helios.query.parser import parse_async
 from helios.replication.lease import Lease
 from helios.storage.blocks import CorruptBlock
@@ -63,7 +64,7 @@ PASS_INTERVAL_S = 0.5
 PUBLISH_EVERY_S = 1.0
 MAX_BACKOFF_S = 300.0
 # What a failing query raises: the monitor shows ``error``; anything else is a bug.
-EVALUATION_ERRORS = (HeliosError, OSError, CorruptBlock, pa.ArrowException)
+EVALUATION_ERRORS = (HeliosError, OSError, CorruptBlock, pa.ArrowException, QueryCancelled)
 _log = log.get("helios.monitors")
 
 
@@ -84,8 +85,9 @@ class MonitorService:
     def __init__(self, control: ControlPlane, engine: Engine, lease: Lease, store: Backend | None, *,
                  node_id: str, lag_s: float, retry_s: float, policy: WebhookPolicy, health: Health,
                  status_poll_s: float = 5.0, clock: Callable[[], int] = timeutil.now_ns,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, query_timeout_s: float | None = 60.0) -> None:
         self.control = control
+        self.query_timeout_s = query_timeout_s  # a monitor's query, as any query (HELIOS_QUERY_TIMEOUT_SECS)
         self.engine = engine
         self.lease = lease
         self.store = store
@@ -239,7 +241,10 @@ class MonitorService:
             fetch = blocks.open if engine.blocks.store is not None else None
 
             def run() -> tuple[list[dict[str, Any]], bool]:
-                result = execute(query, sources, engine.cache, start_ns=start, end_ns=end, limit=1, fetch=fetch)
+                token = CancelToken(self.query_timeout_s)
+                token.start()
+                result = execute(query, sources, engine.cache, start_ns=start, end_ns=end, limit=1, fetch=fetch,
+                                 check=token.check)
                 return to_rows(result), bool(result.stats["partial"])
 
             rows, partial = await trio.to_thread.run_sync(run)
