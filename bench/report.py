@@ -34,8 +34,8 @@ class SizeResult:
     rows: int
     times: dict[str, tuple[float, float]] = field(default_factory=dict)  # key -> (Helios, DuckDB)
     # rows/s: "1", "2" (clients, default settings), "at-flush" (2 clients, HELIOS_INDEX_ON_FLUSH=true),
-    # "no-index" (2 clients, no compaction during the ingest: nothing indexed), "parse" (pyarrow.json
-    # alone in the bench's process: the bound of any ingest built on it)
+    # "no-index" (2 clients, no compaction during the ingest: nothing indexed), "parse"
+    # (pyarrow.json alone in the bench's process: the bound of any ingest built on it)
     ingest: dict[str, float] = field(default_factory=dict)
     indexed: float = 0.0  # rows / time from the first request of the kept node until every row was indexed
     duck_load: float = 0.0
@@ -113,9 +113,10 @@ def render(machine: str, setup: str, queries: list[QueryRow], results: list[Size
     ingests = (("1", "HTTP ingest, 1 client", "— (raise it)"),
                ("2", "HTTP ingest, 2 clients", "≥ 1.0× (floor 0.5×)"),
                ("at-flush", "… 2 clients, index built at flush (`HELIOS_INDEX_ON_FLUSH=true`)", "—"),
-               ("no-index", "… 2 clients, nothing indexed during the ingest (no compaction)", "—"),
-               ("parse", "the node's parser alone: `pyarrow.json.read_json` of each batch in the bench's "
-                "process (both cores; no HTTP, checks, WAL or blocks)", "—"))
+               ("no-index", "… 2 clients, nothing indexed during the ingest (no compaction)",
+                "—"),
+               ("parse", "the node's parser alone: `pyarrow.json.read_json` of each batch in the "
+                "bench's process (both cores; no HTTP, checks, WAL or blocks)", "—"))
     for key, label, goal in ingests:
         cells = [f"{label}, 5,000-row batches, vs DuckDB `read_json` load", goal]
         for r in results:

@@ -230,9 +230,9 @@ class TailHub:
 
     def _match(self, item: _Item, queries: list[ast.Query],
                data: bytes | None) -> list[list[bytes] | None]:
-        """Each query's matching rows of the item as ``data: {row}`` events, oldest first (worker thread),
-        or None for a query that failed; ``data``: a pulled block's bytes (verified against its
-        manifest entry here)."""
+        """Each query's matching rows of the item as ``data: {row}`` events, oldest first (worker
+        thread), or None for a query that failed; ``data``: a pulled block's bytes (verified against
+        its manifest entry here)."""
         if item.table is not None:
             table = item.table
         else:
@@ -246,7 +246,8 @@ class TailHub:
                 out.append(_events(table, query, item.dataset))
             except Exception as exc:  # noqa: BLE001 -- a bug this stream's query hit
                 # One user's query must not end the node (nor the other streams): its stream ends.
-                _log.error("a live tail's query failed on a bug; its stream is closed", exc_info=exc)
+                _log.error("a live tail's query failed on a bug; its stream is closed",
+                           exc_info=exc)
                 out.append(None)
         return out
 

@@ -117,7 +117,8 @@ def parse_instant(value: object, what: str) -> int | None:
     if isinstance(value, str):
         if re.fullmatch(r"-?[0-9]+", value):
             if len(value.lstrip("-").lstrip("0")) > 19:  # past int64 (and Python's digit limit)
-                raise InvalidInput(f"{what}: {value[:40]!r} is outside the range of int64 nanoseconds")
+                raise InvalidInput(f"{what}: {value[:40]!r} is outside the range of int64 "
+                                   "nanoseconds")
             return _int64(int(value), what)
         try:
             parsed = parse_column(pa.array([value], pa.string()))

@@ -254,9 +254,9 @@ def test_tail_rules_backfill_roles_and_bounds(server_factory: Callable[..., Serv
 
 
 def test_a_backfill_is_a_query_with_its_deadline(server_factory: Callable[..., Server]) -> None:
-    """A tail's backfill runs as any query does (a slot of the pool, HELIOS_QUERY_TIMEOUT_SECS, stopped
-    when its client leaves): past its deadline it is answered 503 naming it (it ran unbounded
-    before); without a backfill the tail opens as usual."""
+    """A tail's backfill runs as any query does (a slot of the pool, HELIOS_QUERY_TIMEOUT_SECS,
+    stopped when its client leaves): past its deadline it is answered 503 naming it (it ran
+    unbounded before); without a backfill the tail opens as usual."""
     node = server_factory("deadline", HELIOS_QUERY_TIMEOUT_SECS="0.000000001")  # past at once
     assert node.ingest(batch("old", 0, 5), dataset="tail").status_code == 200
     reply = node.request("GET", "/api/v1/tail", params={"q": "tailrow", "backfill": "3"})

@@ -96,7 +96,8 @@ def test_any_number_of_leading_wheres_join_one_and() -> None:
     tables = [_table(s) for s in range(2)]
     sources = [Source(dataset="d", day=0, min_time=BASE_NS, max_time=BASE_NS + ROWS * 1000,
                       rows=t.num_rows, table=t) for t in tables]
-    for text in ("*" + " | where error" * 1_150, "*" + " | where -ok" * 400 + " | stats count() as n"):
+    for text in ("*" + " | where error" * 1_150,
+                 "*" + " | where -ok" * 400 + " | stats count() as n"):
         got = execute(parse(text), sources, BlockCache(1 << 20), start_ns=None, end_ns=None,
                       limit=1000)
         once = text.split(" | ")[1][len("where "):] + "".join(

@@ -59,7 +59,7 @@ def create_app(node: NodeApi, *, shutdown: trio.Event | None = None) -> QuartTri
         app.register_blueprint(blueprint)
     app.register_blueprint(compat.blueprint(node))  # OTLP, Loki push, Elasticsearch bulk
     monitor_routes.register(app, node, principal)  # history, test notification, secret rotation
-    tail.register(app, node, principal, validate_dataset, pool)  # GET /api/v1/tail (server-sent events)
+    tail.register(app, node, principal, validate_dataset, pool)  # GET /api/v1/tail (SSE)
     app.add_url_rule("/<path:rest>", "unknown", _unknown, methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
     if shutdown is not None:
         @app.before_serving

@@ -17,6 +17,8 @@ import secrets
 from typing import Any, Callable, Protocol
 from urllib.parse import urlsplit
 
+import trio
+
 from helios import names, timeutil
 from helios.control.auth import Principal, check_version, only_fields, require_version
 from helios.control.plane import ControlPlane, Obj
@@ -159,7 +161,7 @@ class Resource:
     async def create(self, control: ControlPlane, body: dict[str, Any], by: Principal) -> Obj:
         if "version" in body:
             raise InvalidInput(f"a new {self.singular} has no 'version'; PUT changes an existing one")
-        doc = self.new_doc(body)
+        doc = await trio.to_thread.run_sync(self.new_doc, body)  # queries compile their patterns
         object_id = secrets.token_hex(6)
         obj = await control.commit(self.kind, object_id, lambda current: doc, by.name)
         assert obj is not None
@@ -180,7 +182,7 @@ class Resource:
     async def update(self, control: ControlPlane, object_id: str, body: dict[str, Any], by: Principal) -> Obj:
         self.get(control, object_id)
         expected = require_version(body)
-        doc = self.checked_doc(body)
+        doc = await trio.to_thread.run_sync(self.checked_doc, body)  # as in create
 
         def mutate(current: Obj | None) -> Any:
             check_version(current, expected, f"{self.singular} {object_id!r}")

@@ -87,7 +87,7 @@ class MonitorService:
                  status_poll_s: float = 5.0, clock: Callable[[], int] = timeutil.now_ns,
                  rng: random.Random | None = None, query_timeout_s: float | None = 60.0) -> None:
         self.control = control
-        self.query_timeout_s = query_timeout_s  # a monitor's query, as any query (HELIOS_QUERY_TIMEOUT_SECS)
+        self.query_timeout_s = query_timeout_s  # as any query's (HELIOS_QUERY_TIMEOUT_SECS)
         self.engine = engine
         self.lease = lease
         self.store = store
@@ -243,8 +243,8 @@ class MonitorService:
             def run() -> tuple[list[dict[str, Any]], bool]:
                 token = CancelToken(self.query_timeout_s)
                 token.start()
-                result = execute(query, sources, engine.cache, start_ns=start, end_ns=end, limit=1, fetch=fetch,
-                                 check=token.check)
+                result = execute(query, sources, engine.cache, start_ns=start, end_ns=end, limit=1,
+                                 fetch=fetch, check=token.check)
                 return to_rows(result), bool(result.stats["partial"])
 
             rows, partial = await trio.to_thread.run_sync(run)

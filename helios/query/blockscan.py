@@ -128,7 +128,7 @@ def _scan(query: ast.Query, source: Source, cache: BlockCache, where: Callable[[
             return False
     wanted = None if needed is None else [*dict.fromkeys(needed)]
     inside = source.min_time >= low and source.max_time < high
-    hit = hits(query.filter, index.tokens, source.dataset, check) if index.tokens is not None else None
+    hit = None if index.tokens is None else hits(query.filter, index.tokens, source.dataset, check)
     if hit is None:  # scan the filter's columns whole, then read the other columns for the matches only
         table = cache.columns(where, entry, filter_columns(query.filter) | ({"_time"} if not inside else set()))
         rows = mask(query.filter, table, source.dataset, check)

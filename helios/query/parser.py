@@ -30,10 +30,12 @@ __all__ = ["MAX_QUERY_LENGTH", "parse"]
 MAX_QUERY_LENGTH = 16_384
 MAX_DEPTH = 64
 # Regular expressions are compiled by each scan of each block (Arrow keeps no compiled pattern), and
-# first here, on the caller's thread: a pattern of large Unicode classes repeated (\pL{400}) takes
-# 0.2 s to compile, where the usual ones take microseconds.
+# first here: a large Unicode class repeated (\pL{400}) takes 0.2 s to compile, where the usual
+# patterns take microseconds and plausible Unicode ones ([\pL\pN_]{3,20}) about 10 ms. The time
+# bound is wide, so that only absurd patterns meet it (a time is not the same twice).
 MAX_PATTERNS = 32
-MAX_COMPILE_S = 0.05  # all of a query's patterns together
+MAX_COMPILE_S = 0.5  # all of a query's patterns together
+_COMPILING = trio.CapacityLimiter(2)  # threads parsing texts with patterns (parse_async), at most
 MAX_KEYS = 32  # fields to group or sort by: each is a column as long as the rows a part holds
 MAX_AGGS = 64  # results of one stats or timechart: each is a column per part, too
 PARSED_KEPT = 256  # queries remembered by their text (``parse``)…
@@ -243,11 +245,12 @@ class _Parser:
             pattern = self.expect("STRING", 'a quoted regular expression, as in field:~"a.*b"')
             self.patterns += 1
             if self.patterns > MAX_PATTERNS:
-                raise self.error(f"at most {MAX_PATTERNS} regular expressions in one query", pattern)
+                raise self.error(f"at most {MAX_PATTERNS} regular expressions in one query",
+                                 pattern)
             self.compile_s += _check_regex(pattern.text, pattern.col)
             if self.compile_s > MAX_COMPILE_S:
-                raise self.error(f"the regular expressions take more than {MAX_COMPILE_S * 1000:g} ms "
-                                 "to compile (large Unicode classes such as \\pL, repeated)", pattern)
+                raise self.error(f"the regular expressions take more than {MAX_COMPILE_S:g} s to "
+                                 "compile (large Unicode classes such as \\pL, repeated)", pattern)
             return ast.FieldRegex(field, pattern.text)
         if token.kind == "STRING":
             self.advance()
@@ -445,11 +448,12 @@ def parse(text: str) -> ast.Query:
 
 async def parse_async(text: str) -> ast.Query:
     """``parse`` from the event loop: a text with a regular expression is parsed in a worker thread
-    (RE2 compiles each pattern: up to ``MAX_COMPILE_S`` for a query's, ~0.25 s for one refused),
-    any other here (~0.2 ms, nothing when remembered), so no query text stalls other requests."""
+    (RE2 compiles each pattern: up to ``MAX_COMPILE_S`` for a query's), on at most two threads of
+    their own (ingest's threads are not taken); any other here (~0.2 ms, nothing when remembered),
+    so no query text stalls other requests."""
     if "~" not in text:
         return parse(text)
-    return await trio.to_thread.run_sync(parse, text)
+    return await trio.to_thread.run_sync(parse, text, limiter=_COMPILING)
 
 
 def _parse(text: str) -> ast.Query:

@@ -48,7 +48,8 @@ __all__ = ["KEPT_BYTES", "MAX_ORDERS", "ROW", "SOURCE", "KeptBytes", "TopRows", 
            "top_of", "whole_rows"]
 
 MAX_ORDERS = 4  # orders a part's first rows are kept under, at most (two keys undecided)
-KEPT_BYTES = 256 << 20  # streamed blocks' bytes a leading sort keeps for its late reads, at most
+KEPT_BYTES = 64 << 20  # streamed blocks' bytes one leading sort keeps for its late reads, at most
+# (HELIOS_MAX_CONCURRENT_QUERIES of them at once: 256 MiB by default)
 _EXACT = 1 << 53  # whole numbers up to this order the same as int64 and as float64
 
 
