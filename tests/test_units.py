@@ -102,6 +102,14 @@ def test_parser_bounds_what_its_regular_expressions_cost_to_compile() -> None:
     assert len(parse(usual).filter.children) == MAX_PATTERNS  # type: ignore[attr-defined]
 
 
+def test_sum_of_time_is_refused() -> None:
+    """Instants in nanoseconds since 1970: six of them pass int64, and Arrow's sum wraps."""
+    for text in ("* | stats sum(_time)", "* | timechart 1h sum(_time) as s"):
+        with pytest.raises(QuerySyntaxError, match="sum\\(_time\\)"):
+            parse(text)
+    assert parse("* | stats avg(_time) as a, min(_time) as lo, sum(size) as s").pipes
+
+
 def test_fast_and_exact_ingest_paths_agree() -> None:
     docs = [{"_msg": "m", "n": 1, "f": 2.5, "b": False, "s": "x", "o": {"p": 1.0}},
             {"_msg": "m2", "n": 3, "f": 1e20, "b": True, "s": "y", "o": {"p": 2}}]

@@ -407,6 +407,9 @@ class _Parser:
             field = None
         if field is None and func != "count":
             raise self.error(f"{func} needs a field", func_token)
+        if func == "sum" and field == "_time":  # nanoseconds since 1970: six of them pass int64
+            raise self.error("sum(_time) adds instants, which means nothing (and passes int64 "
+                             "after six rows); use min, max or avg", func_token)
         text = ", ".join(t.text for t in args)
         name = f"{func_token.text.lower()}({'' if q is None or func_token.text.lower() == 'median' else f'{q:g}, '}{text})"
         if self.is_word("as"):
