@@ -1,5 +1,6 @@
 """Units behind the ingest limits: the WAL frame cap on both sides, compact WAL payloads, the
-configuration checks, the memory budget, and the nesting guard against a per-byte reference."""
+configuration checks, the memory budget, the nesting guard against a per-byte reference, and the
+unguarded spans read with a schema."""
 
 from __future__ import annotations
 
@@ -141,3 +142,31 @@ def test_the_nesting_guard_on_long_bodies() -> None:
     with pytest.raises(IngestError) as info:
         limits.check_json_nesting(line * 100_000 + b'{"a":' + b"[" * 5 + b"]" * 5 + b"}\n" + line, 5)
     assert info.value.line == 100_001
+
+
+def test_spans_are_not_guarded_yet_a_line_too_deep_is_named_and_nothing_crashes() -> None:
+    """A span is read with the schema learnt from guarded bytes and is not itself guarded: pyarrow
+    must stop at the first value deeper than that schema, where inferring it would crash (a
+    segmentation fault at ~10,000 levels). Every shape, each far too deep for the guard's model
+    to pass, lands in a span (over 8 KiB: the schema sample leaves it out); the pieces then name
+    its line."""
+    good = b"".join(b'{"_msg":"line %d [{","n":%d,"o":{"p":"q"},"l":[1,2]}\n' % (i, i)
+                    for i in range(3000))
+    deep = 100_000
+    arrays, objects = b"[" * deep + b"]" * deep, b'{"a":' * deep + b"1" + b"}" * deep
+    shapes = [b'{"_msg":' + arrays + b"}", b'{"_msg":' + objects + b"}", b'{"n":' + arrays + b"}",
+              b'{"o":{"p":' + objects + b"}}", b'{"l":[' + arrays + b"]}", arrays, objects,
+              b'{"unknown":' + arrays + b"}", b'{"_msg":' + b"[" * deep]
+    limit = limits.DEFAULT_LIMITS.max_nesting_depth
+    for shape in shapes:
+        for before in (1500, 2999):
+            body = b"".join(good.splitlines(True)[:before])
+            with pytest.raises(IngestError) as info:
+                parse_ndjson(body + shape + b"\n" + good, 0)
+            assert info.value.line == before + 1 and f"deeper than {limit}" in str(info.value)
+    # The limit exactly, inside a span: 32 levels pass, 33 are named.
+    inner = b"[" * (limit - 2) + b"]" * (limit - 2)
+    assert parse_ndjson(good + b'{"l":[' + inner + b"]}\n" + good, 0).num_rows == 6001
+    with pytest.raises(IngestError) as info:
+        parse_ndjson(good + b'{"l":[[' + inner + b"]]}\n" + good, 0)
+    assert info.value.line == 3001

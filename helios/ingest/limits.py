@@ -1,7 +1,7 @@
 """What one ingest request may be and become: the limits, and the guards that enforce them.
 
-Every ingest path (the NDJSON and text endpoint today; OTLP, Loki, Elasticsearch
-bulk and forward later) goes through these guards before any parser sees a body:
+Every ingest path (the NDJSON and text endpoint, OTLP, Loki, Elasticsearch bulk,
+forward) goes through these guards before a parser that infers sees a body:
 
     limit                       setting (flag / variable)                        exceeded
     decoded body size           --max-decoded-bytes  HELIOS_MAX_DECODED_BYTES    413, decoding stops there
@@ -13,8 +13,13 @@ bulk and forward later) goes through these guards before any parser sees a body:
 
 ``check_json_nesting`` is the depth guard. pyarrow's JSON reader crashes the
 process (segmentation fault) on arrays or objects nested some ten thousand
-deep, and is slow well before that; the guard rejects such a body after one
-pass at C speed, in bounded memory, without a per-byte Python loop.
+deep, and is slow well before that, when it infers types; the guard rejects
+such bytes after one pass at C speed, in bounded memory, without a per-byte
+Python loop. Every parser that infers (pyarrow without a schema, orjson) sees
+only guarded bytes; pyarrow reading with an explicit schema learnt from guarded
+bytes stops at the first value the schema does not have (an array or object
+where a string, number or struct field is, or an unknown key), so it never
+goes deeper than the schema (``records.py``; ``tests/test_hostile_ingest.py``).
 """
 
 from __future__ import annotations
@@ -84,8 +89,11 @@ class _ScanState:
     backslash: bytes = b""  # one pending backslash from the end of the previous chunk
 
 
-def check_json_nesting(body: bytes | bytearray | memoryview, max_depth: int) -> None:
+def check_json_nesting(body: bytes | bytearray | memoryview, max_depth: int, first_line: int = 1) -> None:
     """Raise ``IngestError`` (400, naming the line) if JSON in ``body`` nests deeper than ``max_depth``.
+
+    ``first_line``: the number of ``body``'s first line in the request (a piece of a body is checked
+    on its own: a parser that starts at the piece's start is bounded the same way).
 
     Depth counts open objects and arrays: ``{"a": [1]}`` is 2 deep. The body is
     read in chunks of a few MiB, so memory stays bounded whatever its size.
@@ -107,7 +115,7 @@ def check_json_nesting(body: bytes | bytearray | memoryview, max_depth: int) -> 
     remainder, one ``{}`` a line (flat records), is recognised without a scan.
     """
     view = memoryview(body).cast("B")
-    state = _ScanState()
+    state = _ScanState(lines=first_line - 1)
     for start in range(0, len(view), _SCAN_CHUNK_BYTES):
         chunk = state.backslash + bytes(view[start : start + _SCAN_CHUNK_BYTES])
         trailing = len(chunk) - len(chunk.rstrip(b"\\"))

@@ -1,9 +1,15 @@
 """Request bodies to normalised record tables (``normalise.py``), within the request's limits.
 
-NDJSON is checked by the nesting guard (``limits.check_json_nesting``) before
-any parser sees it. It is then read in bounded steps, so that no step can blow
-up: an Arrow table has a cell for every field in every row, and a few KB of
-hostile JSON (many rows, each with other keys) would otherwise become GBs.
+NDJSON is read in bounded steps, so that no step can blow up: an Arrow table
+has a cell for every field in every row, and a few KB of hostile JSON (many
+rows, each with other keys) would otherwise become GBs. Bytes that a parser
+reads without a schema (the sample, every piece) first pass the nesting guard
+(``limits.check_json_nesting``): pyarrow crashes on JSON nested ten thousand
+deep when it infers. A span is read with a schema learnt from guarded bytes,
+and pyarrow then stops at the first value deeper than the schema (a type
+mismatch, or an unknown key): it is not guarded, which saves a pass over
+every byte (a tenth of the ingest's CPU), and a line too deep still gets its
+400 from the pieces that read what the span could not.
 
 - **Spans** (up to ``SPAN_BYTES`` of whole lines): once the request's fields
   are known (from a sample of 64 lines spread over the body, itself as
@@ -37,7 +43,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.json as pajson
 
-from helios.errors import InvalidInput, PayloadTooLarge
+from helios.errors import IngestError, InvalidInput, PayloadTooLarge
 from helios.ingest.budget import FREE, Meter
 from helios.ingest.limits import DEFAULT_LIMITS, IngestLimits, check_json_nesting
 from helios.ingest.normalise import (RESERVED, Fallback, check_exact_numbers, check_utf8, empty_table, fast_fields,
@@ -133,9 +139,8 @@ def parse_ndjson(body: Body, now_ns: int, limits: IngestLimits = DEFAULT_LIMITS,
     """
     if _BLANK.fullmatch(body):
         return empty_table()
-    check_json_nesting(body, limits.max_nesting_depth)
     builder = _Builder(body, now_ns, limits, meter or FREE)
-    sample = _sample_schema(body)
+    sample = _sample_schema(body, limits.max_nesting_depth)
     if sample is not None:
         builder.learn(sample)
     # line: the number of the line at position; None after a span (counted again only if needed)
@@ -161,12 +166,13 @@ def parse_ndjson(body: Body, now_ns: int, limits: IngestLimits = DEFAULT_LIMITS,
     return builder.finish()
 
 
-def _sample_schema(body: Body) -> pa.Schema | None:
+def _sample_schema(body: Body, max_depth: int) -> pa.Schema | None:
     """The fields of ``SAMPLE_LINES`` lines spread over the body (the first among them), or None.
 
     Records of several sources in one body (a field only some have) would
     otherwise each make a span fail first. Only learnt from, never stored; a
-    sample that pieces would not read on the fast path is not used, and lines
+    sample that pieces would not read on the fast path is not used (nor one
+    nested deeper than ``max_depth``: the pieces name its line), and lines
     over ``SAMPLE_LINE_BYTES`` are left out, so it stays small (rows x bytes
     within ``pieces.ROWS_X_BYTES``).
     """
@@ -184,10 +190,11 @@ def _sample_schema(body: Body) -> pa.Schema | None:
         return None
     try:
         data.decode("utf-8")
+        check_json_nesting(data, max_depth)  # before pyarrow infers its types
         raw = pajson.read_json(io.BytesIO(data), read_options=pajson.ReadOptions(
             use_threads=False, block_size=max(1 << 16, len(data) + 1)))
         fast_fields(raw.schema)
-    except (UnicodeDecodeError, pa.ArrowInvalid, pa.ArrowNotImplementedError, Fallback):
+    except (UnicodeDecodeError, IngestError, pa.ArrowInvalid, pa.ArrowNotImplementedError, Fallback):
         return None
     return raw.schema
 
@@ -230,7 +237,11 @@ def _leaves(schema: pa.Schema) -> int:
 
 
 def _read_span(body: Body, start: int, end: int, builder: _Builder) -> pa.Table | None:
-    """A span read with the known schema (no other field can appear), or None if it does not fit."""
+    """A span read with the known schema (no other field can appear), or None if it does not fit.
+
+    Not guarded for nesting: the schema was learnt from guarded bytes, and pyarrow stops at the
+    first value deeper than it (measured up to a million levels: arrays or objects in a string,
+    number, null, list or struct field, at the top, or under an unknown key; a millisecond)."""
     data = body[start:end]
     if not _FIRST_IS_OBJECT.match(data) or _later_not_object(data):
         return None
@@ -276,6 +287,7 @@ class _Builder:
         if _BLANK.fullmatch(data):
             return
         check_utf8(data, piece.first_line)
+        check_json_nesting(data, self.limits.max_nesting_depth, piece.first_line)  # before any parser
         if piece.wide or not _FIRST_IS_OBJECT.match(data) or _later_not_object(data):
             # One line with very many keys (pyarrow would build a column per key), or a line that
             # is not an object: the exact path names it. pyarrow must not see it: it reads a `null`
