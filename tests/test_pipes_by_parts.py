@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -162,3 +161,40 @@ def test_the_executor_aggregates_by_parts(monkeypatch: pytest.MonkeyPatch, part_
 def _matching(query: ast.Query, table: pa.Table) -> pa.Array:
     from helios.query.filters import mask
     return mask(query.filter, table, None)
+
+
+def test_a_sum_past_int64_is_a_float_and_one_within_it_stays_exact() -> None:
+    """Arrow's int64 sum wraps past 2^63 (three times 2^62 summed to a negative number). A sum whose
+    groups stay within 2^62 is the exact int64 even when its parts pass it on the way; past that,
+    every group's sum is float64. Whole table, by groups, and by parts (the parts' sums are summed
+    again), with the numbers as text (as they are stored) and as numbers."""
+    big = 1 << 62
+    cases = [  # (values of group a, of group b, the sums expected)
+        ([big, big, big], [1, 2], (3.0 * big, 3.0)),
+        ([big, big, -big, -big, 7], [big, -big, 5], (7, 5)),
+        ([big - 1, 1, -(1 << 40)], [2], (big - (1 << 40), 2)),
+        ([-big, -big, -big], [0], (-3.0 * big, 0.0)),
+    ]
+    for a, b, (sum_a, sum_b) in cases:
+        for as_text in (False, True):
+            values = [str(v) for v in a + b] if as_text else a + b
+            table = pa.table({"_time": pa.array([BASE_NS + i for i in range(len(values))], pa.int64()).cast(
+                                  pa.timestamp("ns", "UTC")),
+                              "g": ["a"] * len(a) + ["b"] * len(b),
+                              "v": pa.array(values, pa.string() if as_text else pa.int64())})
+            for text in ("stats sum(v) as s by (g)", "stats sum(v) as s, avg(v) as m by (g)"):
+                pipe = parse(f"* | {text}").pipes[0]
+                whole = apply(pipe, table).to_pylist()
+                halves = [table.slice(0, len(values) // 2), table.slice(len(values) // 2)]
+                joined = combine(pipe, [partial(pipe, t) for t in halves]).to_pylist()
+                ones = combine(pipe, [partial(pipe, table.slice(i, 1)) for i in range(len(values))]).to_pylist()
+                for answer in (whole, joined, ones):
+                    got = [row["s"] for row in answer]
+                    assert got == [sum_a, sum_b], (a, b, text, answer)
+                    if not as_text:  # (text of over 18 digits may read as float64: filters.numeric)
+                        assert [type(x) for x in got] == [type(sum_a), type(sum_b)], (a, b, text, answer)
+                    if "m" in answer[0]:
+                        assert answer[0]["m"] == pytest.approx(sum(a) / len(a)), answer
+            total = apply(parse("* | stats sum(v) as s").pipes[0], table).to_pylist()[0]["s"]
+            if not as_text:  # (in float64, 2^62 + 7 - 2^62 is 0)
+                assert total == sum(a) + sum(b) or total == pytest.approx(sum(a) + sum(b)), (a, b, total)

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 

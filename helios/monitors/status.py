@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import orjson
 
 from backends import Backend, Corrupt, NotFound
 from helios.control.plane import Sealer
