@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 from helios import timeutil
 from helios.query import ast
 from helios.query.cancel import Check, never
+from helios.query import sums
 from helios.query.filters import mask, numeric
 
 __all__ = ["apply", "by_parts", "combine", "key_column", "partial", "sort", "stats"]
@@ -106,7 +107,7 @@ def stats(table: pa.Table, aggs: tuple[ast.Agg, ...], by: tuple[str, ...]) -> pa
             specs.append((f"v{j}", func))
             results.append((agg, f"v{j}_{func}"))
             if agg.func == "sum":
-                _add_wide(work, specs, f"v{j}", values)
+                sums.add_wide(work, specs, f"v{j}", values)
     grouped = pa.table(work) if work else pa.table({"_": pa.nulls(n)})
     keys = [f"k{i}" for i in range(len(by))]
     out = _grouped(grouped, keys, specs)
@@ -121,7 +122,7 @@ def stats(table: pa.Table, aggs: tuple[ast.Agg, ...], by: tuple[str, ...]) -> pa
         elif agg.func == "avg":
             column = pc.if_else(pc.is_nan(column), None, column) if len(column) else column
         elif agg.func == "sum":
-            column = _exact_or_wide(out, source)
+            column = sums.exact_or_wide(out, source)
         columns[agg.name] = column
     result = pa.table(columns)
     if keys:
@@ -257,11 +258,11 @@ def partial(pipe: ast.Pipe, table: pa.Table) -> pa.Table:
             continue
         work[f"s{j}"] = values
         specs.append((f"s{j}", "sum"))
-        _add_wide(work, specs, f"s{j}", values)
+        sums.add_wide(work, specs, f"s{j}", values)
         if agg.func == "avg":
             specs.append((f"s{j}", "count", pc.CountOptions(mode="only_valid")))
     keys = [f"k{i}" for i in range(len(by))]
-    out = _grouped(pa.table(work), keys, specs)  # (sums in int64 wrap: exact modulo 2^64, as joined)
+    out = _grouped(pa.table(work), keys, specs)  # (int64 sums wrap: exact modulo 2^64, as joined)
     for name, column in whole.items():  # one group: its distinct values (or numbers) as one list
         values = pc.drop_null(pc.unique(column)) if name.startswith("d") else column
         out = out.append_column(name, _one_list(values))
@@ -292,10 +293,10 @@ def combine(pipe: ast.Pipe, parts: list[pa.Table]) -> pa.Table:
             specs.append((f"c{j}", "sum"))
         if agg.func in ("sum", "avg"):
             specs.append((f"s{j}", "sum"))
-            table = _wide_part_sums(table, j, specs)
+            table = sums.wide_part_sums(table, j, specs)
         if agg.func in ("min", "max"):
             specs.append((f"m{j}", agg.func))
-    out = _with_wide_sums(_grouped(table, keys, specs))
+    out = sums.with_wide_sums(_grouped(table, keys, specs))
     group_of = None
     if distinct:  # without groups every part's row is the one group's
         group_of = (_group_of_rows(out.column("_row_list"), table.num_rows) if keys
@@ -312,7 +313,8 @@ def combine(pipe: ast.Pipe, parts: list[pa.Table]) -> pa.Table:
             columns[agg.name] = _group_quantiles(table.column(f"q{j}"), group_of, out.num_rows,
                                                  agg.q or 0.0)
         elif agg.func == "avg":
-            mean = pc.divide(pc.cast(out.column(f"s{j}_sum"), pa.float64(), safe=False),  # past 2^53: rounded
+            # (a sum past 2^53 is rounded: a safe cast would refuse it)
+            mean = pc.divide(pc.cast(out.column(f"s{j}_sum"), pa.float64(), safe=False),
                              out.column(f"c{j}_sum").cast(pa.float64()))
             columns[agg.name] = pc.if_else(pc.is_nan(mean), None, mean) if len(mean) else mean
         elif agg.func == "sum":
@@ -325,63 +327,6 @@ def combine(pipe: ast.Pipe, parts: list[pa.Table]) -> pa.Table:
     if isinstance(pipe, ast.Top):
         result = sort(result, (("count", True), (pipe.field, False))).slice(0, pipe.count)
     return result
-
-
-EXACT_SUM = 1 << 62  # a sum of whole numbers this large (or past int64) is given as float64
-
-
-def _wide(values: Any) -> Any | None:
-    """Whole numbers whose sum might pass int64 (their largest magnitude times their count does) as
-    float64, else None. Arrow's int64 sum wraps past 2^63; such numbers are summed both ways."""
-    if not pa.types.is_integer(values.type) or values.null_count == len(values):
-        return None
-    bounds = pc.min_max(values)
-    largest = max(abs(bounds["min"].as_py()), abs(bounds["max"].as_py()))
-    count = len(values) - values.null_count
-    return pc.cast(values, pa.float64(), safe=False) if largest * count >= EXACT_SUM else None
-
-
-def _add_wide(work: dict[str, Any], specs: list[Any], name: str, values: Any) -> None:
-    wide = _wide(values)
-    if wide is not None:
-        work[f"w{name[1:]}"] = wide
-        specs.append((f"w{name[1:]}", "sum"))
-
-
-def _exact_or_wide(out: pa.Table, source: str) -> Any:
-    """The group sums ``source`` (``<x><j>_sum``): int64, exact while every group's sum is within
-    2^62 (wrapping is exact modulo 2^64, and the float64 sum tells the magnitude with room to
-    spare), else every group's float64 sum."""
-    wide = f"w{source[1:]}"
-    if wide not in out.column_names:
-        return out.column(source)
-    floats = out.column(wide)
-    if len(floats) and (pc.max(pc.abs(floats)).as_py() or 0) >= EXACT_SUM:
-        return floats
-    return out.column(source)
-
-
-def _wide_part_sums(table: pa.Table, j: int, specs: list[Any]) -> pa.Table:
-    """The parts' sums ``s<j>`` summed in float64 too (``w<j>``) when a part did so or their total
-    might pass int64: a part's float64 sums where it has them, its sums as float64 elsewhere."""
-    sums, name = table.column(f"s{j}"), f"w{j}"
-    if name not in table.column_names and _wide(sums) is None:
-        return table
-    floats = pc.cast(sums, pa.float64(), safe=False)
-    if name in table.column_names:
-        floats = pc.coalesce(table.column(name), floats)
-        table = table.drop_columns([name])
-    specs.append((name, "sum"))
-    return table.append_column(name, floats)
-
-
-def _with_wide_sums(out: pa.Table) -> pa.Table:
-    """The joined sums ``s<j>_sum`` as ``_exact_or_wide`` gives them, without the float64 copies."""
-    for name in [name for name in out.column_names if name.startswith("w")]:
-        source = f"s{name[1:]}"
-        out = out.set_column(out.schema.get_field_index(source), source, _exact_or_wide(out, source))
-        out = out.drop_columns([name])
-    return out
 
 
 def _grouped(table: pa.Table, keys: list[str], specs: list[Any]) -> pa.Table:
