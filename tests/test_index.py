@@ -314,3 +314,23 @@ def test_answers_from_memory_equal_the_scan_threads(tmp_path: Path) -> None:
     quoted = parse('"connection reset" | stats count()')  # a phrase: the index only gives candidates
     scan_block(quoted, built["indexed"], cache, None, needed=[], keep_last=None, check=never, **everything)
     assert from_memory(quoted, built["indexed"], cache, needed=[], **everything) is None
+
+
+def test_grouping_postings_by_radix_equals_sorting_keys() -> None:
+    """``tokens._group``: up to 65,536 ids it sorts the ids alone (a radix sort that keeps rows in
+    order); past that it sorts (id, row) keys. Both give each id its sorted distinct rows."""
+    import numpy as np
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        rows_n = int(rng.integers(1, 3000))
+        counts = rng.integers(0, 6, rows_n)  # tokens a row
+        rows = np.repeat(np.arange(rows_n, dtype=np.uint32), counts)  # never decreasing, as built
+        size = int(rng.choice([1, 2, 50, 65_536]))
+        ids = rng.integers(0, size, len(rows)).astype(np.int64)
+        bits = max(1, (rows_n - 1).bit_length())
+        radix = tokens._group(ids, rows, size, bits)
+        keyed = tokens._group(ids, rows, 1 << 17, bits)  # the same ids, past 65,536: sorted keys
+        assert np.array_equal(radix[1], keyed[1]) and np.array_equal(radix[0], keyed[0][: size + 1])
+        for i in range(min(size, 5)):
+            expected = sorted(set(rows[ids == i].tolist()))
+            assert radix[1][radix[0][i] : radix[0][i + 1]].tolist() == expected

@@ -96,11 +96,26 @@ def _tokens(msg: pa.Array) -> tuple[pa.Array, np.ndarray, np.ndarray]:
 
 
 def _group(ids: np.ndarray, rows: np.ndarray, size: int, row_bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """(starts, postings): for each id < ``size`` its sorted distinct rows (rows < 2 ** ``row_bits``).
+    """(starts, postings): for each id < ``size`` its sorted distinct rows (rows < 2 ** ``row_bits``,
+    in order: ``rows`` never decreases).
 
-    One sort of (id, row) keys, in 32 bits when both fit (a chunk's rows fit 16)."""
+    Up to 65,536 ids (a chunk's distinct tokens, usually), a stable sort of the ids alone: numpy
+    sorts 16-bit keys by radix, and rows keep their order within an id (five times faster than a
+    comparison sort of 1.6 M keys). Otherwise one sort of (id, row) keys, in 32 bits when both fit
+    (a chunk's rows fit 16)."""
     if len(ids) == 0:
         return np.zeros(size + 1, np.uint32), np.zeros(0, np.uint32)
+    if size <= 1 << 16:
+        order = np.argsort(ids.astype(np.uint16), kind="stable")
+        ids, rows = ids[order], rows[order]
+        keep = np.empty(len(ids), dtype=bool)
+        keep[0] = True
+        np.not_equal(ids[1:], ids[:-1], out=keep[1:])
+        keep[1:] |= rows[1:] != rows[:-1]  # a token twice in a row: one posting
+        counts = np.bincount(ids[keep], minlength=size)
+        starts = np.zeros(size + 1, np.uint32)
+        np.cumsum(counts, out=starts[1:])
+        return starts, rows[keep].astype(np.uint32)
     kind = np.uint64 if row_bits + max(1, (size - 1).bit_length()) > 32 else np.uint32
     keys = (ids.astype(kind) << kind(row_bits)) | rows.astype(kind)
     keys.sort()
