@@ -51,6 +51,7 @@ _HEAD = struct.Struct("<4sI")
 
 _TO_TOKEN_BYTES = bytes(c if (97 <= c <= 122 or 48 <= c <= 57 or c == 95) else c + 32 if 65 <= c <= 90 else 32
                         for c in range(256))  # a-z 0-9 _ kept, A-Z lowered, anything else a space
+_TOKEN_LUT = np.frombuffer(_TO_TOKEN_BYTES, dtype=np.uint8)
 
 
 def field_term(name: str, value: str) -> str:
@@ -81,7 +82,9 @@ def _tokens(msg: pa.Array) -> tuple[pa.Array, np.ndarray, np.ndarray]:
         return pa.array([], pa.string()), np.zeros(0, np.uint32), unsure
     offsets, data = _string_buffers(msg)
     base, end = int(offsets[0]), int(offsets[-1])
-    text = data[base:end].tobytes().translate(_TO_TOKEN_BYTES)
+    # A table lookup of every byte: as fast as bytes.translate, but numpy lets go of the GIL (a
+    # compaction's tokenising held it ~6 ms a chunk, while the ingest's threads waited for it).
+    text = _TOKEN_LUT[data[base:end]]
     spaced = pa.StringArray.from_buffers(len(msg), pa.py_buffer((offsets - base).astype(np.int32).tobytes()),
                                          pa.py_buffer(text))
     lists = pc.ascii_split_whitespace(spaced)
