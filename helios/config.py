@@ -89,6 +89,13 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise ValueError("must be more than 0 and at most 1")
+    return value
+
+
 def _encryption(text: str) -> str:
     if text not in ("aes-256-gcm", "none"):
         raise ValueError("expected 'aes-256-gcm' or 'none'")
@@ -198,6 +205,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("compaction_nice", "HELIOS_COMPACTION_NICE", 19, _int_between(0, 19),
            "CPU priority of compaction's merges (a Linux nice value; 0 is a request's): at 19 they "
            "use the CPU that ingest and queries leave idle"),
+    Option("compaction_busy_share", "HELIOS_COMPACTION_BUSY_SHARE", 0.1, _share,
+           "share of the time a compaction's merge may take while ingest is busy (a commit within the "
+           "last second): it pauses between its steps for the rest; 1 does not pause"),
     Option("retention_interval_secs", "HELIOS_RETENTION_INTERVAL_SECS", 3600.0, _positive_float,
            "how often partitions past their dataset's retention are dropped"),
     Option("gc_grace_secs", "HELIOS_GC_GRACE_SECS", 600.0, _positive_float,
@@ -286,6 +296,7 @@ class Config:
     lease_secs: float
     compaction_interval_secs: float
     compaction_nice: int
+    compaction_busy_share: float
     retention_interval_secs: float
     gc_grace_secs: float
     syslog_listen: tuple[tuple[str, str, int], ...]

@@ -50,6 +50,7 @@ from helios.ingest.listeners import Listeners
 from helios.ingest.request import BodyReader
 from helios.monitors.allow import WebhookPolicy
 from helios.monitors.service import MonitorService
+from helios.niceness import Pacer
 from helios.replication.jobs import Maintenance
 from helios.replication.lease import JOBS, Lease, lease_group
 from helios.replication.replicator import Replicator
@@ -311,6 +312,7 @@ async def serve(config: Config, *, task_status: Any = trio.TASK_STATUS_IGNORED) 
                             gc_grace_s=config.gc_grace_secs, health=node.health)
     node.jobs.min_block_age_s = config.block_sync_secs  # see helios.tail: peers pull a block before it is compacted
     node.jobs.merge_nice = config.compaction_nice  # merges use the CPU requests leave idle
+    node.engine.pacer = Pacer(config.compaction_busy_share)  # ... and pause while ingest is busy
     node.monitors = MonitorService(node.control, node.engine, node.leases["monitors"], store, node_id=node.node_id,
                                    lag_s=config.block_sync_secs, retry_s=config.monitor_retry_secs,
                                    policy=WebhookPolicy(config.monitor_webhook_allow), health=node.health,

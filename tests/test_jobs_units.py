@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import threading
 from pathlib import Path
 from typing import Any
@@ -289,3 +290,43 @@ def test_the_compaction_priority_is_a_nice_value() -> None:
     for bad in ("20", "-1", "low"):
         with pytest.raises(ConfigError, match="HELIOS_COMPACTION_NICE"):
             config.load(environ={"HELIOS_COMPACTION_NICE": bad})
+
+
+def test_a_merge_keeps_to_its_share_of_the_time_while_ingest_is_busy() -> None:
+    """``niceness.Pacer``: between its steps a paced job sleeps so that a step is ``share`` of the
+    time, while ingest committed within the last second; otherwise it does not pause at all."""
+    from helios.niceness import BUSY_WINDOW_S, MAX_PAUSE_S, Pacer, pace
+    now = [100.0]
+    pacer = Pacer(0.25, clock=lambda: now[0])
+    assert pacer.pause_after(0.2) == 0  # no ingest yet
+    pacer.busy()
+    assert pacer.pause_after(0.2) == pytest.approx(0.6)  # 0.2 of every 0.8 s
+    assert pacer.pause_after(100.0) == MAX_PAUSE_S
+    now[0] += BUSY_WINDOW_S + 0.01
+    assert pacer.pause_after(0.2) == 0  # ingest has been quiet for a while
+    assert Pacer(1.0).pause_after(5.0) == 0
+    for bad in (0, -0.5, 1.5):
+        with pytest.raises(ValueError):
+            Pacer(bad)
+
+    def steps(count: int, step_s: float) -> float:
+        began = time.monotonic()
+        for _ in range(count):
+            end = time.monotonic() + step_s
+            while time.monotonic() < end:  # a step of work
+                pass
+            pace()
+        return time.monotonic() - began
+
+    busy = Pacer(0.5)
+    busy.busy()
+    took = niced(lambda: steps(4, 0.02), 0, pacer=busy)()
+    assert took >= 0.15 and busy.paused_s >= 0.07, (took, busy.paused_s)  # half the time paused
+    idle = Pacer(0.5)
+    niced(lambda: steps(4, 0.02), 0, pacer=idle)()
+    assert idle.paused_s == 0
+    assert steps(2, 0.001) < 1  # outside a paced thread, pace() does nothing
+    assert config.load(environ={}).compaction_busy_share == 0.1
+    for bad in ("0", "1.5", "nan", "half"):
+        with pytest.raises(ConfigError, match="HELIOS_COMPACTION_BUSY_SHARE"):
+            config.load(environ={"HELIOS_COMPACTION_BUSY_SHARE": bad})

@@ -213,7 +213,7 @@ class Maintenance:
         block_id = new_block_id(created, self.node_id, compacted=True, token_hex=self._token_hex)
         return await self._run_sync(niced(
             lambda: merge_blocks(directory, block_id, inputs, dataset=key[0], day=key[1], node=self.node_id,
-                                 created_ns=created), self.merge_nice, "helios-merge"))
+                                 created_ns=created), self.merge_nice, "helios-merge", self.engine.pacer))
 
     async def _compact_local(self, key: PartKey) -> int:
         done = 0

@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 import zstandard
 
 from helios import timeutil
+from helios.niceness import pace
 from helios.storage.bloom import Bloom, block_terms
 from helios.storage.fsutil import write_atomic
 from helios.storage.tokens import TokenIndex, build_index, merge_sections
@@ -239,6 +240,7 @@ def merge_blocks(directory: Path, block_id: str, inputs: list[tuple[bytes, Block
             for file, _ in files:
                 for group in range(file.num_row_groups):
                     writer.write_table(_conform(file.read_row_group(group), schema), row_group_size=ROW_GROUP_ROWS)
+                    pace()  # a compaction yields to a busy ingest (niceness.Pacer)
     except (OSError, pa.ArrowException, ValueError) as exc:
         raise CorruptBlock(f"blocks {', '.join(e.id for _, e in files)} cannot be merged: {exc}") from exc
     return _written(directory, block_id, sink, index, info, node, created_ns)

@@ -34,6 +34,7 @@ import trio
 
 from helios import log, timeutil
 from helios.errors import Overloaded
+from helios.niceness import Pacer
 from helios.storage.blocks import BlockEntry, build_block, new_block_id
 from helios.storage.cache import BlockCache
 from helios.storage.local import LocalBlocks
@@ -114,6 +115,7 @@ class Engine:
         self._room = trio.Event()  # set (and replaced) whenever a flush moved rows into a block
         self.backpressure_waits = 0
         self.backpressure_refusals = 0
+        self.pacer: Pacer | None = None  # told of each commit: compaction yields to a busy ingest
         self.clock = clock
         self._run_sync = run_sync
         self._token_hex = token_hex
@@ -214,6 +216,8 @@ class Engine:
             return 0
         await self._wait_for_room()
         await self.wal.append_frame(batch.frame, lambda: self._apply(batch))
+        if self.pacer is not None:
+            self.pacer.busy()  # compaction's merges pause between their steps for a while
         return batch.table.num_rows
 
     def unflushed_bytes(self) -> int:

@@ -39,6 +39,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import zstandard
 
+from helios.niceness import pace
+
 __all__ = ["FIELD_MAX_VALUES", "FRAME", "MAGIC", "TokenIndex", "build_index", "field_term", "merge_sections"]
 
 MAGIC = b"HLXI"
@@ -219,6 +221,7 @@ def _chunk_parts(msg: pa.Array | pa.ChunkedArray, first_row: int) -> list[Part]:
         if isinstance(chunk, pa.ChunkedArray):  # a chunk's copy, never the whole column's
             chunk = chunk.combine_chunks() if chunk.num_chunks else pa.array([], chunk.type)
         parts.append(_token_chunk(chunk.cast(pa.string()), first_row + at))
+        pace()  # a compaction yields to a busy ingest (niceness.Pacer)
     return parts
 
 
