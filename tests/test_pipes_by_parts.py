@@ -198,3 +198,29 @@ def test_a_sum_past_int64_is_a_float_and_one_within_it_stays_exact() -> None:
             total = apply(parse("* | stats sum(v) as s").pipes[0], table).to_pylist()[0]["s"]
             if not as_text:  # (in float64, 2^62 + 7 - 2^62 is 0)
                 assert total == sum(a) + sum(b) or total == pytest.approx(sum(a) + sum(b)), (a, b, total)
+
+
+def test_parts_of_whole_numbers_past_2_53_join_with_float_and_missing_parts() -> None:
+    """A part without the field, or whose numbers are fractions, used to make the join cast the
+    other parts' whole numbers past 2^53 to float64, which Arrow refuses (a 500); and a part's
+    wrapped int64 sum was joined as the wrapped number (a review of session 12 found both)."""
+    big = pa.table({"v": pa.array([10_000_000_000] * 2000, pa.int64()), "g": ["a"] * 2000})
+    missing = pa.table({"other": pa.array([1, 2]), "g": ["a", "b"]})
+    fractions = pa.table({"v": pa.array([0.5, 1.5]), "g": ["a", "b"]})
+    for text in ("stats sum(v) as r", "stats avg(v) as r", "stats min(v) as r, max(v) as x",
+                 "stats sum(v) as r, avg(v) as m by (g)", "timechart 1h sum(v) as r"):
+        pipe = parse(f"* | {text}").pipes[0]
+        for others in ([missing], [fractions], [missing, fractions]):
+            tables = [big, *others]
+            if "timechart" in text:
+                tables = [t.append_column("_time", pa.array([BASE_NS] * t.num_rows, pa.int64()).cast(
+                    pa.timestamp("ns", "UTC"))) for t in tables]
+            whole = apply(pipe, pa.concat_tables(tables, promote_options="permissive")).to_pylist()
+            joined = combine(pipe, [partial(pipe, t) for t in tables]).to_pylist()
+            assert joined == whole or all(
+                a == pytest.approx(b) for w, j in zip(whole, joined) for a, b in zip(w.values(), j.values())
+            ), (text, whole, joined)
+    wraps = pa.table({"v": pa.array([1 << 62] * 4, pa.int64())})  # its int64 sum wraps to 0
+    cancels = pa.table({"v": pa.array([-2.0 ** 62] * 4)})
+    pipe = parse("* | stats sum(v) as s").pipes[0]
+    assert combine(pipe, [partial(pipe, wraps), partial(pipe, cancels)]).to_pylist() == [{"s": 0.0}]

@@ -95,7 +95,7 @@ def stats(table: pa.Table, aggs: tuple[ast.Agg, ...], by: tuple[str, ...]) -> pa
             specs.append((f"v{j}", "count_distinct", pc.CountOptions(mode="only_valid")))
             results.append((agg, f"v{j}_count_distinct"))
         else:
-            values = numeric(column) if column is not None else pa.nulls(n, pa.float64())
+            values = numeric(column) if column is not None else pa.nulls(n, pa.int64())  # as partial
             if agg.func in ("min", "max") and column is not None and pa.types.is_timestamp(column.type):
                 values = column
             if agg.func == "quantile" and not by:  # "list" is a grouped aggregation only
@@ -243,10 +243,10 @@ def partial(pipe: ast.Pipe, table: pa.Table) -> pa.Table:
             if by:
                 specs.append((f"d{j}", "distinct", pc.CountOptions(mode="only_valid")))
             continue
-        values = numeric(column) if column is not None else pa.nulls(n, pa.float64())
-        if agg.func == "quantile":  # a missing field: int64 nulls (no part turns the others float)
-            numbers = values if column is not None else pa.nulls(n, pa.int64())
-            (work if by else whole)[f"q{j}"] = numbers
+        # A missing field: int64 nulls (no part turns the others' whole numbers float).
+        values = numeric(column) if column is not None else pa.nulls(n, pa.int64())
+        if agg.func == "quantile":
+            (work if by else whole)[f"q{j}"] = values
             if by:
                 specs.append((f"q{j}", "list"))
             continue
@@ -346,9 +346,14 @@ def _group_of_rows(rows: pa.ChunkedArray, count: int) -> np.ndarray:
 
 
 def _same_numbers(parts: list[pa.Table], aggs: tuple[ast.Agg, ...]) -> list[pa.Table]:
-    """The parts with each quantile's numbers of one type: ``float64`` in every part once one part
-    read its field so (as the whole column would be read), else ``int64``."""
+    """The parts with each quantile's numbers, sums, minima and maxima of one type: ``float64`` in
+    every part once one part read its field so (as the whole column would be read), else
+    ``int64``. (Arrow's casts when joining refuse whole numbers past 2^53: they are rounded here,
+    and a sum that wrapped is its float64 sum.)"""
     for j, agg in enumerate(aggs):
+        if agg.func in ("sum", "avg", "min", "max"):
+            parts = sums.floats_where_mixed(parts, f"s{j}" if agg.func in ("sum", "avg") else f"m{j}")
+            continue
         name = f"q{j}"
         if agg.func != "quantile" or not any(
                 pa.types.is_floating(p.schema.field(name).type.value_type) for p in parts):

@@ -16,7 +16,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["EXACT_SUM", "add_wide", "exact_or_wide", "wide", "wide_part_sums", "with_wide_sums"]
+__all__ = ["EXACT_SUM", "add_wide", "exact_or_wide", "floats_where_mixed", "wide", "wide_part_sums",
+           "with_wide_sums"]
 
 EXACT_SUM = 1 << 62  # a sum of whole numbers this large (or past int64) is given as float64
 
@@ -72,4 +73,23 @@ def with_wide_sums(out: pa.Table) -> pa.Table:
         source = f"s{name[1:]}"
         out = out.set_column(out.schema.get_field_index(source), source, exact_or_wide(out, source))
         out = out.drop_columns([name])
+    return out
+
+
+def floats_where_mixed(parts: list[pa.Table], name: str) -> list[pa.Table]:
+    """The parts with column ``name`` as float64 in every part if it is float64 in one and whole
+    numbers in another (else as they are): rounded past 2^53, and a part's sums that may have
+    wrapped taken from its float64 sums (``w<j>``)."""
+    kinds = [part.schema.field(name).type for part in parts]
+    if not (any(pa.types.is_floating(k) for k in kinds) and any(pa.types.is_integer(k) for k in kinds)):
+        return parts
+    out = []
+    for part, kind in zip(parts, kinds):
+        if pa.types.is_integer(kind):
+            column = pc.cast(part.column(name), pa.float64(), safe=False)
+            wide_name = f"w{name[1:]}"
+            if wide_name in part.column_names:
+                column = pc.coalesce(part.column(wide_name), column)
+            part = part.set_column(part.schema.get_field_index(name), name, column)
+        out.append(part)
     return out
