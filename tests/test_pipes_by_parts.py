@@ -213,13 +213,13 @@ def test_parts_of_whole_numbers_past_2_53_join_with_float_and_missing_parts() ->
         for others in ([missing], [fractions], [missing, fractions]):
             tables = [big, *others]
             if "timechart" in text:
-                tables = [t.append_column("_time", pa.array([BASE_NS] * t.num_rows, pa.int64()).cast(
-                    pa.timestamp("ns", "UTC"))) for t in tables]
+                times = [pa.array([BASE_NS] * t.num_rows, pa.int64()).cast(pa.timestamp("ns", "UTC"))
+                         for t in tables]
+                tables = [t.append_column("_time", ts) for t, ts in zip(tables, times)]
             whole = apply(pipe, pa.concat_tables(tables, promote_options="permissive")).to_pylist()
             joined = combine(pipe, [partial(pipe, t) for t in tables]).to_pylist()
-            assert joined == whole or all(
-                a == pytest.approx(b) for w, j in zip(whole, joined) for a, b in zip(w.values(), j.values())
-            ), (text, whole, joined)
+            pairs = [(a, b) for w, j in zip(whole, joined) for a, b in zip(w.values(), j.values())]
+            assert joined == whole or all(a == pytest.approx(b) for a, b in pairs), (text, whole, joined)
     wraps = pa.table({"v": pa.array([1 << 62] * 4, pa.int64())})  # its int64 sum wraps to 0
     cancels = pa.table({"v": pa.array([-2.0 ** 62] * 4)})
     pipe = parse("* | stats sum(v) as s").pipes[0]

@@ -95,7 +95,8 @@ def stats(table: pa.Table, aggs: tuple[ast.Agg, ...], by: tuple[str, ...]) -> pa
             specs.append((f"v{j}", "count_distinct", pc.CountOptions(mode="only_valid")))
             results.append((agg, f"v{j}_count_distinct"))
         else:
-            values = numeric(column) if column is not None else pa.nulls(n, pa.int64())  # as partial
+            # (a missing field: int64 nulls, as in partial)
+            values = numeric(column) if column is not None else pa.nulls(n, pa.int64())
             if agg.func in ("min", "max") and column is not None and pa.types.is_timestamp(column.type):
                 values = column
             if agg.func == "quantile" and not by:  # "list" is a grouped aggregation only
@@ -352,7 +353,8 @@ def _same_numbers(parts: list[pa.Table], aggs: tuple[ast.Agg, ...]) -> list[pa.T
     and a sum that wrapped is its float64 sum.)"""
     for j, agg in enumerate(aggs):
         if agg.func in ("sum", "avg", "min", "max"):
-            parts = sums.floats_where_mixed(parts, f"s{j}" if agg.func in ("sum", "avg") else f"m{j}")
+            name = f"s{j}" if agg.func in ("sum", "avg") else f"m{j}"
+            parts = sums.floats_where_mixed(parts, name)
             continue
         name = f"q{j}"
         if agg.func != "quantile" or not any(

@@ -81,7 +81,8 @@ def floats_where_mixed(parts: list[pa.Table], name: str) -> list[pa.Table]:
     numbers in another (else as they are): rounded past 2^53, and a part's sums that may have
     wrapped taken from its float64 sums (``w<j>``)."""
     kinds = [part.schema.field(name).type for part in parts]
-    if not (any(pa.types.is_floating(k) for k in kinds) and any(pa.types.is_integer(k) for k in kinds)):
+    floating, whole = any(map(pa.types.is_floating, kinds)), any(map(pa.types.is_integer, kinds))
+    if not (floating and whole):
         return parts
     out = []
     for part, kind in zip(parts, kinds):
