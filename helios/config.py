@@ -206,8 +206,9 @@ OPTIONS: tuple[Option, ...] = (
            "CPU priority of compaction's merges (a Linux nice value; 0 is a request's): at 19 they "
            "use the CPU that ingest and queries leave idle"),
     Option("compaction_busy_share", "HELIOS_COMPACTION_BUSY_SHARE", 0.1, _share,
-           "share of the time a compaction's merge may take while ingest is busy (a commit within the "
-           "last second): it pauses between its steps for the rest; 1 does not pause"),
+           "share of the time a compaction's merge may take while ingest is busy (10,000 rows or more "
+           "committed within a second, in the last second): it pauses between its steps for the rest; "
+           "1 does not pause"),
     Option("retention_interval_secs", "HELIOS_RETENTION_INTERVAL_SECS", 3600.0, _positive_float,
            "how often partitions past their dataset's retention are dropped"),
     Option("gc_grace_secs", "HELIOS_GC_GRACE_SECS", 600.0, _positive_float,

@@ -15,8 +15,9 @@ waits for its answer), the merge fills them, and the cores' caches, the memory b
 shared; under a two-client ingest of 10 M rows it still cost 12 % of the rate. So a ``Pacer`` also
 holds niced work to a share of the time while ingest is busy: the work calls ``pace()`` between
 its steps (a tokenised chunk, a copied row group), which sleeps long enough that the step's time
-is ``share`` of the time since the last step. Ingest marks itself busy (``Pacer.busy``) at each
-commit; a second without one and the work runs freely again.
+is ``share`` of the time since the last step. Ingest tells the pacer the rows of each commit
+(``Pacer.busy``): ``BUSY_ROWS`` of them within a second make it busy (a trickle of small batches
+does not), and a second later, without more, the work runs freely again.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ from typing import Callable, TypeVar
 __all__ = ["Pacer", "niced", "pace"]
 
 T = TypeVar("T")
-BUSY_WINDOW_S = 1.0  # ingest is busy this long after a commit
-MAX_PAUSE_S = 5.0  # one pause at most (a step is a fraction of a second)
+BUSY_WINDOW_S = 1.0  # ingest is busy this long after BUSY_ROWS rows came within this long
+BUSY_ROWS = 10_000
+MAX_PAUSE_S = 2.0  # one pause at most (a step is a fraction of a second; a stopping node waits)
 _local = threading.local()  # the pacer of the niced thread, and when its last step ended
 
 
@@ -46,9 +48,17 @@ class Pacer:
         self.clock = clock
         self.busy_at = -math.inf
         self.paused_s = 0.0  # in all, for /metrics and tests
+        self._counted_at = -math.inf  # rows committed since then (a window of BUSY_WINDOW_S)
+        self._rows = 0
 
-    def busy(self) -> None:
-        self.busy_at = self.clock()
+    def busy(self, rows: int) -> None:
+        """``rows`` were committed: busy once ``BUSY_ROWS`` came within a window."""
+        now = self.clock()
+        if now - self._counted_at > BUSY_WINDOW_S:
+            self._counted_at, self._rows = now, 0
+        self._rows += rows
+        if self._rows >= BUSY_ROWS:
+            self.busy_at = now
 
     def pause_after(self, worked_s: float) -> float:
         """How long to sleep after a step of ``worked_s`` seconds: 0 unless ingest is busy."""

@@ -295,11 +295,16 @@ def test_the_compaction_priority_is_a_nice_value() -> None:
 def test_a_merge_keeps_to_its_share_of_the_time_while_ingest_is_busy() -> None:
     """``niceness.Pacer``: between its steps a paced job sleeps so that a step is ``share`` of the
     time, while ingest committed within the last second; otherwise it does not pause at all."""
-    from helios.niceness import BUSY_WINDOW_S, MAX_PAUSE_S, Pacer, pace
+    from helios.niceness import BUSY_ROWS, BUSY_WINDOW_S, MAX_PAUSE_S, Pacer, pace
     now = [100.0]
     pacer = Pacer(0.25, clock=lambda: now[0])
     assert pacer.pause_after(0.2) == 0  # no ingest yet
-    pacer.busy()
+    for _ in range(5):  # a trickle: fewer than BUSY_ROWS rows a window
+        pacer.busy(BUSY_ROWS // 10)
+        now[0] += BUSY_WINDOW_S * 0.6
+    assert pacer.pause_after(0.2) == 0
+    pacer.busy(BUSY_ROWS // 2)
+    pacer.busy(BUSY_ROWS // 2)  # within the window: busy
     assert pacer.pause_after(0.2) == pytest.approx(0.6)  # 0.2 of every 0.8 s
     assert pacer.pause_after(100.0) == MAX_PAUSE_S
     now[0] += BUSY_WINDOW_S + 0.01
@@ -319,7 +324,7 @@ def test_a_merge_keeps_to_its_share_of_the_time_while_ingest_is_busy() -> None:
         return time.monotonic() - began
 
     busy = Pacer(0.5)
-    busy.busy()
+    busy.busy(BUSY_ROWS)
     took = niced(lambda: steps(4, 0.02), 0, pacer=busy)()
     assert took >= 0.15 and busy.paused_s >= 0.07, (took, busy.paused_s)  # half the time paused
     idle = Pacer(0.5)

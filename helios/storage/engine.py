@@ -217,7 +217,7 @@ class Engine:
         await self._wait_for_room()
         await self.wal.append_frame(batch.frame, lambda: self._apply(batch))
         if self.pacer is not None:
-            self.pacer.busy()  # compaction's merges pause between their steps for a while
+            self.pacer.busy(batch.table.num_rows)  # a busy ingest: merges pause between steps
         return batch.table.num_rows
 
     def unflushed_bytes(self) -> int:
