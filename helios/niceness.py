@@ -47,7 +47,7 @@ class Pacer:
         self.share = share
         self.clock = clock
         self.busy_at = -math.inf
-        self.paused_s = 0.0  # in all, for /metrics and tests
+        self.paused_s = 0.0  # in all (helios_compaction_paused_seconds_total)
         self._counted_at = -math.inf  # rows committed since then (a window of BUSY_WINDOW_S)
         self._rows = 0
 

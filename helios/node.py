@@ -176,6 +176,8 @@ class Node:
             f"helios_ingest_backpressure_waits_total {engine.backpressure_waits}",
             "# TYPE helios_ingest_backpressure_refusals_total counter",
             f"helios_ingest_backpressure_refusals_total {engine.backpressure_refusals}",
+            "# TYPE helios_compaction_paused_seconds_total counter",
+            f"helios_compaction_paused_seconds_total {engine.pacer.paused_s if engine.pacer else 0.0:.3f}",
             "# TYPE helios_block_cache_hits_total counter",
             f"helios_block_cache_hits_total {engine.cache.hits}",
             "# TYPE helios_block_cache_misses_total counter",

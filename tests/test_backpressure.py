@@ -63,3 +63,4 @@ def test_ingest_waits_for_flushes_then_is_refused_and_nothing_acknowledged_is_lo
     assert waited and waited[0].status_code == 200, waited
     wait_until(lambda: metric(node, "helios_memtable_rows") == 0, what="every row flushed")
     assert node.count() == acknowledged + BATCH and node.count("late") == BATCH
+    assert metric(node, "helios_compaction_paused_seconds_total") >= 0  # exported (niceness.Pacer)

@@ -14,9 +14,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from helios import timeutil
-from helios.query import ast
+from helios.query import ast, sums
 from helios.query.cancel import Check, never
-from helios.query import sums
 from helios.query.filters import mask, numeric
 
 __all__ = ["apply", "by_parts", "combine", "key_column", "partial", "sort", "stats"]
