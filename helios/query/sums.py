@@ -56,15 +56,22 @@ def exact_or_wide(out: pa.Table, source: str) -> Any:
 def wide_part_sums(table: pa.Table, j: int, specs: list[Any]) -> pa.Table:
     """The parts' sums ``s<j>`` summed in float64 too (``w<j>``) when a part did so or their total
     might pass int64: a part's float64 sums where it has them, its sums as float64 elsewhere."""
-    sums, name = table.column(f"s{j}"), f"w{j}"
-    if name not in table.column_names and wide(sums) is None:
+    name = f"w{j}"
+    if name not in table.column_names and wide(table.column(f"s{j}")) is None:
         return table
-    floats = pc.cast(sums, pa.float64(), safe=False)
+    floats = _floats(table, f"s{j}")
     if name in table.column_names:
-        floats = pc.coalesce(table.column(name), floats)
         table = table.drop_columns([name])
     specs.append((name, "sum"))
     return table.append_column(name, floats)
+
+
+def _floats(table: pa.Table, name: str) -> Any:
+    """Column ``name`` (``<x><j>``) as float64, rounded past 2^53; where the table has float64 sums
+    of it (``w<j>``), those (a sum that may have wrapped)."""
+    floats = pc.cast(table.column(name), pa.float64(), safe=False)
+    wide_name = f"w{name[1:]}"
+    return pc.coalesce(table.column(wide_name), floats) if wide_name in table.column_names else floats
 
 
 def with_wide_sums(out: pa.Table) -> pa.Table:
@@ -87,10 +94,6 @@ def floats_where_mixed(parts: list[pa.Table], name: str) -> list[pa.Table]:
     out = []
     for part, kind in zip(parts, kinds):
         if pa.types.is_integer(kind):
-            column = pc.cast(part.column(name), pa.float64(), safe=False)
-            wide_name = f"w{name[1:]}"
-            if wide_name in part.column_names:
-                column = pc.coalesce(part.column(wide_name), column)
-            part = part.set_column(part.schema.get_field_index(name), name, column)
+            part = part.set_column(part.schema.get_field_index(name), name, _floats(part, name))
         out.append(part)
     return out
