@@ -1,0 +1,426 @@
+/* helios.ingest._flatjson: NDJSON lines of flat objects straight into Arrow buffers.
+ *
+ * The hot path of ingest (helios/ingest/flat.py wraps it). pyarrow.json spends ~1.9 us of CPU a
+ * row on the bench's Loghub records, as much as DuckDB's whole load; this reads the common shape
+ * -- one object a line, every value a string, number, true/false or null -- in a tenth of that,
+ * without the GIL.
+ *
+ * It reads only what it is sure of and gives up on anything else (returns None): the caller then
+ * reads the bytes with pyarrow.json as before, so it never has to be right about a case it
+ * declines. For what it accepts, its table equals pyarrow.json.read_json's with the same explicit
+ * schema and unexpected fields an error (tests/test_flatjson.py compares them on Loghub lines and
+ * on random and hostile ones). It gives up on: a line that is not one object followed by blanks
+ * (an empty line, two objects, an object across lines), a key with an escape or not in the
+ * schema, a key twice in a line, a nested value, a value whose kind is not its field's, an
+ * integer outside int64 or with a fraction or exponent in an int64 field, a number of more than
+ * 64 characters or out of double's range, an escape of a lone surrogate, a control character
+ * inside a string, invalid JSON anywhere, and more than MAX_FIELDS fields.
+ *
+ * Safety: every read is bounds-checked against the end of the input; output buffers grow with
+ * overflow checks; string offsets are int32, and inputs of 2 GiB or more are declined. The input
+ * is held as a buffer view while the GIL is released. UTF-8 is not validated here: the caller
+ * checks the bytes first (records._read_span decodes them).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <errno.h>
+#include <locale.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_FIELDS 64
+#define MAX_NUMBER 64
+
+enum { K_INT = 'i', K_DOUBLE = 'd', K_STRING = 's', K_BOOL = 'b', K_NULL = 'n' };
+
+typedef struct {
+    char *p;
+    size_t len, cap;
+} Buf;
+
+typedef struct {
+    const char *name;
+    Py_ssize_t name_len;
+    char kind;
+    uint8_t *valid;   /* validity bitmap, (rows + 7) / 8 bytes */
+    uint8_t *values;  /* int64/double: 8 bytes a row; bool: a bitmap */
+    int32_t *offsets; /* strings: rows + 1 */
+    Buf data;         /* strings' bytes */
+    Py_ssize_t nulls;
+    Py_ssize_t seen;  /* the last row (1-based) that set it: a key twice in a line is declined */
+} Field;
+
+static locale_t c_locale;
+
+static int grow(Buf *b, size_t more) {
+    if (b->cap - b->len >= more) return 0;
+    size_t cap = b->cap ? b->cap : 4096;
+    while (cap - b->len < more) {
+        if (cap > SIZE_MAX / 2) return -1;
+        cap *= 2;
+    }
+    char *p = realloc(b->p, cap);
+    if (p == NULL) return -1;
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
+
+static inline const char *blanks(const char *p, const char *end) {
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\r')) p++;
+    return p;
+}
+
+static inline int hex4(const char *p, const char *end, unsigned *out) {
+    if (end - p < 4) return -1;
+    unsigned v = 0;
+    for (int i = 0; i < 4; i++) {
+        char c = p[i];
+        v <<= 4;
+        if (c >= '0' && c <= '9') v |= (unsigned)(c - '0');
+        else if (c >= 'a' && c <= 'f') v |= (unsigned)(c - 'a' + 10);
+        else if (c >= 'A' && c <= 'F') v |= (unsigned)(c - 'A' + 10);
+        else return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* A string's content after its opening quote, unescaped onto out; the position after its closing
+ * quote, or NULL to decline. */
+static const char *string_into(const char *p, const char *end, Buf *out) {
+    for (;;) {
+        const char *run = p;
+        while (p < end && *p != '"' && *p != '\\' && (unsigned char)*p >= 0x20) p++;
+        if (p > run) {
+            if (grow(out, (size_t)(p - run)) < 0) return NULL;
+            memcpy(out->p + out->len, run, (size_t)(p - run));
+            out->len += (size_t)(p - run);
+        }
+        if (p >= end || (unsigned char)*p < 0x20) return NULL;
+        if (*p == '"') return p + 1;
+        /* an escape */
+        if (end - p < 2 || grow(out, 4) < 0) return NULL;
+        char c = p[1];
+        char one;
+        p += 2;
+        switch (c) {
+        case '"': one = '"'; break;
+        case '\\': one = '\\'; break;
+        case '/': one = '/'; break;
+        case 'b': one = '\b'; break;
+        case 'f': one = '\f'; break;
+        case 'n': one = '\n'; break;
+        case 'r': one = '\r'; break;
+        case 't': one = '\t'; break;
+        case 'u': {
+            unsigned cp;
+            if (hex4(p, end, &cp) < 0) return NULL;
+            p += 4;
+            if (cp >= 0xDC00 && cp <= 0xDFFF) return NULL; /* a lone low surrogate */
+            if (cp >= 0xD800 && cp <= 0xDBFF) {
+                unsigned low;
+                if (end - p < 6 || p[0] != '\\' || p[1] != 'u' || hex4(p + 2, end, &low) < 0) return NULL;
+                if (low < 0xDC00 || low > 0xDFFF) return NULL;
+                p += 6;
+                cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00);
+            }
+            char *o = out->p + out->len;
+            if (cp < 0x80) {
+                o[0] = (char)cp;
+                out->len += 1;
+            } else if (cp < 0x800) {
+                o[0] = (char)(0xC0 | (cp >> 6));
+                o[1] = (char)(0x80 | (cp & 0x3F));
+                out->len += 2;
+            } else if (cp < 0x10000) {
+                o[0] = (char)(0xE0 | (cp >> 12));
+                o[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+                o[2] = (char)(0x80 | (cp & 0x3F));
+                out->len += 3;
+            } else {
+                o[0] = (char)(0xF0 | (cp >> 18));
+                o[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+                o[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
+                o[3] = (char)(0x80 | (cp & 0x3F));
+                out->len += 4;
+            }
+            continue;
+        }
+        default: return NULL;
+        }
+        out->p[out->len++] = one;
+    }
+}
+
+/* A JSON number at p (the grammar checked); its end, whether it is an integer, or NULL. */
+static const char *number_end(const char *p, const char *end, int *integer) {
+    const char *q = p;
+    *integer = 1;
+    if (q < end && *q == '-') q++;
+    if (q >= end) return NULL;
+    if (*q == '0') q++;
+    else if (*q >= '1' && *q <= '9') while (q < end && *q >= '0' && *q <= '9') q++;
+    else return NULL;
+    if (q < end && *q == '.') {
+        *integer = 0;
+        q++;
+        if (q >= end || *q < '0' || *q > '9') return NULL;
+        while (q < end && *q >= '0' && *q <= '9') q++;
+    }
+    if (q < end && (*q == 'e' || *q == 'E')) {
+        *integer = 0;
+        q++;
+        if (q < end && (*q == '+' || *q == '-')) q++;
+        if (q >= end || *q < '0' || *q > '9') return NULL;
+        while (q < end && *q >= '0' && *q <= '9') q++;
+    }
+    return q;
+}
+
+static int parse_int64(const char *p, const char *q, int64_t *out) {
+    int negative = *p == '-';
+    if (negative) p++;
+    uint64_t v = 0;
+    uint64_t bound = negative ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX;
+    for (; p < q; p++) {
+        uint64_t digit = (uint64_t)(*p - '0');
+        if (v > (bound - digit) / 10) return -1;
+        v = v * 10 + digit;
+    }
+    *out = negative ? (int64_t)(0 - v) : (int64_t)v;
+    return 0;
+}
+
+static int parse_double(const char *p, const char *q, double *out) {
+    char text[MAX_NUMBER + 1];
+    size_t n = (size_t)(q - p);
+    if (n > MAX_NUMBER) return -1;
+    memcpy(text, p, n);
+    text[n] = 0;
+    char *stop;
+    errno = 0;
+    double v = strtod_l(text, &stop, c_locale);
+    if (stop != text + n || errno == ERANGE) return -1;
+    *out = v;
+    return 0;
+}
+
+static inline int literal(const char *p, const char *end, const char *word, size_t n) {
+    return (size_t)(end - p) >= n && memcmp(p, word, n) == 0;
+}
+
+/* One value at p into field f of row `row`; its end, or NULL to decline. */
+static const char *value_into(const char *p, const char *end, Field *f, Py_ssize_t row) {
+    if (p >= end) return NULL;
+    char c = *p;
+    if (c == 'n') {
+        if (!literal(p, end, "null", 4)) return NULL;
+        return p + 4; /* left unset: null */
+    }
+    switch (f->kind) {
+    case K_STRING: {
+        if (c != '"') return NULL;
+        const char *q = string_into(p + 1, end, &f->data);
+        if (q == NULL || f->data.len > INT32_MAX) return NULL;
+        f->offsets[row + 1] = (int32_t)f->data.len;
+        f->valid[row >> 3] |= (uint8_t)(1u << (row & 7));
+        return q;
+    }
+    case K_INT:
+    case K_DOUBLE: {
+        int integer;
+        const char *q = number_end(p, end, &integer);
+        if (q == NULL) return NULL;
+        if (f->kind == K_INT) {
+            int64_t v;
+            if (!integer || parse_int64(p, q, &v) < 0) return NULL;
+            memcpy(f->values + 8 * row, &v, 8);
+        } else {
+            double v;
+            if (parse_double(p, q, &v) < 0) return NULL;
+            memcpy(f->values + 8 * row, &v, 8);
+        }
+        f->valid[row >> 3] |= (uint8_t)(1u << (row & 7));
+        return q;
+    }
+    case K_BOOL:
+        if (literal(p, end, "true", 4)) {
+            f->values[row >> 3] |= (uint8_t)(1u << (row & 7));
+            p += 4;
+        } else if (literal(p, end, "false", 5)) {
+            p += 5;
+        } else {
+            return NULL;
+        }
+        f->valid[row >> 3] |= (uint8_t)(1u << (row & 7));
+        return p;
+    default:
+        return NULL; /* a null-typed field holds only nulls */
+    }
+}
+
+/* The whole input; the number of rows, or -1 to decline (-2: out of memory). */
+static Py_ssize_t parse(const char *p, const char *end, Field *fields, int nfields) {
+    Py_ssize_t row = 0;
+    int hint = 0;
+    while (p < end) {
+        p = blanks(p, end);
+        if (p >= end || *p != '{') return -1;
+        p = blanks(p + 1, end);
+        if (p < end && *p == '}') {
+            p++;
+        } else {
+            for (;;) {
+                if (p >= end || *p != '"') return -1;
+                const char *key = ++p;
+                while (p < end && *p != '"' && *p != '\\' && (unsigned char)*p >= 0x20) p++;
+                if (p >= end || *p != '"') return -1;
+                Py_ssize_t key_len = p - key;
+                p++;
+                int at = -1;
+                for (int i = 0; i < nfields; i++) {
+                    int j = hint + i < nfields ? hint + i : hint + i - nfields;
+                    if (fields[j].name_len == key_len && memcmp(fields[j].name, key, (size_t)key_len) == 0) {
+                        at = j;
+                        break;
+                    }
+                }
+                if (at < 0 || fields[at].seen == row + 1) return -1;
+                Field *f = &fields[at];
+                f->seen = row + 1;
+                hint = at + 1 < nfields ? at + 1 : 0;
+                p = blanks(p, end);
+                if (p >= end || *p != ':') return -1;
+                p = blanks(p + 1, end);
+                p = value_into(p, end, f, row);
+                if (p == NULL) return -1;
+                p = blanks(p, end);
+                if (p < end && *p == ',') {
+                    p = blanks(p + 1, end);
+                    continue;
+                }
+                if (p < end && *p == '}') {
+                    p++;
+                    break;
+                }
+                return -1;
+            }
+        }
+        p = blanks(p, end);
+        if (p < end) {
+            if (*p != '\n') return -1;
+            p++;
+        }
+        for (int i = 0; i < nfields; i++) {
+            Field *f = &fields[i];
+            if (!(f->valid[row >> 3] & (1u << (row & 7)))) f->nulls++;
+            if (f->kind == K_STRING) f->offsets[row + 1] = (int32_t)f->data.len;
+        }
+        row++;
+    }
+    return row;
+}
+
+static void release(Field *fields, int nfields) {
+    for (int i = 0; i < nfields; i++) {
+        free(fields[i].valid);
+        free(fields[i].values);
+        free(fields[i].offsets);
+        free(fields[i].data.p);
+    }
+}
+
+static PyObject *bytes_of(const void *p, size_t n) {
+    return PyBytes_FromStringAndSize(n ? (const char *)p : "", (Py_ssize_t)n);
+}
+
+/* read(data, names, kinds) -> (rows, [(nulls, validity, values, offsets, data), ...]) or None.
+ * names: a tuple of bytes (the schema's field names, in its order); kinds: bytes, one of "idsbn"
+ * a field (int64, double, string, bool, null). */
+static PyObject *flat_read(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer input;
+    PyObject *names;
+    const char *kinds;
+    Py_ssize_t nkinds;
+    if (!PyArg_ParseTuple(args, "y*O!y#", &input, &PyTuple_Type, &names, &kinds, &nkinds)) return NULL;
+    Py_ssize_t nfields = PyTuple_GET_SIZE(names);
+    if (nfields != nkinds || nfields == 0 || nfields > MAX_FIELDS || input.len >= INT32_MAX) {
+        PyBuffer_Release(&input);
+        Py_RETURN_NONE;
+    }
+    const char *data = input.buf;
+    Py_ssize_t lines = 1;
+    for (const char *q = data; (q = memchr(q, '\n', (size_t)(data + input.len - q))) != NULL; q++) lines++;
+    size_t bitmap = (size_t)(lines + 7) / 8;
+    Field fields[MAX_FIELDS];
+    memset(fields, 0, sizeof fields);
+    int failed = 0;
+    for (Py_ssize_t i = 0; i < nfields; i++) {
+        PyObject *name = PyTuple_GET_ITEM(names, i);
+        char kind = kinds[i];
+        if (!PyBytes_Check(name) || strchr("idsbn", kind) == NULL || kind == 0) {
+            failed = 1;
+            break;
+        }
+        Field *f = &fields[i];
+        f->name = PyBytes_AS_STRING(name);
+        f->name_len = PyBytes_GET_SIZE(name);
+        f->kind = kind;
+        f->valid = calloc(bitmap, 1);
+        if (f->valid == NULL) failed = 2;
+        if (kind == K_INT || kind == K_DOUBLE) f->values = calloc((size_t)lines, 8);
+        if (kind == K_BOOL) f->values = calloc(bitmap, 1);
+        if ((kind == K_INT || kind == K_DOUBLE || kind == K_BOOL) && f->values == NULL) failed = 2;
+        if (kind == K_STRING && (f->offsets = calloc((size_t)lines + 1, 4)) == NULL) failed = 2;
+        if (failed) break;
+    }
+    Py_ssize_t rows = -1;
+    if (!failed) {
+        Py_BEGIN_ALLOW_THREADS
+        rows = parse(data, data + input.len, fields, (int)nfields);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&input);
+    PyObject *result = NULL;
+    if (failed == 2) {
+        PyErr_NoMemory();
+    } else if (failed || rows <= 0) { /* nothing read: pyarrow refuses an empty span */
+        result = Py_NewRef(Py_None);
+    } else {
+        PyObject *columns = PyList_New(nfields);
+        for (Py_ssize_t i = 0; columns != NULL && i < nfields; i++) {
+            Field *f = &fields[i];
+            size_t rbitmap = (size_t)(rows + 7) / 8;
+            PyObject *item = Py_BuildValue(
+                "(nNNNN)", f->nulls, bytes_of(f->valid, rbitmap),
+                f->kind == K_BOOL ? bytes_of(f->values, rbitmap)
+                    : bytes_of(f->values, f->values ? (size_t)rows * 8 : 0),
+                bytes_of(f->offsets, f->offsets ? ((size_t)rows + 1) * 4 : 0),
+                bytes_of(f->data.p, f->data.len));
+            if (item == NULL) {
+                Py_CLEAR(columns);
+                break;
+            }
+            PyList_SET_ITEM(columns, i, item);
+        }
+        if (columns != NULL) result = Py_BuildValue("(nN)", rows, columns);
+    }
+    release(fields, (int)nfields);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"read", flat_read, METH_VARARGS, "NDJSON of flat objects as Arrow buffers, or None."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_flatjson", NULL, -1, methods, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__flatjson(void) {
+    c_locale = newlocale(LC_ALL_MASK, "C", (locale_t)0);
+    if (c_locale == (locale_t)0) return PyErr_NoMemory();
+    return PyModule_Create(&module);
+}

@@ -1,0 +1,165 @@
+"""The C fast path of ingest (``helios.ingest.flat``): what it accepts equals pyarrow.json's reading.
+
+Its contract: for bytes it accepts, the table is the one ``pyarrow.json.read_json`` makes with the
+same explicit schema (unexpected fields an error), row for row; anything else it declines (None)
+and pyarrow reads as before. So every test here is one oracle -- pyarrow -- over Loghub lines,
+generated records, their mutations, and hand-made hostile bytes; and ``parse_ndjson`` gives the
+same tables with the fast path and without it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.json as pajson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from helios.ingest import flat, records
+from helios.ingest.records import parse_ndjson
+from support import loghub_records
+
+pytestmark = pytest.mark.skipif(not flat.AVAILABLE, reason="helios.ingest._flatjson is not built (no C compiler)")
+
+QUICK = settings(max_examples=400, deadline=None, database=None)
+NOW_NS = 1_700_000_000_000_000_000
+
+
+def pyarrow_read(data: bytes, schema: pa.Schema) -> pa.Table | None:
+    options = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="error")
+    try:
+        return pajson.read_json(io.BytesIO(data), read_options=pajson.ReadOptions(block_size=len(data) + 1),
+                                parse_options=options)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+
+
+def agrees(data: bytes, schema: pa.Schema) -> pa.Table | None:
+    """read_flat's table, after checking it against pyarrow's (None if it declined)."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None  # the caller never offers invalid UTF-8
+    got = flat.read_flat(data, schema)
+    if got is not None:
+        expected = pyarrow_read(data, schema)
+        assert expected is not None, f"accepted what pyarrow refuses: {data[:300]!r}"
+        assert got.schema == expected.schema
+        assert got.equals(expected), f"{data[:300]!r}\n{got.to_pylist()[:3]}\n{expected.to_pylist()[:3]}"
+        assert got.validate(full=True) is None
+    return got
+
+
+def test_loghub_lines_are_read_by_the_fast_path_exactly() -> None:
+    docs = [r.doc() for r in loghub_records()]
+    body = b"".join(orjson.dumps(doc) + b"\n" for doc in docs)
+    schema = pajson.read_json(io.BytesIO(body)).schema
+    got = agrees(body, schema)
+    assert got is not None and got.num_rows == len(docs)
+    # Keys in another order a line, the ensure_ascii escapes json.dumps writes, blanks, no last newline.
+    rng = random.Random(7)
+    lines = []
+    for doc in docs[:3000]:
+        items = list(doc.items())
+        rng.shuffle(items)
+        lines.append(json.dumps(dict(items), separators=rng.choice([(",", ":"), (", ", ": ")])).encode())
+    got = agrees(b"\n".join(lines), schema)
+    assert got is not None and got.num_rows == 3000
+
+
+SCALARS = {
+    "i": st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    "d": st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(10**20), 10**20),
+    "s": st.text(max_size=12),
+    "b": st.booleans(),
+    "n": st.none(),
+}
+TYPES = {"i": pa.int64(), "d": pa.float64(), "s": pa.string(), "b": pa.bool_(), "n": pa.null()}
+
+
+@st.composite
+def bodies(draw: Any) -> tuple[bytes, pa.Schema]:
+    kinds = draw(st.lists(st.sampled_from("idsbn"), min_size=1, max_size=5))
+    names = draw(st.lists(st.text(min_size=1, max_size=4), min_size=len(kinds), max_size=len(kinds), unique=True))
+    schema = pa.schema([(name, TYPES[kind]) for name, kind in zip(names, kinds)])
+    rows = draw(st.lists(st.fixed_dictionaries({}, optional={
+        name: st.none() | SCALARS[kind] for name, kind in zip(names, kinds)}), min_size=1, max_size=8))
+    ascii_only = draw(st.booleans())
+    sep = draw(st.sampled_from([(",", ":"), (", ", ": "), (" ,\t", " :\r")]))
+    text = "\n".join(json.dumps(row, ensure_ascii=ascii_only, separators=sep) for row in rows)
+    return (text + draw(st.sampled_from(["", "\n", " \n", "\r\n"]))).encode(), schema
+
+
+@given(bodies())
+@QUICK
+def test_generated_records_equal_pyarrows_reading(case: tuple[bytes, pa.Schema]) -> None:
+    data, schema = case
+    agrees(data, schema)
+
+
+@given(bodies(), st.lists(st.tuples(st.integers(0, 10**6), st.sampled_from(
+    ['"', "\\", "{", "}", "[", ",", ":", "\n", " ", "\x00", "\x1f", "-", ".", "e", "0", "9", "\\u", "\\ud800",
+     "null", "true", "1e999", "\\udc00", "é", "\t"])), min_size=1, max_size=4), st.booleans())
+@QUICK
+def test_mutated_records_are_read_exactly_or_declined(case: tuple[bytes, pa.Schema],
+                                                     edits: list[tuple[int, str]], cut: bool) -> None:
+    data, schema = case
+    for at, text in edits:
+        at %= len(data) + 1
+        data = data[:at] + text.encode() + data[at + (1 if cut else 0):]
+    agrees(data, schema)
+
+
+def test_the_shapes_it_must_decline_or_read_as_pyarrow_does() -> None:
+    schema = pa.schema([("a", pa.int64()), ("b", pa.float64()), ("c", pa.string()), ("d", pa.bool_()),
+                        ("e", pa.null())])
+    cases = [
+        b'{"a":9223372036854775807}', b'{"a":-9223372036854775808}', b'{"a":9223372036854775808}',
+        b'{"a":-9223372036854775809}', b'{"a":99999999999999999999999}', b'{"a":-0}', b'{"a":1.0}', b'{"a":1e2}',
+        b'{"a":01}', b'{"a":-}', b'{"a":+1}', b'{"a":"1"}', b'{"b":1}', b'{"b":-0.0}', b'{"b":1e308}',
+        b'{"b":1e309}', b'{"b":-1e309}', b'{"b":4.9e-324}', b'{"b":1e-400}', b'{"b":12345678901234567890123}',
+        b'{"b":0.' + b"1" * 80 + b"}", b'{"b":1.}', b'{"b":.5}', b'{"b":1e}', b'{"b":NaN}', b'{"b":Infinity}',
+        b'{"c":"\\u0000"}', b'{"c":"\\ud83d\\ude00"}', b'{"c":"\\ud800"}', b'{"c":"\\udc00x"}',
+        b'{"c":"\\ud800\\u0041"}', b'{"c":"\\u12"}', b'{"c":"\\x41"}', b'{"c":"tab\there"}', b'{"c":"a\\/b"}',
+        b'{"c":"\\b\\f\\n\\r\\t\\"\\\\"}', b'{"c":"\xc3\xa9\xe2\x82\xac"}', b'{"c":"unterminated}',
+        b'{"c":1}', b'{"c":null}', b'{"d":true}', b'{"d":false}', b'{"d":tru}', b'{"d":1}', b'{"e":null}',
+        b'{"e":1}', b'{"e":"x"}', b'{}', b'{ }', b' {"a":1} ', b'{"a":1}{"a":2}', b'{"a":1} {"a":2}',
+        b'{"a":1}\n\n{"a":2}', b'{"a":\n1}', b'{"a":1,}', b'{,"a":1}', b'{"a":1 "b":2}', b'{"a":1,"a":2}',
+        b'{"z":1}', b'{"\\u0061":1}', b'{"a":[1]}', b'{"a":{"x":1}}', b'{"c":["x"]}', b'["a"]', b"null",
+        b'{"a":1', b'{"a"', b"{", b'{"a":1}\n', b'{"a":1}\r\n{"a":2}\r\n', b'\t{"a":1}\t\n', b"\n", b"",
+        b'{"a":1}x', b'{"c":"\x01"}',
+    ]
+    accepted = sum(agrees(case, schema) is not None for case in cases)
+    assert accepted >= 20  # the plain cases (22 of them) are read here, not all declined
+
+
+def test_many_fields_and_many_rows() -> None:
+    wide = pa.schema([(f"f{i}", pa.int64()) for i in range(flat.MAX_FIELDS + 1)])
+    line = orjson.dumps({f"f{i}": i for i in range(flat.MAX_FIELDS + 1)})
+    assert flat.read_flat(line, wide) is None  # wider than the C reader: pyarrow's
+    narrow = pa.schema(list(wide)[: flat.MAX_FIELDS])
+    line = orjson.dumps({f"f{i}": i for i in range(flat.MAX_FIELDS)})
+    got = agrees(line * 0 + b"\n".join([line] * 3000), narrow)
+    assert got is not None and got.num_rows == 3000
+    got = agrees(b'{"f1":1}\n' * 5 + b'{"f2":2}', narrow)  # sparse: nulls everywhere else
+    assert got is not None and got.column("f2").null_count == 5
+
+
+def test_parse_ndjson_is_the_same_with_and_without_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    docs = [r.doc() for r in loghub_records()[:4000]]
+    for doc in docs[::7]:
+        doc["extra"] = 1.5  # a field the sample may miss: spans fail, pieces learn it
+    body = b"".join(orjson.dumps(doc) + b"\n" for doc in docs)
+    bodies_ = [body, body.replace(b'"_time":', b'"t":', 500), b'{"_msg":"x","n":1}\n{"_msg":"y","n":"z"}\n']
+    fast = [parse_ndjson(b, NOW_NS) for b in bodies_]
+    monkeypatch.setattr(flat, "_flatjson", None)
+    slow = [parse_ndjson(b, NOW_NS) for b in bodies_]
+    for a, b in zip(fast, slow):
+        assert a.equals(b)
+    assert records.read_flat is flat.read_flat
