@@ -5,9 +5,11 @@ unguarded spans read with a schema."""
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.ipc as ipc
 import pytest
 import trio
 from hypothesis import given, settings
@@ -57,6 +59,18 @@ def test_sparse_rows_make_compact_wal_payloads() -> None:
     payload = encode_payload("sparse", table)
     assert len(payload) < table.nbytes // 20
     assert decode_payload(payload) == ("sparse", table)
+
+
+def test_frames_of_every_codec_read_the_same() -> None:
+    """Payloads written with zstd (before LZ4) or uncompressed still decode: a message names its codec."""
+    table = parse_ndjson(b"".join(b'{"_msg":"line %d","n":%d}\n' % (i, i) for i in range(1000)), 0)
+    for codec in ("zstd", None, "lz4"):
+        sink = pa.BufferOutputStream()
+        sink.write(struct.pack("<H", 2) + b"ds")
+        with ipc.new_stream(sink, table.schema, options=ipc.IpcWriteOptions(compression=codec)) as writer:
+            writer.write_table(table)
+        assert decode_payload(sink.getvalue().to_pybytes()) == ("ds", table)
+    assert decode_payload(encode_payload("ds", table)) == ("ds", table)
 
 
 def test_configuration_keeps_one_request_within_the_budget_and_the_wal_cap() -> None:
