@@ -412,8 +412,152 @@ static PyObject *flat_read(PyObject *self, PyObject *args) {
     return result;
 }
 
+/* -- infer: the schema pyarrow.json would infer for a sample of flat lines ---------------------- */
+
+enum { M_NULL = 1, M_BOOL = 2, M_INT = 4, M_DOUBLE = 8, M_STRING = 16 };
+
+typedef struct {
+    const char *name;
+    Py_ssize_t name_len;
+    int mask;             /* the M_ kinds its values had */
+    Py_ssize_t last_line; /* the last line (1-based) that held it: a key twice in a line declines */
+} Seen;
+
+/* One value's kind (an M_ bit) at p; its end, or NULL to decline. scratch takes string bytes. */
+static const char *kind_of(const char *p, const char *end, int *kind, Buf *scratch) {
+    if (p >= end) return NULL;
+    if (*p == '"') {
+        scratch->len = 0;
+        *kind = M_STRING;
+        return string_into(p + 1, end, scratch);
+    }
+    if (literal(p, end, "null", 4)) { *kind = M_NULL; return p + 4; }
+    if (literal(p, end, "true", 4)) { *kind = M_BOOL; return p + 4; }
+    if (literal(p, end, "false", 5)) { *kind = M_BOOL; return p + 5; }
+    int integer;
+    const char *q = number_end(p, end, &integer);
+    if (q == NULL) return NULL;
+    int64_t i;
+    double d;
+    if (integer && parse_int64(p, q, &i) < 0) return NULL; /* past int64: pyarrow's to judge */
+    if (!integer && parse_double(p, q, &d) < 0) return NULL;
+    *kind = integer ? M_INT : M_DOUBLE;
+    return q;
+}
+
+/* The keys of the lines and the kinds each held, in order of first appearance; -1 to decline. */
+static int infer_lines(const char *p, const char *end, Seen *seen, int *nseen, Buf *scratch) {
+    Py_ssize_t line = 0;
+    while (p < end) {
+        line++;
+        p = blanks(p, end);
+        if (p >= end || *p != '{') return -1;
+        p = blanks(p + 1, end);
+        if (p < end && *p == '}') {
+            p++;
+        } else {
+            for (;;) {
+                if (p >= end || *p != '"') return -1;
+                const char *key = ++p;
+                while (p < end && *p != '"' && *p != '\\' && (unsigned char)*p >= 0x20) p++;
+                if (p >= end || *p != '"') return -1;
+                Py_ssize_t key_len = p - key;
+                p = blanks(p + 1, end);
+                if (p >= end || *p != ':') return -1;
+                p = blanks(p + 1, end);
+                int kind;
+                p = kind_of(p, end, &kind, scratch);
+                if (p == NULL) return -1;
+                int at = -1;
+                for (int i = 0; i < *nseen; i++) {
+                    if (seen[i].name_len == key_len && memcmp(seen[i].name, key, (size_t)key_len) == 0) {
+                        at = i;
+                        break;
+                    }
+                }
+                if (at < 0) {
+                    if (*nseen == MAX_FIELDS) return -1;
+                    at = (*nseen)++;
+                    seen[at].name = key;
+                    seen[at].name_len = key_len;
+                    seen[at].mask = 0;
+                    seen[at].last_line = 0;
+                }
+                if (seen[at].last_line == line) return -1;
+                seen[at].last_line = line;
+                seen[at].mask |= kind;
+                p = blanks(p, end);
+                if (p < end && *p == ',') {
+                    p = blanks(p + 1, end);
+                    continue;
+                }
+                if (p < end && *p == '}') {
+                    p++;
+                    break;
+                }
+                return -1;
+            }
+        }
+        p = blanks(p, end);
+        if (p < end) {
+            if (*p != '\n') return -1;
+            p++;
+        }
+    }
+    return line > 0 ? 0 : -1;
+}
+
+/* infer(data) -> [(name, kind), ...] or None: the fields of lines of flat objects and the type
+ * pyarrow.json infers for each ("i" int64, "d" double, "s" string, "b" bool, "n" null), in order
+ * of first appearance. Declines (None) where pyarrow might infer otherwise or where flat_read
+ * would decline: a key with values of two kinds (other than integers beside floats, or nulls),
+ * an integer past int64, more than MAX_FIELDS keys, and every shape flat_read declines. A string
+ * is a string here, where pyarrow may infer a timestamp from it (the caller keeps _time's text
+ * for pyarrow: it declines a sample whose "_time" is a string). */
+static PyObject *flat_infer(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer input;
+    if (!PyArg_ParseTuple(args, "y*", &input)) return NULL;
+    Seen seen[MAX_FIELDS];
+    int nseen = 0;
+    Buf scratch = {NULL, 0, 0};
+    int status = -1;
+    if (input.len < INT32_MAX) {
+        Py_BEGIN_ALLOW_THREADS
+        status = infer_lines(input.buf, (const char *)input.buf + input.len, seen, &nseen, &scratch);
+        Py_END_ALLOW_THREADS
+    }
+    free(scratch.p);
+    PyObject *result = NULL;
+    if (status == 0) {
+        result = PyList_New(0);
+        for (int i = 0; result != NULL && i < nseen; i++) {
+            int mask = seen[i].mask & ~M_NULL;
+            const char *kind = mask == 0 ? "n" : mask == M_BOOL ? "b" : mask == M_INT ? "i"
+                : (mask & ~M_INT) == M_DOUBLE ? "d" : mask == M_STRING ? "s" : NULL;
+            if (kind == NULL) {
+                Py_CLEAR(result);
+                result = Py_NewRef(Py_None);
+                break;
+            }
+            PyObject *item = Py_BuildValue("(y#s)", seen[i].name, seen[i].name_len, kind);
+            if (item == NULL || PyList_Append(result, item) < 0) {
+                Py_XDECREF(item);
+                Py_CLEAR(result);
+                break;
+            }
+            Py_DECREF(item);
+        }
+    } else {
+        result = Py_NewRef(Py_None);
+    }
+    PyBuffer_Release(&input);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"read", flat_read, METH_VARARGS, "NDJSON of flat objects as Arrow buffers, or None."},
+    {"infer", flat_infer, METH_VARARGS, "The fields and inferred types of flat NDJSON lines, or None."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -45,7 +45,7 @@ import pyarrow.json as pajson
 
 from helios.errors import IngestError, InvalidInput, PayloadTooLarge
 from helios.ingest.budget import FREE, Meter
-from helios.ingest.flat import read_flat
+from helios.ingest.flat import infer_schema, read_flat
 from helios.ingest.limits import DEFAULT_LIMITS, IngestLimits, check_json_nesting
 from helios.ingest.normalise import (RESERVED, Fallback, check_exact_numbers, check_utf8, empty_table, fast_fields,
                                      from_columns, ingest_times, line_of_row, normalise_fast, parse_exact)
@@ -191,6 +191,10 @@ def _sample_schema(body: Body, max_depth: int) -> pa.Schema | None:
         return None
     try:
         data.decode("utf-8")
+        inferred = infer_schema(data)  # flat lines, in C (flat.py); None: pyarrow infers
+        if inferred is not None:
+            fast_fields(inferred)
+            return inferred
         check_json_nesting(data, max_depth)  # before pyarrow infers its types
         raw = pajson.read_json(io.BytesIO(data), read_options=pajson.ReadOptions(
             use_threads=False, block_size=max(1 << 16, len(data) + 1)))
