@@ -2,6 +2,7 @@
 
     create_app(node)
     ├── ConnectionGuard (ASGI)   security headers; drain-or-close after early answers
+    ├── IngestLane (ASGI)        POST /api/v1/ingest with a known length, answered without Quart
     ├── QueryLane (ASGI)         POST /api/v1/query with a small body, answered without Quart
     ├── error handlers           HeliosError → its status; store error → 503 (helios.errors.from_store);
     │                            framework HTTP error → its status, JSON; anything else → 500, logged
@@ -25,6 +26,7 @@ from helios.api import cluster, compat, health, ingest, monitor_routes, query, r
 from helios.api.common import (NODE_KEY, QUERIES_KEY, NodeApi, answer, error_parts, principal,
                                validate_dataset)
 from helios.api.guard import ConnectionGuard
+from helios.api.ingest_lane import IngestLane
 from helios.api.lane import QueryLane
 from helios.errors import HeliosError, NotFound
 from helios.query.runner import QueryPool
@@ -52,6 +54,8 @@ def create_app(node: NodeApi, *, shutdown: trio.Event | None = None) -> QuartTri
     # Most queries are answered without Quart (helios.api.lane); the rest of the app through it.
     lane = QueryLane(app.asgi_app, node, pool, body_timeout_s=config.body_timeout_secs,
                      max_body_bytes=config.max_body_bytes)
+    # So are most ingest requests (helios.api.ingest_lane).
+    lane = IngestLane(lane, node, body_timeout_s=config.body_timeout_secs, max_body_bytes=config.max_body_bytes)
     app.asgi_app = ConnectionGuard(lane, drain_s=DRAIN_S,  # type: ignore[method-assign]
                                    max_body_bytes=config.max_body_bytes)
     _register_errors(app, config.max_body_bytes, config.body_timeout_secs)

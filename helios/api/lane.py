@@ -75,19 +75,8 @@ class QueryLane:
         except Exception as error:  # noqa: BLE001 -- answered as the app does
             await _early(receive, send, *error_parts(error, PATH))
             return
-        body = bytearray()
-        with trio.move_on_after(self.body_timeout_s) as timer:
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    return
-                body += message.get("body", b"")
-                if not message.get("more_body", False):
-                    break
-        if timer.cancelled_caught:
-            late = (f"the request body did not arrive within {self.body_timeout_s:g} s "
-                    "(HELIOS_BODY_TIMEOUT_SECS)")  # Quart's words (helios.api.app)
-            await _early(receive, send, 408, {"error": late}, {})
+        body = await receive_body(receive, send, self.body_timeout_s)
+        if body is None:
             return
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch, receive, nursery.cancel_scope)
@@ -115,6 +104,24 @@ class QueryLane:
             async for piece in pieces:
                 await send({"type": "http.response.body", "body": piece, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def receive_body(receive: Receive, send: Send, timeout_s: float) -> bytearray | None:
+    """The whole body, or None: the client went, or it did not all come within ``timeout_s``
+    (answered 408 with Quart's words, ``helios.api.app``)."""
+    body = bytearray()
+    with trio.move_on_after(timeout_s) as timer:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                return body
+    assert timer.cancelled_caught
+    late = f"the request body did not arrive within {timeout_s:g} s (HELIOS_BODY_TIMEOUT_SECS)"
+    await _early(receive, send, 408, {"error": late}, {})
+    return None
 
 
 async def _answer(send: Send, status: int, body: bytes,
