@@ -14,8 +14,8 @@ Nothing is decided twice: the caller is checked (``principal("ingest")``'s two s
 body is read, the dataset by ``validate_dataset``, the body stored by ``ingest.store_body``, and
 errors become answers through ``common.error_parts``, as on the route. A body that does not come
 within ``HELIOS_BODY_TIMEOUT_SECS`` is answered 408, and one answered early (401, 403) is read and
-dropped, as Quart does. A client that goes while its rows are stored does not stop them: like the
-route's, the request is all or nothing, and what is acknowledged is what was stored.
+dropped, as Quart does. A client that goes after sending its whole body does not stop its rows:
+the request is all or nothing, so they are stored and the answer is dropped.
 """
 
 from __future__ import annotations

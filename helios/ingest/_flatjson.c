@@ -87,12 +87,29 @@ static inline int hex4(const char *p, const char *end, unsigned *out) {
     return 0;
 }
 
+/* The end of the run of bytes from p that are neither a quote, a backslash nor a control
+ * character: eight bytes at a time while none of them is one (SWAR; a byte of 0x80 or more, as
+ * in UTF-8, is plain), then byte by byte. */
+static inline const char *plain_run(const char *p, const char *end) {
+    const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+    while (end - p >= 8) {
+        uint64_t v;
+        memcpy(&v, p, 8);
+        uint64_t quote = v ^ (ones * '"'), backslash = v ^ (ones * '\\');
+        uint64_t special = ((quote - ones) & ~quote) | ((backslash - ones) & ~backslash) | ((v - ones * 0x20) & ~v);
+        if (special & highs) break;
+        p += 8;
+    }
+    while (p < end && *p != '"' && *p != '\\' && (unsigned char)*p >= 0x20) p++;
+    return p;
+}
+
 /* A string's content after its opening quote, unescaped onto out; the position after its closing
  * quote, or NULL to decline. */
 static const char *string_into(const char *p, const char *end, Buf *out) {
     for (;;) {
         const char *run = p;
-        while (p < end && *p != '"' && *p != '\\' && (unsigned char)*p >= 0x20) p++;
+        p = plain_run(p, end);
         if (p > run) {
             if (grow(out, (size_t)(p - run)) < 0) return NULL;
             memcpy(out->p + out->len, run, (size_t)(p - run));
@@ -275,7 +292,7 @@ static Py_ssize_t parse(const char *p, const char *end, Field *fields, int nfiel
             for (;;) {
                 if (p >= end || *p != '"') return -1;
                 const char *key = ++p;
-                while (p < end && *p != '"' && *p != '\\' && (unsigned char)*p >= 0x20) p++;
+                p = plain_run(p, end);
                 if (p >= end || *p != '"') return -1;
                 Py_ssize_t key_len = p - key;
                 p++;
@@ -459,7 +476,7 @@ static int infer_lines(const char *p, const char *end, Seen *seen, int *nseen, B
             for (;;) {
                 if (p >= end || *p != '"') return -1;
                 const char *key = ++p;
-                while (p < end && *p != '"' && *p != '\\' && (unsigned char)*p >= 0x20) p++;
+                p = plain_run(p, end);
                 if (p >= end || *p != '"') return -1;
                 Py_ssize_t key_len = p - key;
                 p = blanks(p + 1, end);

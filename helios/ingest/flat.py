@@ -36,7 +36,7 @@ def _plan(schema: pa.Schema) -> tuple[tuple[bytes, ...], bytes] | None:
         return _plans[schema]
     kinds = [_KINDS.get(field.type) for field in schema]
     plan = None
-    if 0 < len(kinds) <= MAX_FIELDS and None not in kinds:
+    if 0 < len(kinds) <= MAX_FIELDS and None not in kinds and len(set(schema.names)) == len(kinds):
         plan = (tuple(name.encode() for name in schema.names), "".join(kinds).encode())  # type: ignore[arg-type]
     if len(_plans) > 256:  # bodies of many shapes: forget, rather than grow
         _plans.clear()

@@ -168,6 +168,9 @@ export async function render(main, ctx) {
           if (error.name !== "AbortError" && !error.body?.column) replace(histogram, notice("warn", error.message));
         }),
       ]);
+      // Stopped while the histogram was still coming (the query's answer had come): a newer run or
+      // the live tail owns the results now, and must not be drawn over.
+      if (signal.aborted) return;
       if (aggregate) {
         aggregation(results, answer.rows, { signal, height: 260, fill: fillFor(req.q, range) });
       } else {
