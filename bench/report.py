@@ -34,8 +34,9 @@ class SizeResult:
     rows: int
     times: dict[str, tuple[float, float]] = field(default_factory=dict)  # key -> (Helios, DuckDB)
     # rows/s: "1", "2" (clients, default settings), "at-flush" (2 clients, HELIOS_INDEX_ON_FLUSH=true),
-    # "no-index" (2 clients, no compaction during the ingest: nothing indexed), "parse"
-    # (pyarrow.json alone in the bench's process: the bound of any ingest built on it)
+    # "no-index" (2 clients, no compaction during the ingest: nothing indexed), "parse" (the
+    # node's parse of each batch, records.parse_ndjson, in the bench's process on one thread),
+    # "pyarrow" (pyarrow.json alone, both cores: what the node's parse was before session 13)
     ingest: dict[str, float] = field(default_factory=dict)
     indexed: float = 0.0  # rows / time from the first request of the kept node until every row was indexed
     duck_load: float = 0.0
@@ -115,8 +116,10 @@ def render(machine: str, setup: str, queries: list[QueryRow], results: list[Size
                ("at-flush", "… 2 clients, index built at flush (`HELIOS_INDEX_ON_FLUSH=true`)", "—"),
                ("no-index", "… 2 clients, nothing indexed during the ingest (no compaction)",
                 "—"),
-               ("parse", "the node's parser alone: `pyarrow.json.read_json` of each batch in the "
-                "bench's process (both cores; no HTTP, checks, WAL or blocks)", "—"))
+               ("parse", "the node's parse alone: `records.parse_ndjson` of each batch (the C reader "
+                "and normalising) in the bench's process, one thread (no HTTP, WAL or blocks)", "—"),
+               ("pyarrow", "`pyarrow.json.read_json` of each batch alone (both cores; the parser "
+                "before session 13)", "—"))
     for key, label, goal in ingests:
         cells = [f"{label}, 5,000-row batches, vs DuckDB `read_json` load", goal]
         for r in results:

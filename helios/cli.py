@@ -63,7 +63,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_version(args: argparse.Namespace) -> int:
+    from helios.ingest import flat
     print(f"helios {__version__} (commit {_build_commit()})")
+    print("ingest: the C reader of flat NDJSON (helios.ingest._flatjson)" if flat.AVAILABLE
+          else "ingest: pyarrow.json only (the C reader was not built: no C compiler at install)")
     return 0
 
 
