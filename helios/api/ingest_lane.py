@@ -27,7 +27,7 @@ import orjson
 from helios.api.common import NodeApi, error_parts, validate_dataset
 from helios.api.guard import App, Message, Receive, Send
 from helios.api.ingest import store_body
-from helios.api.lane import _answer, _early, _length, receive_body
+from helios.api.lane import _answer, _length, allowed_body
 
 __all__ = ["IngestLane"]
 
@@ -50,15 +50,10 @@ class IngestLane:
                 or _length(scope, self.bound) is None):
             await self.app(scope, receive, send)
             return
-        headers = _headers(scope)
-        try:  # the caller first, as the route does: a stranger's body is not waited for
-            self.node.auth.authenticate(headers.get(b"authorization")).require("ingest")
-        except Exception as error:  # noqa: BLE001 -- answered as the app does
-            await _early(receive, send, *error_parts(error, PATH))
-            return
-        body = await receive_body(receive, send, self.body_timeout_s)
+        body = await allowed_body(self.node, "ingest", scope, receive, send, self.body_timeout_s)
         if body is None:
             return
+        headers = _headers(scope)
         mimetype = (headers.get(b"content-type") or "").split(";", 1)[0].strip().lower()
         try:
             dataset = validate_dataset("default" if query.group(1) is None else query.group(1).decode())

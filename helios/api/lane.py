@@ -70,24 +70,13 @@ class QueryLane:
                 or _length(scope, self.bound) is None):
             await self.app(scope, receive, send)
             return
-        try:  # the caller first, as the route does: a stranger's body is not waited for
-            self._authenticate(scope)
-        except Exception as error:  # noqa: BLE001 -- answered as the app does
-            await _early(receive, send, *error_parts(error, PATH))
-            return
-        body = await receive_body(receive, send, self.body_timeout_s)
+        body = await allowed_body(self.node, "query", scope, receive, send, self.body_timeout_s)
         if body is None:
             return
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch, receive, nursery.cancel_scope)
             await self._respond(bytes(body), send)
             nursery.cancel_scope.cancel()
-
-    def _authenticate(self, scope: Message) -> None:
-        """``principal("query")``'s two steps: who the caller is, and that they may query."""
-        authorization = next((value.decode("latin-1") for name, value in scope["headers"]
-                              if name.lower() == b"authorization"), None)
-        self.node.auth.authenticate(authorization).require("query")
 
     async def _respond(self, body: bytes, send: Send) -> None:
         try:
@@ -104,6 +93,23 @@ class QueryLane:
             async for piece in pieces:
                 await send({"type": "http.response.body", "body": piece, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def allowed_body(node: NodeApi, permission: str, scope: Message, receive: Receive, send: Send,
+                       timeout_s: float) -> bytearray | None:
+    """The whole body of a request whose caller holds ``permission``, or None once answered.
+
+    The caller first, as the routes do (``principal``'s two steps: who the caller is, and that
+    they hold the permission): a stranger's body is not waited for, it is answered 401 or 403
+    and the body read and dropped; then ``receive_body``."""
+    authorization = next((value.decode("latin-1") for name, value in scope["headers"]
+                          if name.lower() == b"authorization"), None)
+    try:
+        node.auth.authenticate(authorization).require(permission)
+    except Exception as error:  # noqa: BLE001 -- answered as the app does
+        await _early(receive, send, *error_parts(error, scope["path"]))
+        return None
+    return await receive_body(receive, send, timeout_s)
 
 
 async def receive_body(receive: Receive, send: Send, timeout_s: float) -> bytearray | None:

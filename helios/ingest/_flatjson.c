@@ -278,66 +278,88 @@ static const char *value_into(const char *p, const char *end, Field *f, Py_ssize
     }
 }
 
-/* The whole input; the number of rows, or -1 to decline (-2: out of memory). */
-static Py_ssize_t parse(const char *p, const char *end, Field *fields, int nfields) {
-    Py_ssize_t row = 0;
-    int hint = 0;
-    while (p < end) {
-        p = blanks(p, end);
-        if (p >= end || *p != '{') return -1;
-        p = blanks(p + 1, end);
-        if (p < end && *p == '}') {
-            p++;
-        } else {
-            for (;;) {
-                if (p >= end || *p != '"') return -1;
-                const char *key = ++p;
-                p = plain_run(p, end);
-                if (p >= end || *p != '"') return -1;
-                Py_ssize_t key_len = p - key;
-                p++;
-                int at = -1;
-                for (int i = 0; i < nfields; i++) {
-                    int j = hint + i < nfields ? hint + i : hint + i - nfields;
-                    if (fields[j].name_len == key_len && memcmp(fields[j].name, key, (size_t)key_len) == 0) {
-                        at = j;
-                        break;
-                    }
-                }
-                if (at < 0 || fields[at].seen == row + 1) return -1;
-                Field *f = &fields[at];
-                f->seen = row + 1;
-                hint = at + 1 < nfields ? at + 1 : 0;
-                p = blanks(p, end);
-                if (p >= end || *p != ':') return -1;
+/* What a line's object calls for each of its keys, with p at the key's value: the end of the
+ * value, or NULL to decline. */
+typedef const char *(*Pair)(void *ctx, const char *key, Py_ssize_t key_len, const char *p, const char *end);
+
+/* One line at p: blanks, one object (its keys without escapes, each value given to `pair`), blanks,
+ * then a newline or the end. The position after the line, or NULL to decline. */
+static const char *object_line(const char *p, const char *end, Pair pair, void *ctx) {
+    p = blanks(p, end);
+    if (p >= end || *p != '{') return NULL;
+    p = blanks(p + 1, end);
+    if (p < end && *p == '}') {
+        p++;
+    } else {
+        for (;;) {
+            if (p >= end || *p != '"') return NULL;
+            const char *key = ++p;
+            p = plain_run(p, end);
+            if (p >= end || *p != '"') return NULL;
+            Py_ssize_t key_len = p - key;
+            p = blanks(p + 1, end);
+            if (p >= end || *p != ':') return NULL;
+            p = pair(ctx, key, key_len, blanks(p + 1, end), end);
+            if (p == NULL) return NULL;
+            p = blanks(p, end);
+            if (p < end && *p == ',') {
                 p = blanks(p + 1, end);
-                p = value_into(p, end, f, row);
-                if (p == NULL) return -1;
-                p = blanks(p, end);
-                if (p < end && *p == ',') {
-                    p = blanks(p + 1, end);
-                    continue;
-                }
-                if (p < end && *p == '}') {
-                    p++;
-                    break;
-                }
-                return -1;
+                continue;
             }
+            if (p < end && *p == '}') {
+                p++;
+                break;
+            }
+            return NULL;
         }
-        p = blanks(p, end);
-        if (p < end) {
-            if (*p != '\n') return -1;
-            p++;
+    }
+    p = blanks(p, end);
+    if (p < end) {
+        if (*p != '\n') return NULL;
+        p++;
+    }
+    return p;
+}
+
+typedef struct {
+    Field *fields;
+    int nfields;
+    int hint; /* where the next key is looked for first: keys usually come in the same order */
+    Py_ssize_t row;
+} Reading;
+
+static const char *read_pair(void *ctx, const char *key, Py_ssize_t key_len, const char *p, const char *end) {
+    Reading *r = ctx;
+    int at = -1;
+    for (int i = 0; i < r->nfields; i++) {
+        int j = r->hint + i < r->nfields ? r->hint + i : r->hint + i - r->nfields;
+        if (r->fields[j].name_len == key_len && memcmp(r->fields[j].name, key, (size_t)key_len) == 0) {
+            at = j;
+            break;
         }
+    }
+    if (at < 0 || r->fields[at].seen == r->row + 1) return NULL; /* unknown, or twice in the line */
+    Field *f = &r->fields[at];
+    f->seen = r->row + 1;
+    r->hint = at + 1 < r->nfields ? at + 1 : 0;
+    return value_into(p, end, f, r->row);
+}
+
+/* The whole input; the number of rows, or -1 to decline. */
+static Py_ssize_t parse(const char *p, const char *end, Field *fields, int nfields) {
+    Reading r = {fields, nfields, 0, 0};
+    while (p < end) {
+        p = object_line(p, end, read_pair, &r);
+        if (p == NULL) return -1;
+        Py_ssize_t row = r.row;
         for (int i = 0; i < nfields; i++) {
             Field *f = &fields[i];
             if (!(f->valid[row >> 3] & (1u << (row & 7)))) f->nulls++;
             if (f->kind == K_STRING) f->offsets[row + 1] = (int32_t)f->data.len;
         }
-        row++;
+        r.row++;
     }
-    return row;
+    return r.row;
 }
 
 static void release(Field *fields, int nfields) {
@@ -462,66 +484,46 @@ static const char *kind_of(const char *p, const char *end, int *kind, Buf *scrat
     return q;
 }
 
-/* The keys of the lines and the kinds each held, in order of first appearance; -1 to decline. */
-static int infer_lines(const char *p, const char *end, Seen *seen, int *nseen, Buf *scratch) {
-    Py_ssize_t line = 0;
-    while (p < end) {
-        line++;
-        p = blanks(p, end);
-        if (p >= end || *p != '{') return -1;
-        p = blanks(p + 1, end);
-        if (p < end && *p == '}') {
-            p++;
-        } else {
-            for (;;) {
-                if (p >= end || *p != '"') return -1;
-                const char *key = ++p;
-                p = plain_run(p, end);
-                if (p >= end || *p != '"') return -1;
-                Py_ssize_t key_len = p - key;
-                p = blanks(p + 1, end);
-                if (p >= end || *p != ':') return -1;
-                p = blanks(p + 1, end);
-                int kind;
-                p = kind_of(p, end, &kind, scratch);
-                if (p == NULL) return -1;
-                int at = -1;
-                for (int i = 0; i < *nseen; i++) {
-                    if (seen[i].name_len == key_len && memcmp(seen[i].name, key, (size_t)key_len) == 0) {
-                        at = i;
-                        break;
-                    }
-                }
-                if (at < 0) {
-                    if (*nseen == MAX_FIELDS) return -1;
-                    at = (*nseen)++;
-                    seen[at].name = key;
-                    seen[at].name_len = key_len;
-                    seen[at].mask = 0;
-                    seen[at].last_line = 0;
-                }
-                if (seen[at].last_line == line) return -1;
-                seen[at].last_line = line;
-                seen[at].mask |= kind;
-                p = blanks(p, end);
-                if (p < end && *p == ',') {
-                    p = blanks(p + 1, end);
-                    continue;
-                }
-                if (p < end && *p == '}') {
-                    p++;
-                    break;
-                }
-                return -1;
-            }
-        }
-        p = blanks(p, end);
-        if (p < end) {
-            if (*p != '\n') return -1;
-            p++;
+typedef struct {
+    Seen *seen;
+    int nseen;
+    Py_ssize_t line;
+    Buf *scratch;
+} Inferring;
+
+static const char *infer_pair(void *ctx, const char *key, Py_ssize_t key_len, const char *p, const char *end) {
+    Inferring *r = ctx;
+    int kind;
+    p = kind_of(p, end, &kind, r->scratch);
+    if (p == NULL) return NULL;
+    int at = -1;
+    for (int i = 0; i < r->nseen; i++) {
+        if (r->seen[i].name_len == key_len && memcmp(r->seen[i].name, key, (size_t)key_len) == 0) {
+            at = i;
+            break;
         }
     }
-    return line > 0 ? 0 : -1;
+    if (at < 0) {
+        if (r->nseen == MAX_FIELDS) return NULL;
+        at = r->nseen++;
+        r->seen[at] = (Seen){key, key_len, 0, 0};
+    }
+    if (r->seen[at].last_line == r->line) return NULL; /* twice in the line */
+    r->seen[at].last_line = r->line;
+    r->seen[at].mask |= kind;
+    return p;
+}
+
+/* The keys of the lines and the kinds each held, in order of first appearance; -1 to decline. */
+static int infer_lines(const char *p, const char *end, Seen *seen, int *nseen, Buf *scratch) {
+    Inferring r = {seen, 0, 0, scratch};
+    while (p < end) {
+        r.line++;
+        p = object_line(p, end, infer_pair, &r);
+        if (p == NULL) return -1;
+    }
+    *nseen = r.nseen;
+    return r.line > 0 ? 0 : -1;
 }
 
 /* infer(data) -> [(name, kind), ...] or None: the fields of lines of flat objects and the type
