@@ -164,7 +164,8 @@ def test_the_shapes_it_must_decline_or_read_as_pyarrow_does() -> None:
         b'{"a":9223372036854775807}', b'{"a":-9223372036854775808}', b'{"a":9223372036854775808}',
         b'{"a":-9223372036854775809}', b'{"a":99999999999999999999999}', b'{"a":-0}', b'{"a":1.0}', b'{"a":1e2}',
         b'{"a":01}', b'{"a":-}', b'{"a":+1}', b'{"a":"1"}', b'{"b":1}', b'{"b":-0.0}', b'{"b":1e308}',
-        b'{"b":1e309}', b'{"b":-1e309}', b'{"b":4.9e-324}', b'{"b":1e-400}', b'{"b":12345678901234567890123}',
+        b'{"b":1e309}', b'{"b":-1e309}', b'{"b":0e309}', b'{"b":0.0e310}', b'{"b":-0E+400}', b'{"b":1e300}',
+        b'{"b":1e301}', b'{"b":0e-301}', b'{"b":4.9e-324}', b'{"b":1e-400}', b'{"b":12345678901234567890123}',
         b'{"b":0.' + b"1" * 80 + b"}", b'{"b":1.}', b'{"b":.5}', b'{"b":1e}', b'{"b":NaN}', b'{"b":Infinity}',
         b'{"c":"\\u0000"}', b'{"c":"\\ud83d\\ude00"}', b'{"c":"\\ud800"}', b'{"c":"\\udc00x"}',
         b'{"c":"\\ud800\\u0041"}', b'{"c":"\\u12"}', b'{"c":"\\x41"}', b'{"c":"tab\there"}', b'{"c":"a\\/b"}',
@@ -181,7 +182,8 @@ def test_the_shapes_it_must_decline_or_read_as_pyarrow_does() -> None:
     inferred = [infers_as_pyarrow(case) for case in cases]
     assert sum(schema is not None for schema in inferred) >= 20
     for mixed in [b'{"a":1}\n{"a":"x"}', b'{"a":true}\n{"a":1}', b'{"a":"x"}\n{"a":null}\n{"a":1.5}',
-                  b'{"_time":"2024-01-02T03:04:05Z"}', b'{"a":1}\n{"a":2,"a":3}', b'{"a":18446744073709551616}']:
+                  b'{"_time":"2024-01-02T03:04:05Z"}', b'{"a":1}\n{"a":2,"a":3}', b'{"a":18446744073709551616}',
+                  b'{"a":0e309}']:  # pyarrow refuses zero with a large exponent: left to it
         assert flat.infer_schema(mixed) is None, mixed
     assert flat.infer_schema(b'{"a":1}\n{"a":2.5}\n{"a":null}') == pa.schema([("a", pa.float64())])
     assert flat.infer_schema(b'{"a":null}\n{}') == pa.schema([("a", pa.null())])

@@ -34,7 +34,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server.kill()
 
 
-def _send(node: Server, body: bytes, dataset: str, token: str | None, headers: dict[str, str], *,
+def _send(node: Server, body: bytes, dataset: str, token: str | None, headers: dict[str, Any], *,
           chunked: bool) -> tuple[int, dict[str, str], Any]:
     headers = {"Content-Type": "application/x-ndjson", **headers}
     if token is not None:
@@ -68,12 +68,13 @@ def _token(node: Server, role: str | None) -> str | None:
     return _TOKENS[role]
 
 
-def _cases(records: list[Record]) -> list[tuple[str, bytes, dict[str, str], str | None, int]]:
+def _cases(records: list[Record]) -> list[tuple[str, bytes, dict[str, Any], str | None, int]]:
     loghub = b"".join(orjson.dumps({**r.doc(), "_msg": "loghub " + r.msg}) + b"\n" for r in records[:300])
     return [
         ("ndjson", loghub, {}, "admin", 200),
         ("ingest-token", ndjson(records[300:400]), {}, "ingest", 200),
         ("text", b"first line\n\nsecond line\r\n", {"Content-Type": "text/plain; charset=utf-8"}, "admin", 200),
+        ("not-text", loghub, {"Content-Type": b"text/plain\xa0"}, "admin", 200),  # not text/plain: NDJSON
         ("gzip", gzip.compress(loghub), {"Content-Encoding": "gzip"}, "admin", 200),
         ("empty", b"", {}, "admin", 200),
         ("bad-json", b'{"_msg":"a"}\n{"_msg":"b"}\n{"_msg":\n', {}, "admin", 400),
@@ -122,6 +123,19 @@ def test_a_stranger_is_refused_before_its_body_has_come(node: Server) -> None:
         assert reply.status == 401, reply.status
         assert "error" in orjson.loads(reply.read())
         assert reply.getheader("connection") == "close"
+
+
+def test_a_bad_dataset_is_refused_before_its_body_has_come(node: Server) -> None:
+    """As the route does: the dataset is checked before the body is read (400 at once, not 408)."""
+    parts = urllib.parse.urlsplit(node.url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
+        head = (f"POST /api/v1/ingest?dataset=Bad.Name HTTP/1.1\r\nHost: x\r\n"
+                f"Authorization: Bearer {node.token}\r\nContent-Length: 100000\r\n\r\n")
+        sock.sendall(head.encode() + b'{"_msg":"a"}\n')  # then nothing: the body timeout is 2 s
+        reply = http.client.HTTPResponse(sock)
+        reply.begin()
+        assert reply.status == 400, reply.status
+        assert "dataset name" in orjson.loads(reply.read())["error"]
 
 
 def test_a_body_that_stops_coming_is_answered_408_and_nothing_is_stored(node: Server) -> None:

@@ -50,13 +50,16 @@ class IngestLane:
                 or _length(scope, self.bound) is None):
             await self.app(scope, receive, send)
             return
-        body = await allowed_body(self.node, "ingest", scope, receive, send, self.body_timeout_s)
+        dataset = "default" if query.group(1) is None else query.group(1).decode()
+        # The dataset before the body, as the route decides it (400 at once, not a body timeout).
+        body = await allowed_body(self.node, "ingest", scope, receive, send, self.body_timeout_s,
+                                  check=lambda: validate_dataset(dataset))
         if body is None:
             return
         headers = _headers(scope)
-        mimetype = (headers.get(b"content-type") or "").split(";", 1)[0].strip().lower()
+        # Werkzeug's mimetype: before ";", blanks (space, tab) stripped, lower-cased.
+        mimetype = (headers.get(b"content-type") or "").split(";", 1)[0].strip(" \t").lower()
         try:
-            dataset = validate_dataset("default" if query.group(1) is None else query.group(1).decode())
             count = await store_body(self.node, dataset, body, headers.get(b"content-encoding"),
                                      text=mimetype == "text/plain")
         except Exception as error:  # noqa: BLE001 -- every error is answered, as the app does

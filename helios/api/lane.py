@@ -24,7 +24,7 @@ sent before the body ended closes the connection unless the body comes within it
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 import trio
@@ -96,16 +96,19 @@ class QueryLane:
 
 
 async def allowed_body(node: NodeApi, permission: str, scope: Message, receive: Receive, send: Send,
-                       timeout_s: float) -> bytearray | None:
+                       timeout_s: float, check: Callable[[], Any] | None = None) -> bytearray | None:
     """The whole body of a request whose caller holds ``permission``, or None once answered.
 
     The caller first, as the routes do (``principal``'s two steps: who the caller is, and that
-    they hold the permission): a stranger's body is not waited for, it is answered 401 or 403
-    and the body read and dropped; then ``receive_body``."""
+    they hold the permission), then ``check`` (what the route decides before it reads the body):
+    a refused request's body is not waited for, it is answered (401, 403, 400) and the body read
+    and dropped; then ``receive_body``."""
     authorization = next((value.decode("latin-1") for name, value in scope["headers"]
                           if name.lower() == b"authorization"), None)
     try:
         node.auth.authenticate(authorization).require(permission)
+        if check is not None:
+            check()
     except Exception as error:  # noqa: BLE001 -- answered as the app does
         await _early(receive, send, *error_parts(error, scope["path"]))
         return None

@@ -13,7 +13,7 @@
  * (an empty line, two objects, an object across lines), a key with an escape or not in the
  * schema, a key twice in a line, a nested value, a value whose kind is not its field's, an
  * integer outside int64 or with a fraction or exponent in an int64 field, a number of more than
- * 64 characters or out of double's range, an escape of a lone surrogate, a control character
+ * 64 characters, with an exponent past 300 or out of double's range, an escape of a lone surrogate, a control character
  * inside a string, invalid JSON anywhere, and more than MAX_FIELDS fields.
  *
  * Safety: every read is bounds-checked against the end of the input; output buffers grow with
@@ -31,6 +31,7 @@
 
 #define MAX_FIELDS 64
 #define MAX_NUMBER 64
+#define MAX_EXPONENT 300 /* a larger exponent, even of zero, is left to pyarrow (RapidJSON's rules) */
 
 enum { K_INT = 'i', K_DOUBLE = 'd', K_STRING = 's', K_BOOL = 'b', K_NULL = 'n' };
 
@@ -191,7 +192,12 @@ static const char *number_end(const char *p, const char *end, int *integer) {
         q++;
         if (q < end && (*q == '+' || *q == '-')) q++;
         if (q >= end || *q < '0' || *q > '9') return NULL;
-        while (q < end && *q >= '0' && *q <= '9') q++;
+        int exponent = 0;
+        while (q < end && *q >= '0' && *q <= '9') {
+            exponent = exponent * 10 + (*q - '0');
+            if (exponent > MAX_EXPONENT) return NULL; /* pyarrow refuses some (0e309): left to it */
+            q++;
+        }
     }
     return q;
 }
@@ -326,6 +332,7 @@ typedef struct {
     int nfields;
     int hint; /* where the next key is looked for first: keys usually come in the same order */
     Py_ssize_t row;
+    Py_ssize_t rows; /* what the arrays hold: the lines counted before the GIL was released */
 } Reading;
 
 static const char *read_pair(void *ctx, const char *key, Py_ssize_t key_len, const char *p, const char *end) {
@@ -345,10 +352,13 @@ static const char *read_pair(void *ctx, const char *key, Py_ssize_t key_len, con
     return value_into(p, end, f, r->row);
 }
 
-/* The whole input; the number of rows, or -1 to decline. */
-static Py_ssize_t parse(const char *p, const char *end, Field *fields, int nfields) {
-    Reading r = {fields, nfields, 0, 0};
+/* The whole input; the number of rows, or -1 to decline. `rows`: the most the arrays hold. The
+ * input was counted before the GIL was released, and another thread may write into a bytearray
+ * meanwhile (not resize it: it is exported), so more rows than counted are declined, never written. */
+static Py_ssize_t parse(const char *p, const char *end, Field *fields, int nfields, Py_ssize_t rows) {
+    Reading r = {fields, nfields, 0, 0, rows};
     while (p < end) {
+        if (r.row >= r.rows) return -1;
         p = object_line(p, end, read_pair, &r);
         if (p == NULL) return -1;
         Py_ssize_t row = r.row;
@@ -419,7 +429,7 @@ static PyObject *flat_read(PyObject *self, PyObject *args) {
     Py_ssize_t rows = -1;
     if (!failed) {
         Py_BEGIN_ALLOW_THREADS
-        rows = parse(data, data + input.len, fields, (int)nfields);
+        rows = parse(data, data + input.len, fields, (int)nfields, lines);
         Py_END_ALLOW_THREADS
     }
     PyBuffer_Release(&input);
