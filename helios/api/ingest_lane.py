@@ -10,9 +10,10 @@ within ``HELIOS_MAX_BODY_BYTES`` and at most a ``dataset`` in its query -- skips
     ConnectionGuard → IngestLane ┬ POST /api/v1/ingest[?dataset=name], Content-Length ≤ the limit: here
                                  └ anything else → QueryLane → Quart
 
-Nothing is decided twice: the caller is checked (``principal("ingest")``'s two steps) before the
-body is read, the dataset by ``validate_dataset``, the body stored by ``ingest.store_body``, and
-errors become answers through ``common.error_parts``, as on the route. A body that does not come
+Nothing is decided twice: the caller (``principal("ingest")``'s two steps) and then the dataset
+(``validate_dataset``) are checked before the body is read (``lane.allowed_body``), the body is
+stored by ``ingest.store_body``, and errors become answers through ``common.error_parts``, as on
+the route. A body that does not come
 within ``HELIOS_BODY_TIMEOUT_SECS`` is answered 408, and one answered early (401, 403) is read and
 dropped, as Quart does. A client that goes after sending its whole body does not stop its rows:
 the request is all or nothing, so they are stored and the answer is dropped.

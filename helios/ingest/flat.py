@@ -2,7 +2,7 @@
 
 ``pyarrow.json`` spends ~1.9 us of CPU a row on the bench's Loghub records with a schema given,
 as much as DuckDB's whole load of a row; ``_flatjson`` reads the common shape (one object a line,
-every value a string, number, true/false or null, keys without escapes) in ~0.2 us, without the
+every value a string, number, true/false or null, keys without escapes) in ~0.4 us, without the
 GIL. A span (``records._read_span``) is offered to it first; whatever it is not sure of it
 declines (None), and the span is read by ``pyarrow.json`` exactly as before. What it accepts
 equals ``pyarrow.json``'s table for the same bytes and schema (``tests/test_flatjson.py``).
