@@ -75,7 +75,7 @@ class QueryLane:
             return
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch, receive, nursery.cancel_scope)
-            await self._respond(bytes(body), send)
+            await self._respond(body, send)
             nursery.cancel_scope.cancel()
 
     async def _respond(self, body: bytes, send: Send) -> None:
@@ -96,7 +96,7 @@ class QueryLane:
 
 
 async def allowed_body(node: NodeApi, permission: str, scope: Message, receive: Receive, send: Send,
-                       timeout_s: float, check: Callable[[], Any] | None = None) -> bytearray | None:
+                       timeout_s: float, check: Callable[[], Any] | None = None) -> bytes | None:
     """The whole body of a request whose caller holds ``permission``, or None once answered.
 
     The caller first, as the routes do (``principal``'s two steps: who the caller is, and that
@@ -115,18 +115,24 @@ async def allowed_body(node: NodeApi, permission: str, scope: Message, receive: 
     return await receive_body(receive, send, timeout_s)
 
 
-async def receive_body(receive: Receive, send: Send, timeout_s: float) -> bytearray | None:
+async def receive_body(receive: Receive, send: Send, timeout_s: float) -> bytes | None:
     """The whole body, or None: the client went, or it did not all come within ``timeout_s``
-    (answered 408 with Quart's words, ``helios.api.app``)."""
-    body = bytearray()
+    (answered 408 with Quart's words, ``helios.api.app``).
+
+    Its pieces are joined once at the end (a body that came in one piece is not copied at all):
+    appending each to a ``bytearray`` moved the body as it grew, one more copy of every byte on
+    the event loop."""
+    pieces: list[bytes] = []
     with trio.move_on_after(timeout_s) as timer:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
                 return None
-            body += message.get("body", b"")
+            piece = message.get("body", b"")
+            if piece:
+                pieces.append(piece)
             if not message.get("more_body", False):
-                return body
+                return pieces[0] if len(pieces) == 1 and type(pieces[0]) is bytes else b"".join(pieces)
     assert timer.cancelled_caught
     late = f"the request body did not arrive within {timeout_s:g} s (HELIOS_BODY_TIMEOUT_SECS)"
     await _early(receive, send, 408, {"error": late}, {})

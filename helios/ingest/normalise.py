@@ -178,13 +178,13 @@ def from_columns(columns: dict[str, Any], num_rows: int, now_ns: int, line_of: A
     defaults filled (``now_ns``, ``now_ns + 1``, … for rows without ``_time``); ``_time``,
     ``_msg``, then the other fields by name (both paths, every piece: one order)."""
     raw_time = columns.pop("_time", None)
-    defaults = ingest_times(now_ns, num_rows)
     if raw_time is None:
-        times = defaults
+        times = ingest_times(now_ns, num_rows)
     else:
         try:
             parsed = timeutil.parse_column(raw_time)
-            times = pc.if_else(pc.is_null(parsed), defaults, parsed) if parsed.null_count else parsed
+            times = (pc.if_else(pc.is_null(parsed), ingest_times(now_ns, num_rows), parsed)
+                     if parsed.null_count else parsed)  # the defaults only where some row lacks a time
         except ValueError:
             row = _first_bad_time(raw_time)
             raise IngestError("_time must be RFC 3339 text or integer nanoseconds", line_of(row)) from None
