@@ -189,6 +189,46 @@ def test_the_shapes_it_must_decline_or_read_as_pyarrow_does() -> None:
     assert flat.infer_schema(b'{"a":null}\n{}') == pa.schema([("a", pa.null())])
 
 
+NUMBER_TEXTS = st.builds(
+    lambda sign, whole, fraction, exponent: sign + whole + (("." + fraction) if fraction else "") + exponent,
+    st.sampled_from(["", "-"]), st.from_regex(r"0|[1-9][0-9]{0,20}", fullmatch=True),
+    st.from_regex(r"[0-9]{0,22}", fullmatch=True),
+    st.sampled_from(["", "e0", "E+5", "e-5", "e22", "e-22", "e23", "e-23"]) | st.from_regex(r"[eE][+-]?[0-9]{1,2}",
+                                                                                          fullmatch=True))
+
+
+def double_bits(table: pa.Table) -> list[int]:
+    return table.column("b").combine_chunks().to_numpy(zero_copy_only=False).view("<i8").tolist()
+
+
+@given(st.lists(NUMBER_TEXTS, min_size=1, max_size=20))
+@QUICK
+def test_doubles_are_the_correctly_rounded_value_bit_for_bit(texts: list[str]) -> None:
+    """The reader's own double parsing (Clinger's fast path, else strtod): every bit of each value
+    equals Python's float() of the text (correctly rounded), -0.0 included, and pyarrow's reading."""
+    schema = pa.schema([("b", pa.float64())])
+    data = "\n".join(f'{{"b":{text}}}' for text in texts).encode()
+    got = agrees(data, schema)
+    if got is None:
+        return  # declined (a large exponent): pyarrow reads it
+    expected = pa.table({"b": pa.array([float(text) for text in texts], pa.float64())})
+    assert double_bits(got) == double_bits(expected), texts
+
+
+def test_doubles_at_the_edges_of_the_fast_path() -> None:
+    """Just inside and just outside Clinger's fast path (a mantissa of 2^53, 19 digits, 10^±22),
+    ties that a double rounding would get wrong, and values strtod reads."""
+    edges = ["9007199254740992", "9007199254740993", "9007199254740993.0", "900719925474099.3e1", "1e22", "1e23",
+             "1e-22", "1e-23", "123456789012345678.9", "1234567890123456789", "12345678901234567890", "0.1",
+             "0.3", "-0.0", "-0", "0.000000000000000000001", "0.0000000000000000000001", "100000000000000000000000",
+             "4.35", "2.675", "1.7976931348623157e300", "5e-300", "-2.2250738585072014e-300", "8.98846567431158e22",
+             "0.000000000000000000000000000000000000001"]
+    schema = pa.schema([("b", pa.float64())])
+    got = agrees("\n".join(f'{{"b":{text}}}' for text in edges).encode(), schema)
+    assert got is not None
+    assert double_bits(got) == double_bits(pa.table({"b": pa.array([float(text) for text in edges], pa.float64())}))
+
+
 def test_many_fields_and_many_rows() -> None:
     wide = pa.schema([(f"f{i}", pa.int64()) for i in range(flat.MAX_FIELDS + 1)])
     line = orjson.dumps({f"f{i}": i for i in range(flat.MAX_FIELDS + 1)})

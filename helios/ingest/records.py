@@ -247,7 +247,8 @@ def _read_span(body: Body, start: int, end: int, builder: _Builder) -> pa.Table 
     Not guarded for nesting: the schema was learnt from guarded bytes, and pyarrow stops at the
     first value deeper than it (measured up to a million levels: arrays or objects in a string,
     number, null, list or struct field, at the top, or under an unknown key; a millisecond)."""
-    data = body[start:end]
+    # A body read in one span is not copied (bytes cannot change under the reader).
+    data = body if start == 0 and end == len(body) and isinstance(body, bytes) else body[start:end]
     try:
         data.decode("utf-8")
     except UnicodeDecodeError:
