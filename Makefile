@@ -10,7 +10,7 @@ LISTEN ?= 127.0.0.1:7300
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt setup.py helios/ingest/_flatjson.c
+$(STAMP): pyproject.toml constraints.txt setup.py helios/ingest/_flatjson.c helios/storage/_crc32c.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'

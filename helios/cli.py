@@ -65,8 +65,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_version(args: argparse.Namespace) -> int:
     from helios.ingest import flat
     print(f"helios {__version__} (commit {_build_commit()})")
+    from helios.storage import crc32c
     print("ingest: the C reader of flat NDJSON (helios.ingest._flatjson)" if flat.AVAILABLE
           else "ingest: pyarrow.json only (the C reader was not built: no C compiler at install)")
+    print(("wal: CRC-32C frames (helios.storage._crc32c, "
+           + ("the CPU's crc32 instruction)" if crc32c.HARDWARE else "tables)")) if crc32c.NATIVE
+          else "wal: zlib CRC-32 frames (the CRC-32C extension was not built: no C compiler at install)")
     return 0
 
 

@@ -52,7 +52,8 @@ def test_binary_serves_ingests_queries_and_stops_on_sigterm(binary: Path, clean_
     version = run(binary, clean_env, "version")
     assert version.returncode == 0 and version.stdout.startswith(b"helios ") and b"commit " in version.stdout
     assert b"unknown" not in version.stdout
-    assert b"ingest: the C reader of flat NDJSON" in version.stdout  # the extension is in the binary
+    assert b"ingest: the C reader of flat NDJSON" in version.stdout  # the extensions are in the binary
+    assert b"wal: CRC-32C frames" in version.stdout
     node = Server(tmp_path / "data", program=[str(binary)], base_env=clean_env)
     node.data_dir.mkdir()
     began = time.monotonic()
