@@ -38,7 +38,7 @@ def main() -> None:
     import test_flatjson as oracle  # after the swap: its checks call flat's functions
 
     rng = random.Random(seed)
-    read = inferred = 0
+    read = text = inferred = 0
     for _ in range(count):
         data = b"\n".join(rng.choice(BASE) for _ in range(rng.randint(1, 6)))
         for _ in range(rng.randint(0, 4)):
@@ -51,10 +51,12 @@ def main() -> None:
             else:
                 data = data[:at]
         flat.read_flat(data, SCHEMA)  # never offered invalid UTF-8 in use, but must not fail on it
+        flat.read_flat(data, SCHEMA, text=True)
         flat.infer_schema(data)
         read += oracle.agrees(data, SCHEMA) is not None
+        text += oracle.agrees_as_text(data, SCHEMA) is not None
         inferred += oracle.infers_as_pyarrow(data) is not None
-    print(f"read {read} inferred {inferred} of {count}")
+    print(f"read {read} as text {text} inferred {inferred} of {count}")
 
 
 if __name__ == "__main__":

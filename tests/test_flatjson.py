@@ -1,6 +1,8 @@
 """The C fast path of ingest (``helios.ingest.flat``): what it accepts equals pyarrow.json's reading.
 
 Two functions: ``read_flat`` (a span with a known schema) and ``infer_schema`` (a body's sample).
+``read_flat(text=True)``, what ingest uses, gives number and bool fields as the text the node
+stores; its oracle is the per-line path's text (orjson, then ``normalise._render``).
 
 Its contract: for bytes it accepts, the table is the one ``pyarrow.json.read_json`` makes with the
 same explicit schema (unexpected fields an error), row for row; anything else it declines (None)
@@ -30,6 +32,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helios.ingest import flat, records
+from helios.ingest.normalise import _render
 from helios.ingest.records import parse_ndjson
 from support import loghub_records
 
@@ -60,6 +63,33 @@ def agrees(data: bytes, schema: pa.Schema) -> pa.Table | None:
         assert expected is not None, f"accepted what pyarrow refuses: {data[:300]!r}"
         assert got.schema == expected.schema
         assert got.equals(expected), f"{data[:300]!r}\n{got.to_pylist()[:3]}\n{expected.to_pylist()[:3]}"
+        assert got.validate(full=True) is None
+    return got
+
+
+def agrees_as_text(data: bytes, schema: pa.Schema) -> pa.Table | None:
+    """read_flat's table with numbers and bools as text, after checking it (None if it declined):
+    pyarrow reads the bytes too, each string or null field as read_flat without text does, and each
+    number or bool field (but ``_time``) as the per-line path writes the value orjson parses."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    got = flat.read_flat(data, schema, text=True)
+    if got is not None:
+        typed = pyarrow_read(data, schema)
+        assert typed is not None, f"accepted what pyarrow refuses: {data[:300]!r}"
+        docs = [orjson.loads(line) for line in data.split(b"\n") if line.strip()]
+        assert got.num_rows == typed.num_rows == len(docs)
+        assert got.column_names == schema.names
+        for field in schema:
+            column = got.column(field.name)
+            if field.name == "_time" or field.type in (pa.string(), pa.null()):
+                assert column.equals(typed.column(field.name)), field
+            else:
+                assert column.type == pa.string()
+                expected = _render(doc.get(field.name) for doc in docs).to_pylist()
+                assert column.to_pylist() == expected, (field, data[:300], column.to_pylist()[:5], expected[:5])
         assert got.validate(full=True) is None
     return got
 
@@ -130,6 +160,7 @@ def bodies(draw: Any) -> tuple[bytes, pa.Schema]:
 def test_generated_records_equal_pyarrows_reading(case: tuple[bytes, pa.Schema]) -> None:
     data, schema = case
     agrees(data, schema)
+    agrees_as_text(data, schema)
 
 
 ANY_SCALAR = st.one_of(*SCALARS.values(), st.sampled_from(["2024-01-02T03:04:05", "2024-01-02 03:04:05Z",
@@ -154,6 +185,7 @@ def test_mutated_records_are_read_exactly_or_declined(case: tuple[bytes, pa.Sche
         at %= len(data) + 1
         data = data[:at] + text.encode() + data[at + (1 if cut else 0):]
     agrees(data, schema)
+    agrees_as_text(data, schema)
     infers_as_pyarrow(data)
 
 
@@ -179,6 +211,7 @@ def test_the_shapes_it_must_decline_or_read_as_pyarrow_does() -> None:
     ]
     accepted = sum(agrees(case, schema) is not None for case in cases)
     assert accepted >= 20  # the plain cases (22 of them) are read here, not all declined
+    assert sum(agrees_as_text(case, schema) is not None for case in cases) >= 20
     inferred = [infers_as_pyarrow(case) for case in cases]
     assert sum(schema is not None for schema in inferred) >= 20
     for mixed in [b'{"a":1}\n{"a":"x"}', b'{"a":true}\n{"a":1}', b'{"a":"x"}\n{"a":null}\n{"a":1.5}',
@@ -213,6 +246,31 @@ def test_doubles_are_the_correctly_rounded_value_bit_for_bit(texts: list[str]) -
         return  # declined (a large exponent): pyarrow reads it
     expected = pa.table({"b": pa.array([float(text) for text in texts], pa.float64())})
     assert double_bits(got) == double_bits(expected), texts
+
+
+@given(st.lists(st.tuples(NUMBER_TEXTS, st.integers(-(2**63), 2**63 - 1), st.booleans() | st.none()),
+                min_size=1, max_size=20))
+@QUICK
+def test_numbers_as_text_are_what_the_per_line_path_stores(rows: list[tuple[str, int, bool | None]]) -> None:
+    """Doubles written as Arrow writes them (fixed from 1e-6 to below 1e10, else with an exponent),
+    integers as their digits (-0 as 0, also in a double field), bools as true / false."""
+    schema = pa.schema([("b", pa.float64()), ("i", pa.int64()), ("t", pa.bool_()), ("_time", pa.int64())])
+    lines = [f'{{"b":{d},"i":{i},"t":{json.dumps(t)},"_time":{i}}}' for d, i, t in rows]
+    data = "\n".join(lines).encode()
+    got = agrees_as_text(data, schema)
+    if got is not None:
+        assert got.schema.field("_time").type == pa.int64()
+    agrees_as_text(b"\n".join(b'{"b":%d}' % i for _, i, _ in rows), pa.schema([("b", pa.float64())]))
+
+
+def test_numbers_as_text_decline_what_they_cannot_write_exactly() -> None:
+    schema = pa.schema([("b", pa.float64()), ("i", pa.int64())])
+    for line in [b'{"b":1.234567890123456}', b'{"b":9223372036854775808}',
+                 b'{"b":1e-301}', b'{"b":1e301}', b'{"i":1.5}', b'{"b":0.' + b"1" * 70 + b"}"]:
+        assert flat.read_flat(line, schema, text=True) is None, line
+    for line in [b'{"b":1.23456789012345}', b'{"b":1.500000000000000000000}', b'{"b":12345678901234567}',
+                 b'{"b":-0}', b'{"i":-0}', b'{"b":1e300}', b'{"b":1e-300}']:
+        assert agrees_as_text(line, schema) is not None, line
 
 
 def test_doubles_at_the_edges_of_the_fast_path() -> None:
@@ -277,5 +335,6 @@ def test_random_bodies_under_address_and_undefined_behaviour_sanitizers(tmp_path
     done = subprocess.run([sys.executable, str(Path(__file__).with_name("flatjson_fuzz.py")), "13", "20000",
                            str(built)], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    read, inferred = (int(word) for word in done.stdout.split()[1:4:2])
-    assert read > 2000 and inferred > 2000, done.stdout  # the fuzz reaches the accepting paths
+    words = done.stdout.split()  # read R as text T inferred I of N
+    read, text, inferred = int(words[1]), int(words[4]), int(words[6])
+    assert read > 2000 and text > 2000 and inferred > 2000, done.stdout  # the fuzz reaches the accepting paths

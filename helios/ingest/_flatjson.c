@@ -51,6 +51,7 @@ typedef struct {
     Buf data;         /* strings' bytes */
     Py_ssize_t nulls;
     Py_ssize_t seen;  /* the last row (1-based) that set it: a key twice in a line is declined */
+    int text;         /* a string column: a string field, or any field when read as text */
 } Field;
 
 static locale_t c_locale;
@@ -278,6 +279,97 @@ static int parse_double(const char *p, const char *q, double *out) {
     return 0;
 }
 
+/* The text a number [p, q) is stored as (helios.ingest.normalise: the per-line path's), onto out:
+ * an integer's own digits ("-0" is "0"), within int64; a number with a fraction or an exponent as
+ * Arrow writes its double: the shortest digits that read back, fixed notation for exponents from
+ * -6 to 9 (0.000001, 1234567890), else d.ddde+x (1e+10, 1.5e-7). Shortest digits are known without
+ * computing the double when the text has at most 15 significant digits (trailing zeros aside):
+ * every such decimal reads back from its double (DBL_DIG), so they are its digits. -1 to decline:
+ * more digits, an integer past int64, an exponent outside +-300 (the caller's pyarrow path). */
+static int number_text(const char *p, const char *q, int integer, Buf *out) {
+    if (q - p > MAX_NUMBER) return -1;
+    if (integer) {
+        int64_t v;
+        if (parse_int64(p, q, &v) < 0) return -1;
+        if (v == 0) p = q - 1; /* "-0" */
+        if (grow(out, (size_t)(q - p)) < 0) return -1;
+        memcpy(out->p + out->len, p, (size_t)(q - p));
+        out->len += (size_t)(q - p);
+        return 0;
+    }
+    int negative = *p == '-';
+    if (negative) p++;
+    char digits[MAX_NUMBER];
+    int count = 0, point = 0; /* the value is 0.digits x 10^point */
+    for (; p < q && *p >= '0' && *p <= '9'; p++) {
+        if (count == 0 && *p == '0') continue;
+        digits[count++] = *p;
+        point++;
+    }
+    if (p < q && *p == '.') {
+        for (p++; p < q && *p >= '0' && *p <= '9'; p++) {
+            if (count == 0 && *p == '0') {
+                point--;
+                continue;
+            }
+            digits[count++] = *p;
+        }
+    }
+    if (p < q) { /* an exponent, at most MAX_EXPONENT (number_end) */
+        p++;
+        int exponent_negative = *p == '-';
+        if (*p == '-' || *p == '+') p++;
+        int e = 0;
+        for (; p < q; p++) e = e * 10 + (*p - '0');
+        point += exponent_negative ? -e : e;
+    }
+    while (count > 0 && digits[count - 1] == '0') count--;
+    if (grow(out, 32) < 0) return -1;
+    char *o = out->p + out->len;
+    char *start = o;
+    if (negative) *o++ = '-';
+    if (count == 0) {
+        *o++ = '0';
+    } else {
+        int exponent = point - 1;
+        if (count > 15 || exponent < -300 || exponent > 300) return -1;
+        if (exponent >= -6 && exponent < 10) {
+            if (point <= 0) {
+                *o++ = '0';
+                *o++ = '.';
+                for (int i = 0; i < -point; i++) *o++ = '0';
+                memcpy(o, digits, (size_t)count);
+                o += count;
+            } else if (point >= count) {
+                memcpy(o, digits, (size_t)count);
+                o += count;
+                for (int i = count; i < point; i++) *o++ = '0';
+            } else {
+                memcpy(o, digits, (size_t)point);
+                o += point;
+                *o++ = '.';
+                memcpy(o, digits + point, (size_t)(count - point));
+                o += count - point;
+            }
+        } else {
+            *o++ = digits[0];
+            if (count > 1) {
+                *o++ = '.';
+                memcpy(o, digits + 1, (size_t)(count - 1));
+                o += count - 1;
+            }
+            *o++ = 'e';
+            *o++ = exponent < 0 ? '-' : '+';
+            int magnitude = exponent < 0 ? -exponent : exponent;
+            if (magnitude >= 100) *o++ = (char)('0' + magnitude / 100);
+            if (magnitude >= 10) *o++ = (char)('0' + magnitude / 10 % 10);
+            *o++ = (char)('0' + magnitude % 10);
+        }
+    }
+    out->len += (size_t)(o - start);
+    return 0;
+}
+
 static inline int literal(const char *p, const char *end, const char *word, size_t n) {
     return (size_t)(end - p) >= n && memcmp(p, word, n) == 0;
 }
@@ -304,7 +396,12 @@ static const char *value_into(const char *p, const char *end, Field *f, Py_ssize
         int integer;
         const char *q = number_end(p, end, &integer);
         if (q == NULL) return NULL;
-        if (f->kind == K_INT) {
+        if (f->text) {
+            if ((f->kind == K_INT && !integer) || number_text(p, q, integer, &f->data) < 0 ||
+                f->data.len > INT32_MAX)
+                return NULL;
+            f->offsets[row + 1] = (int32_t)f->data.len;
+        } else if (f->kind == K_INT) {
             int64_t v;
             if (!integer || parse_int64(p, q, &v) < 0) return NULL;
             memcpy(f->values + 8 * row, &v, 8);
@@ -316,17 +413,20 @@ static const char *value_into(const char *p, const char *end, Field *f, Py_ssize
         f->valid[row >> 3] |= (uint8_t)(1u << (row & 7));
         return q;
     }
-    case K_BOOL:
-        if (literal(p, end, "true", 4)) {
+    case K_BOOL: {
+        size_t n = literal(p, end, "true", 4) ? 4 : literal(p, end, "false", 5) ? 5 : 0;
+        if (n == 0) return NULL;
+        if (f->text) { /* Arrow's text of a bool is its literal */
+            if (grow(&f->data, n) < 0 || f->data.len + n > INT32_MAX) return NULL;
+            memcpy(f->data.p + f->data.len, p, n);
+            f->data.len += n;
+            f->offsets[row + 1] = (int32_t)f->data.len;
+        } else if (n == 4) {
             f->values[row >> 3] |= (uint8_t)(1u << (row & 7));
-            p += 4;
-        } else if (literal(p, end, "false", 5)) {
-            p += 5;
-        } else {
-            return NULL;
         }
         f->valid[row >> 3] |= (uint8_t)(1u << (row & 7));
-        return p;
+        return p + n;
+    }
     default:
         return NULL; /* a null-typed field holds only nulls */
     }
@@ -413,7 +513,7 @@ static Py_ssize_t parse(const char *p, const char *end, Field *fields, int nfiel
         for (int i = 0; i < nfields; i++) {
             Field *f = &fields[i];
             if (!(f->valid[row >> 3] & (1u << (row & 7)))) f->nulls++;
-            if (f->kind == K_STRING) f->offsets[row + 1] = (int32_t)f->data.len;
+            if (f->text) f->offsets[row + 1] = (int32_t)f->data.len;
         }
         r.row++;
     }
@@ -435,7 +535,8 @@ static PyObject *bytes_of(const void *p, size_t n) {
 
 /* read(data, names, kinds) -> (rows, [(nulls, validity, values, offsets, data), ...]) or None.
  * names: a tuple of bytes (the schema's field names, in its order); kinds: bytes, one of "idsbn"
- * a field (int64, double, string, bool, null). */
+ * a field (int64, double, string, bool, null), or of "IDB": an int64, double or bool field read
+ * as a string column, each value the text number_text gives (or true / false). */
 static PyObject *flat_read(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer input;
@@ -458,20 +559,21 @@ static PyObject *flat_read(PyObject *self, PyObject *args) {
     for (Py_ssize_t i = 0; i < nfields; i++) {
         PyObject *name = PyTuple_GET_ITEM(names, i);
         char kind = kinds[i];
-        if (!PyBytes_Check(name) || strchr("idsbn", kind) == NULL || kind == 0) {
+        if (!PyBytes_Check(name) || strchr("idsbnIDB", kind) == NULL || kind == 0) {
             failed = 1;
             break;
         }
         Field *f = &fields[i];
         f->name = PyBytes_AS_STRING(name);
         f->name_len = PyBytes_GET_SIZE(name);
-        f->kind = kind;
+        f->text = kind == K_STRING || (kind >= 'A' && kind <= 'Z');
+        f->kind = kind = (char)(kind | 0x20); /* lower case */
         f->valid = calloc(bitmap, 1);
         if (f->valid == NULL) failed = 2;
-        if (kind == K_INT || kind == K_DOUBLE) f->values = calloc((size_t)lines, 8);
-        if (kind == K_BOOL) f->values = calloc(bitmap, 1);
-        if ((kind == K_INT || kind == K_DOUBLE || kind == K_BOOL) && f->values == NULL) failed = 2;
-        if (kind == K_STRING && (f->offsets = calloc((size_t)lines + 1, 4)) == NULL) failed = 2;
+        if (!f->text && (kind == K_INT || kind == K_DOUBLE)) f->values = calloc((size_t)lines, 8);
+        if (!f->text && kind == K_BOOL) f->values = calloc(bitmap, 1);
+        if (!f->text && (kind == K_INT || kind == K_DOUBLE || kind == K_BOOL) && f->values == NULL) failed = 2;
+        if (f->text && (f->offsets = calloc((size_t)lines + 1, 4)) == NULL) failed = 2;
         if (failed) break;
     }
     Py_ssize_t rows = -1;
@@ -493,8 +595,8 @@ static PyObject *flat_read(PyObject *self, PyObject *args) {
             size_t rbitmap = (size_t)(rows + 7) / 8;
             PyObject *item = Py_BuildValue(
                 "(nNNNN)", f->nulls, bytes_of(f->valid, rbitmap),
-                f->kind == K_BOOL ? bytes_of(f->values, rbitmap)
-                    : bytes_of(f->values, f->values ? (size_t)rows * 8 : 0),
+                f->values == NULL ? bytes_of(NULL, 0)
+                    : bytes_of(f->values, f->kind == K_BOOL ? rbitmap : (size_t)rows * 8),
                 bytes_of(f->offsets, f->offsets ? ((size_t)rows + 1) * 4 : 0),
                 bytes_of(f->data.p, f->data.len));
             if (item == NULL) {

@@ -27,28 +27,38 @@ MAX_FIELDS = 64  # as _flatjson.c: wider schemas take pyarrow.json
 
 _KINDS = {pa.int64(): "i", pa.float64(): "d", pa.string(): "s", pa.bool_(): "b", pa.null(): "n"}
 _TYPES = {kind: kind_type for kind_type, kind in _KINDS.items()}
-_plans: dict[pa.Schema, tuple[tuple[bytes, ...], bytes] | None] = {}
+_plans: dict[tuple[pa.Schema, bool], tuple[tuple[bytes, ...], bytes] | None] = {}
+TIME = "_time"  # never read as text: normalising parses it as a number of nanoseconds or RFC 3339 text
 
 
-def _plan(schema: pa.Schema) -> tuple[tuple[bytes, ...], bytes] | None:
-    """The schema as ``_flatjson.read`` takes it (names, kinds), or None if a type is not flat."""
-    if schema in _plans:
-        return _plans[schema]
+def _plan(schema: pa.Schema, text: bool) -> tuple[tuple[bytes, ...], bytes] | None:
+    """The schema as ``_flatjson.read`` takes it (names, kinds: upper case for a number or bool
+    field read as text), or None if a type is not flat."""
+    if (schema, text) in _plans:
+        return _plans[schema, text]
     kinds = [_KINDS.get(field.type) for field in schema]
     plan = None
     if 0 < len(kinds) <= MAX_FIELDS and None not in kinds and len(set(schema.names)) == len(kinds):
+        if text:
+            kinds = [kind.upper() if kind in "idb" and name != TIME else kind  # type: ignore[operator]
+                     for name, kind in zip(schema.names, kinds)]
         plan = (tuple(name.encode() for name in schema.names), "".join(kinds).encode())  # type: ignore[arg-type]
     if len(_plans) > 256:  # bodies of many shapes: forget, rather than grow
         _plans.clear()
-    _plans[schema] = plan
+    _plans[schema, text] = plan
     return plan
 
 
-def read_flat(data: bytes | bytearray | memoryview, schema: pa.Schema) -> pa.Table | None:
-    """``data`` (whole lines, valid UTF-8) as a table of ``schema``, or None to read it otherwise."""
+def read_flat(data: bytes | bytearray | memoryview, schema: pa.Schema, *, text: bool = False) -> pa.Table | None:
+    """``data`` (whole lines, valid UTF-8) as a table of ``schema``, or None to read it otherwise.
+
+    ``text``: its number and bool fields but ``_time`` come as strings, each value the text the
+    node stores (``normalise``: an integer's digits, a double as Arrow writes it, true / false), so
+    that normalising has nothing to cast and no double to check; a number whose text the reader
+    is not sure of (over 15 significant digits, an integer past int64) declines the span."""
     if _flatjson is None:
         return None
-    plan = _plan(schema)
+    plan = _plan(schema, text)
     if plan is None:
         return None
     read = _flatjson.read(data, *plan)
@@ -56,16 +66,18 @@ def read_flat(data: bytes | bytearray | memoryview, schema: pa.Schema) -> pa.Tab
         return None
     rows, columns = read
     arrays = []
-    for field, (nulls, valid, values, offsets, text) in zip(schema, columns):
+    for field, (nulls, valid, values, offsets, chars) in zip(schema, columns):
         validity = pa.py_buffer(valid) if nulls else None
         kind = field.type
         if kind == pa.null():
             arrays.append(pa.nulls(rows))
-        elif kind == pa.string():
-            arrays.append(pa.Array.from_buffers(kind, rows, [validity, pa.py_buffer(offsets), pa.py_buffer(text)],
-                                                null_count=nulls))
+        elif kind == pa.string() or (text and field.name != TIME):
+            arrays.append(pa.Array.from_buffers(pa.string(), rows, [validity, pa.py_buffer(offsets),
+                                                                    pa.py_buffer(chars)], null_count=nulls))
         else:
             arrays.append(pa.Array.from_buffers(kind, rows, [validity, pa.py_buffer(values)], null_count=nulls))
+    if text:
+        return pa.Table.from_arrays(arrays, names=schema.names)
     return pa.Table.from_arrays(arrays, schema=schema)
 
 

@@ -253,12 +253,10 @@ def _read_span(body: Body, start: int, end: int, builder: _Builder) -> pa.Table 
         data.decode("utf-8")
     except UnicodeDecodeError:
         return None  # the pieces name the line
-    raw = read_flat(data, builder.schema)  # flat objects in C (flat.py); None: not sure, pyarrow reads
+    # Flat objects in C (flat.py), numbers and bools already as the text they are stored as (no
+    # double to check, nothing to cast); None: not sure, pyarrow reads.
+    raw = read_flat(data, builder.schema, text=True)
     if raw is not None:
-        try:
-            check_exact_numbers(raw)
-        except Fallback:
-            return None
         return raw.select(sorted(raw.column_names))
     if not _FIRST_IS_OBJECT.match(data) or _later_not_object(data):
         return None
