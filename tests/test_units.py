@@ -19,6 +19,7 @@ from helios.query.filters import mask, may_match
 from helios.query.parser import parse
 from helios.storage.blocks import load_index
 from helios.storage.engine import Engine
+from helios.storage.memtable import slices
 from helios.storage.wal import Wal, decode_payload, encode_payload
 
 
@@ -316,3 +317,18 @@ def test_times_are_formatted_as_rfc3339_like_strftime() -> None:
     assert epoch.to_pylist() == ["1970-01-01T00:00:00.000000000Z"]
     again = timeutil.parse_column(timeutil.format_column(times))
     assert again.cast(pa.int64()).to_pylist() == values + [None]
+
+
+def test_a_request_is_sliced_by_day_at_midnight_exactly() -> None:
+    day = 86_400 * 10**9
+    start = 20_000 * day
+    times = [start + day - 1, start + day, start + 5, start + 3 * day, start + 2 * day - 1, start + day + 7]
+    table = pa.table({"_time": pa.array(times, pa.int64()).cast(pa.timestamp("ns", tz="UTC")),
+                      "_msg": [f"m{i}" for i in range(len(times))]})
+    got = {piece.key[1]: (piece.table.column("_msg").to_pylist(), piece.min_time, piece.max_time)
+           for piece in slices("ds", table)}
+    assert got == {20_000: (["m0", "m2"], start + 5, start + day - 1),
+                   20_001: (["m1", "m4", "m5"], start + day, start + 2 * day - 1),
+                   20_003: (["m3"], start + 3 * day, start + 3 * day)}
+    one_day = table.filter(pa.array([False, True, False, False, True, True]))
+    assert [(piece.key[1], piece.table.num_rows) for piece in slices("ds", one_day)] == [(20_001, 3)]

@@ -34,11 +34,12 @@ def split_by_day(table: pa.Table) -> list[tuple[int, pa.Table]]:
     if table.num_rows == 0:
         return []
     ns = table.column("_time").cast(pa.int64())
+    bounds = pc.min_max(ns)
+    first = bounds["min"].as_py() // timeutil.DAY_NS
+    if bounds["max"].as_py() // timeutil.DAY_NS == first:  # usual: one day, no per-row work
+        return [(first, table)]
     days = timeutil.floor_div(ns, timeutil.DAY_NS)
-    distinct = pc.unique(days).to_pylist()
-    if len(distinct) == 1:
-        return [(distinct[0], table)]
-    return [(day, table.filter(pc.equal(days, day))) for day in sorted(distinct)]
+    return [(day, table.filter(pc.equal(days, day))) for day in sorted(pc.unique(days).to_pylist())]
 
 
 def drop_null_columns(table: pa.Table) -> pa.Table:
