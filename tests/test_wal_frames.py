@@ -113,3 +113,28 @@ def test_dense_tables_are_stored_plain_and_sparse_ones_compressed() -> None:
     assert decode_payload(plain) == ("ds", dense) and decode_payload(packed) == ("ds", sparse)
     assert len(plain) >= dense.nbytes  # every buffer as it is
     assert len(packed) < sparse.nbytes // 4
+
+
+def test_a_table_framed_in_place_is_the_frame_of_its_payload(tmp_path: Path) -> None:
+    """Engine.prepare's frame_table (the payload encoded after room for the header, no copy) makes
+    the same bytes as framing encode_payload's payload, and the WAL writes several such frames of
+    one commit back to back."""
+    wal = Wal(tmp_path)
+    tables = [parse_ndjson(b"".join(b'{"_msg":"t%d line %d"}\n' % (t, i) for i in range(500 * (t + 1))), 0)
+              for t in range(3)]
+    frames = [wal.frame_table("ds", table) for table in tables]
+    assert [bytes(f) for f in frames] == [wal.frame(encode_payload("ds", table)) for table in tables]
+    list(wal.replay())
+    wal.start()
+
+    async def write() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(wal.run)
+            async with trio.open_nursery() as writers:
+                for f in frames:
+                    writers.start_soon(wal.append_frame, f, lambda: None)
+            nursery.cancel_scope.cancel()
+        wal.close()
+
+    trio.run(write)
+    assert sorted(decode_payload(p)[1].num_rows for _, p in Wal(tmp_path).replay()) == [500, 1000, 1500]

@@ -40,7 +40,7 @@ from helios.storage.cache import BlockCache
 from helios.storage.local import LocalBlocks
 from helios.storage.manifest import MANIFEST_NAME, PartitionManifest
 from helios.storage.memtable import Memtable, PartKey, Slice, slices, split_by_day
-from helios.storage.wal import Wal, decode_payload, encode_payload
+from helios.storage.wal import Wal, decode_payload
 from helios.supervisor import Health
 
 __all__ = ["Batch", "DatasetStats", "Engine", "Source"]
@@ -207,7 +207,7 @@ class Engine:
         """
         if table.num_rows and max(column.num_chunks for column in table.columns) > 1:
             table = table.combine_chunks()
-        frame = self.wal.frame(encode_payload(dataset, table))
+        frame = self.wal.frame_table(dataset, table)
         return Batch(dataset, table, frame, slices(dataset, table))
 
     async def commit(self, batch: Batch) -> int:

@@ -67,14 +67,19 @@ _log = log.get("helios.wal")
 
 def encode_payload(dataset: str, table: pa.Table) -> bytes:
     """One request's rows as a payload. CPU work (compression): large tables belong in a worker thread."""
+    return _encode(dataset, table, 0).to_pybytes()
+
+
+def _encode(dataset: str, table: pa.Table, reserve: int) -> pa.Buffer:
+    """The payload after ``reserve`` zero bytes (room for a frame's header), in one buffer."""
     name = dataset.encode()
     sink = pa.BufferOutputStream()
-    sink.write(struct.pack("<H", len(name)) + name)
+    sink.write(bytes(reserve) + struct.pack("<H", len(name)) + name)
     options = _SPARSE if 4 * sum(column.null_count for column in table.columns) > table.num_rows * table.num_columns \
         else _DENSE
     with ipc.new_stream(sink, table.schema, options=options) as writer:
         writer.write_table(table)
-    return sink.getvalue().to_pybytes()
+    return sink.getvalue()
 
 
 def decode_payload(payload: bytes) -> tuple[str, pa.Table]:
@@ -84,11 +89,15 @@ def decode_payload(payload: bytes) -> tuple[str, pa.Table]:
     return dataset, table
 
 
-def _frame(payload: bytes) -> bytes:
+def _header(payload: bytes | memoryview) -> bytes:
     if crc32c.NATIVE:
         field = len(payload) | _CRC32C
-        return _HEADER.pack(field, crc32c.crc32c(payload, crc32c.crc32c(_LEN.pack(field)))) + payload
-    return _HEADER.pack(len(payload), zlib.crc32(payload, zlib.crc32(_LEN.pack(len(payload))))) + payload
+        return _HEADER.pack(field, crc32c.crc32c(payload, crc32c.crc32c(_LEN.pack(field))))
+    return _HEADER.pack(len(payload), zlib.crc32(payload, zlib.crc32(_LEN.pack(len(payload)))))
+
+
+def _frame(payload: bytes) -> bytes:
+    return _header(payload) + payload
 
 
 def _intact(field: int, payload: bytes, checksum: int) -> bool:
@@ -102,7 +111,7 @@ def _segment_name(seq: int) -> str:
 
 @dataclass
 class _Pending:
-    frame: bytes
+    frame: bytes | pa.Buffer
     apply: Callable[[], None]
     done: trio.Event = field(default_factory=trio.Event)
     error: Exception | None = None
@@ -183,10 +192,23 @@ class Wal:
         """``payload`` as a frame (length, checksum) for ``append_frame``. Raises
         ``PayloadTooLarge`` for a payload over ``max_frame_bytes``: replay would refuse it.
         CPU work (crc32) that touches no state: large payloads are framed in a worker thread."""
-        if len(payload) > self.max_frame_bytes:
-            raise PayloadTooLarge(f"the request's write-ahead log record would be {len(payload)} bytes, "
-                                  f"over its {self.max_frame_bytes}-byte limit: send fewer rows per request")
+        self._check_size(len(payload))
         return _frame(payload)
+
+    def frame_table(self, dataset: str, table: pa.Table) -> pa.Buffer:
+        """``frame(encode_payload(dataset, table))`` without copying the payload: it is encoded
+        after room for the header, which is written in place (a request's payload is megabytes)."""
+        buffer = _encode(dataset, table, _HEADER.size)
+        view = memoryview(buffer).cast("B")
+        payload = view[_HEADER.size :]
+        self._check_size(len(payload))
+        view[: _HEADER.size] = _header(payload)
+        return buffer
+
+    def _check_size(self, size: int) -> None:
+        if size > self.max_frame_bytes:
+            raise PayloadTooLarge(f"the request's write-ahead log record would be {size} bytes, "
+                                  f"over its {self.max_frame_bytes}-byte limit: send fewer rows per request")
 
     async def append(self, payload: bytes, apply: Callable[[], None]) -> None:
         """Make ``payload`` durable, run ``apply``, then return (group commit).
@@ -200,7 +222,7 @@ class Wal:
             frame = self.frame(payload)
         await self.append_frame(frame, apply)
 
-    async def append_frame(self, frame: bytes, apply: Callable[[], None]) -> None:
+    async def append_frame(self, frame: bytes | pa.Buffer, apply: Callable[[], None]) -> None:
         """``append`` of a payload already framed by ``frame`` (in the caller's worker thread)."""
         if self._closed:
             raise Unavailable("the node is shutting down")
@@ -236,10 +258,10 @@ class Wal:
                 pending.done.set()
 
     async def _commit(self, batch: list[_Pending]) -> None:
-        data = b"".join(p.frame for p in batch)
+        frames = [p.frame for p in batch]
         async with self.lock:
             try:
-                await self._run_sync(self._write, data)
+                await self._run_sync(self._write, frames)
             except OSError as exc:
                 error = Unavailable(f"could not write the write-ahead log: {exc.strerror}")
                 for pending in batch:
@@ -252,13 +274,17 @@ class Wal:
         for pending in batch:
             pending.done.set()
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, frames: list[bytes | pa.Buffer]) -> None:
+        """Append ``frames`` (each written as it is: no joined copy), then one fdatasync."""
         assert self._fd is not None, "start() before appending"
         start = self._offset
+        size = 0
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view) :]
+            for frame in frames:
+                view = memoryview(frame)
+                size += len(view)
+                while view:
+                    view = view[os.write(self._fd, view) :]
             os.fdatasync(self._fd)
         except OSError as exc:
             try:  # never leave a partial frame for later frames to follow
@@ -267,8 +293,8 @@ class Wal:
             except OSError:
                 self._broken = exc.strerror or str(exc)
             raise
-        self._offset = start + len(data)
-        self.bytes_written += len(data)
+        self._offset = start + size
+        self.bytes_written += size
 
     # -- rotation and reclamation (call with ``lock`` held) ----------------
 
