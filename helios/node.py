@@ -249,27 +249,22 @@ def _use_jemalloc() -> None:
         pass
 
 
-M_TRIM_THRESHOLD, M_ARENA_MAX, M_MMAP_THRESHOLD = -1, -8, -3  # glibc mallopt parameters (malloc.h)
+M_ARENA_MAX, M_MMAP_THRESHOLD = -8, -3  # glibc mallopt parameters (malloc.h)
 MALLOC_ARENAS = 2
 MALLOC_MMAP_BYTES = 4 << 20
-MALLOC_TRIM_BYTES = 16 << 20
 
 
 def _bound_malloc() -> None:
-    """Make the C heap (numpy arrays, Python buffers: not Arrow's pool) give memory back, but not
-    the memory the next request takes again.
+    """Make the C heap (numpy arrays, Python buffers: not Arrow's pool) give memory back.
 
     glibc raises its mmap threshold each time a large block is freed (up to 32 MiB), after which the
     index build's and the merge's temporaries of a few MB come from per-thread arenas that keep them:
     a node that had ingested 10 M rows stayed at 600 MB idle, and concurrent flush and compaction
     threads peaked past 1 GiB. A fixed 4 MiB threshold (blocks above it are mapped and unmapped) and
     two arenas: a quarter of the idle RSS, and the peak under 1 GiB (docs/architecture.md, "Ingest memory").
-
-    Fixing the mmap threshold also fixes the trim threshold, at glibc's 128 KiB: each time a
-    request's body and buffers (a few MB) were freed, the heap's top was handed back, and the next
-    request faulted it in again as zeroed pages (the HTTP path's CPU per ingested row fell by a
-    quarter without it). So a heap keeps up to 16 MiB free at its top, which a request's buffers fit
-    in (64 MiB took the bench's peak at 10 M rows to 909 and 1,018 MiB in two runs; 16 MiB, 881).
+    This also fixes the trim threshold at 128 KiB, so a request's freed buffers are handed back and
+    faulted in again by the next; a larger one (16 or 64 MiB, session 14) made ingest a few % faster
+    but took the bench's peak at 10 M rows to 881-1,018 MiB (851 without), too near the 1 GiB goal.
     The MALLOC_* environment variables win; other C libraries are left as they are."""
     if os.environ.get("MALLOC_ARENA_MAX") or os.environ.get("MALLOC_MMAP_THRESHOLD_"):
         return
@@ -277,8 +272,6 @@ def _bound_malloc() -> None:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(M_ARENA_MAX, MALLOC_ARENAS)
         libc.mallopt(M_MMAP_THRESHOLD, MALLOC_MMAP_BYTES)
-        if not os.environ.get("MALLOC_TRIM_THRESHOLD_"):
-            libc.mallopt(M_TRIM_THRESHOLD, MALLOC_TRIM_BYTES)
     except (OSError, AttributeError):  # not glibc
         pass
 
