@@ -276,9 +276,13 @@ def test_helios_tail_follows_the_stream(server_factory: Callable[..., Server]) -
     node = server_factory("cli", HELIOS_BLOCK_SYNC_SECS="2")
     assert node.ingest(batch("old", 0, 3), dataset="tail").status_code == 200
     env = {k: v for k, v in os.environ.items() if not k.startswith("HELIOS_")}
+    # Ctrl-C in a terminal: SIGINT as the shell gives it to a foreground command. A suite started in
+    # the background of a shell without job control inherits SIGINT ignored, and Python then keeps
+    # it ignored (no KeyboardInterrupt): the command would never hear it.
     with subprocess.Popen([sys.executable, "-m", "helios", "tail", "--url", node.url, "--token", node.token,
                            "--dataset", "tail", "--backfill", "2", "tailrow | fields _msg, dataset"],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True) as proc:
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) as proc:
         try:
             assert proc.stdout is not None
             lines = [proc.stdout.readline().strip() for _ in range(2)]
@@ -289,7 +293,10 @@ def test_helios_tail_follows_the_stream(server_factory: Callable[..., Server]) -
             assert [proc.stdout.readline().strip() for _ in range(2)] == ["tail tailrow new-0", "tail tailrow new-1"]
         finally:
             proc.send_signal(signal.SIGINT)
-            assert proc.wait(timeout=30) == 0
+            try:
+                assert proc.wait(timeout=30) == 0
+            finally:
+                proc.kill()  # no-op once it has exited; else the with's own wait would never end
     bad = subprocess.run([sys.executable, "-m", "helios", "tail", "--url", node.url, "--token", node.token,
                           "* | stats count()"], capture_output=True, text=True, env=env, timeout=60)
     assert bad.returncode == 1 and "400" in bad.stderr
