@@ -32,6 +32,7 @@ from typing import Any
 
 import hypercorn.config
 import hypercorn.trio
+import hypercorn.trio.run
 import hypercorn.trio.tcp_server
 import pyarrow as pa
 import trio
@@ -39,6 +40,7 @@ import trio
 from backends import Backend, Invalid, StoreError, Unavailable, open_backend
 from helios import __version__, keys, log, timeutil
 from helios.api.app import create_app
+from helios.api.direct import DirectTCPServer
 from helios.config import Config
 from helios.control.auth import Auth
 from helios.control.objects import MONITORS, dataset_retention
@@ -158,6 +160,8 @@ class Node:
             f"helios_ingested_rows_total {self.counters['ingested_rows']}",
             "# TYPE helios_ingest_requests_total counter",
             f"helios_ingest_requests_total {self.counters['ingest_requests']}",
+            "# TYPE helios_http_direct_requests_total counter",
+            f"helios_http_direct_requests_total {self.counters['http_direct_requests']}",
             "# TYPE helios_queries_total counter",
             f"helios_queries_total {self.counters['queries']}",
             "# TYPE helios_wal_commits_total counter",
@@ -233,6 +237,8 @@ def _hypercorn_config(config: Config) -> hypercorn.config.Config:
     # h11, the ASGI queue and quart's body as one event on the event loop: with 1 MiB, a 1.3 MB ingest
     # body is 2 events instead of 20 (event-loop CPU per ingested row -30 %, docs/architecture.md).
     hypercorn.trio.tcp_server.MAX_RECV = HTTP_RECV_BYTES
+    # ... and a shipper's POST /api/v1/ingest body is read without h11 at all (helios.api.direct).
+    hypercorn.trio.run.TCPServer = DirectTCPServer
     return hc
 
 

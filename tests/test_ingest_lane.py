@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from helios.api.ingest_lane import _QUERY
-from support import Record, Server, ndjson
+from support import Record, Server, metric, ndjson
 
 MAX_BODY = 512 << 10
 MEANING = ("content-type", "retry-after", "x-content-type-options", "cache-control", "connection")
@@ -90,7 +90,9 @@ def _cases(records: list[Record]) -> list[tuple[str, bytes, dict[str, Any], str 
 
 
 def test_the_lane_and_quart_answer_alike_and_store_alike(node: Server, records: list[Record]) -> None:
-    for name, body, headers, role, status in _cases(records):
+    before = metric(node, "helios_http_direct_requests_total")
+    cases = _cases(records)
+    for name, body, headers, role, status in cases:
         token = _token(node, role)
         lane = _send(node, body, f"lane-{name}", token, headers, chunked=False)
         quart = _send(node, body, f"quart-{name}", token, headers, chunked=True)
@@ -103,6 +105,9 @@ def test_the_lane_and_quart_answer_alike_and_store_alike(node: Server, records: 
             assert _held(node, f"lane-{name}") == _held(node, f"quart-{name}"), name
     assert node.datasets().keys() >= {"lane-ndjson", "lane-text", "lane-gzip"}
     assert "lane-bad-json" not in node.datasets()  # all or nothing
+    # Every body of known length was read straight from the socket (helios.api.direct) but the one
+    # over HELIOS_MAX_BODY_BYTES, which the lane leaves to Quart (413).
+    assert metric(node, "helios_http_direct_requests_total") == before + len(cases) - 1
 
 
 def test_a_bad_dataset_name_is_refused_alike(node: Server) -> None:

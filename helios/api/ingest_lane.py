@@ -26,6 +26,7 @@ import re
 import orjson
 
 from helios.api.common import NodeApi, error_parts, validate_dataset
+from helios.api.direct import DIRECT
 from helios.api.guard import App, Message, Receive, Send
 from helios.api.ingest import store_body
 from helios.api.lane import _answer, _length, allowed_body
@@ -51,6 +52,8 @@ class IngestLane:
                 or _length(scope, self.bound) is None):
             await self.app(scope, receive, send)
             return
+        if DIRECT in scope.get("extensions", ()):
+            self.node.counters["http_direct_requests"] += 1
         dataset = "default" if query.group(1) is None else query.group(1).decode()
         # The dataset before the body, as the route decides it (400 at once, not a body timeout).
         body = await allowed_body(self.node, "ingest", scope, receive, send, self.body_timeout_s,
