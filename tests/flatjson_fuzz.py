@@ -53,6 +53,11 @@ def main() -> None:
         flat.read_flat(data, SCHEMA)  # never offered invalid UTF-8 in use, but must not fail on it
         flat.read_flat(data, SCHEMA, text=True)
         flat.infer_schema(data)
+        try:
+            valid = data.decode("utf-8") is not None
+        except UnicodeDecodeError:
+            valid = False
+        assert flat.is_utf8(data) == valid, data
         read += oracle.agrees(data, SCHEMA) is not None
         text += oracle.agrees_as_text(data, SCHEMA) is not None
         inferred += oracle.infers_as_pyarrow(data) is not None

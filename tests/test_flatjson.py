@@ -287,6 +287,43 @@ def test_doubles_at_the_edges_of_the_fast_path() -> None:
     assert double_bits(got) == double_bits(pa.table({"b": pa.array([float(text) for text in edges], pa.float64())}))
 
 
+def _decodes(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+# Bytes near UTF-8's edges: every lead byte, the continuation range's ends, and ASCII runs long
+# enough for the eight-byte fast path to start and stop anywhere.
+_EDGE_BYTES = st.sampled_from([0x00, 0x41, 0x7F, 0x80, 0x8F, 0x90, 0x9F, 0xA0, 0xBF, 0xC0, 0xC1, 0xC2,
+                               0xDF, 0xE0, 0xE1, 0xEC, 0xED, 0xEE, 0xEF, 0xF0, 0xF1, 0xF3, 0xF4, 0xF5, 0xFF])
+_NEAR_UTF8 = st.lists(st.one_of(st.binary(max_size=3), st.text(max_size=12).map(str.encode),
+                                st.lists(_EDGE_BYTES, max_size=4).map(bytes), st.just(b"a" * 9)),
+                      max_size=12).map(b"".join)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(data=st.one_of(_NEAR_UTF8, st.binary(max_size=64)))
+def test_is_utf8_accepts_exactly_what_decode_accepts(data: bytes) -> None:
+    assert flat.is_utf8(data) == _decodes(data), data
+    assert flat.is_utf8(bytearray(data)) == _decodes(data)
+
+
+def test_is_utf8_on_every_sequence_of_up_to_four_bytes_that_starts_above_ascii() -> None:
+    """Every lead byte with continuation bytes at their ranges' edges, cut at every length."""
+    follow = [0x00, 0x7F, 0x80, 0x8F, 0x90, 0x9F, 0xA0, 0xBF, 0xC0, 0xFF]
+    for lead in range(0x80, 0x100):
+        for second in follow:
+            for third in follow[2:8]:
+                for fourth in follow[2:8]:
+                    sequence = bytes([lead, second, third, fourth])
+                    for cut in range(1, 5):
+                        data = b"abcdefg" + sequence[:cut]
+                        assert flat.is_utf8(data) == _decodes(data), data
+
+
 def test_many_fields_and_many_rows() -> None:
     wide = pa.schema([(f"f{i}", pa.int64()) for i in range(flat.MAX_FIELDS + 1)])
     line = orjson.dumps({f"f{i}": i for i in range(flat.MAX_FIELDS + 1)})

@@ -18,7 +18,7 @@ is parsed by its own ``h11.Connection`` (the same parser and the same rules as h
 it refuses goes to hypercorn, which answers it as before), then the app -- the whole ASGI chain:
 ``ConnectionGuard``, the lanes, Quart -- runs on this task with a ``receive`` that reads the body
 from the socket as the app asks for it (the caller is still checked before a byte of it is read),
-in reads of up to 4 MiB joined once, and a ``send`` that writes the answer through the same
+in reads of up to 1 MiB joined once, and a ``send`` that writes the answer through the same
 ``h11.Connection`` (hypercorn's framing, date and server headers). Memory follows the bytes that
 came, not the length declared: a body past HELIOS_MAX_BODY_BYTES is refused by the app (413)
 before it is read, and a client that declares 1 TB and sends nothing holds nothing. Anything else -- another path
@@ -50,7 +50,10 @@ __all__ = ["DIRECT", "DirectTCPServer", "PATH"]
 
 DIRECT = "helios.direct"  # the scope extension that marks a request read here (counted by the lane)
 PATH = b"/api/v1/ingest"
-READ_BYTES = 4 << 20  # the most one read of a body asks for (allocated, then shrunk to what came)
+# The most one read of a body asks for (allocated, then shrunk to what came): hypercorn's own read
+# size. Under glibc's mmap threshold (node.MALLOC_MMAP_BYTES, 4 MiB), so a read's buffer comes from
+# the heap, not from fresh pages faulted in one by one.
+READ_BYTES = 1 << 20
 _LINE = b"POST " + PATH
 _REFUSED = {b"transfer-encoding", b"expect", b"upgrade"}
 

@@ -734,9 +734,69 @@ static PyObject *flat_infer(PyObject *self, PyObject *args) {
     return result;
 }
 
+/* Whether n bytes at p are well-formed UTF-8 exactly as Python's strict decoder takes it (Unicode
+ * Table 3-7: no overlong forms, no surrogates, nothing past U+10FFFF, no cut sequence). ASCII is
+ * checked 32, then eight bytes at a time. */
+static int utf8_ok(const unsigned char *p, size_t n) {
+    const unsigned char *end = p + n;
+    while (p < end) {
+        while (end - p >= 32) {
+            uint64_t w[4];
+            memcpy(w, p, 32);
+            if ((w[0] | w[1] | w[2] | w[3]) & 0x8080808080808080ULL) break;
+            p += 32;
+        }
+        while (end - p >= 8) {
+            uint64_t word;
+            memcpy(&word, p, 8);
+            if (word & 0x8080808080808080ULL) break;
+            p += 8;
+        }
+        if (p == end) break;
+        unsigned c = *p;
+        if (c < 0x80) {
+            p++;
+            continue;
+        }
+        size_t need;
+        unsigned lo = 0x80, hi = 0xBF; /* the range of the byte after the lead */
+        if (c >= 0xC2 && c <= 0xDF) need = 1;
+        else if (c >= 0xE0 && c <= 0xEF) {
+            need = 2;
+            if (c == 0xE0) lo = 0xA0;
+            else if (c == 0xED) hi = 0x9F;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            need = 3;
+            if (c == 0xF0) lo = 0x90;
+            else if (c == 0xF4) hi = 0x8F;
+        } else return 0;
+        if ((size_t)(end - p) <= need) return 0;
+        if (p[1] < lo || p[1] > hi) return 0;
+        for (size_t i = 2; i <= need; i++)
+            if (p[i] < 0x80 || p[i] > 0xBF) return 0;
+        p += need + 1;
+    }
+    return 1;
+}
+
+/* utf8(data) -> bool: whether data decodes as UTF-8 (what bytes.decode("utf-8") accepts), without
+ * making the string. */
+static PyObject *flat_utf8(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer input;
+    if (!PyArg_ParseTuple(args, "y*", &input)) return NULL;
+    int ok;
+    Py_BEGIN_ALLOW_THREADS
+    ok = utf8_ok(input.buf, (size_t)input.len);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&input);
+    return PyBool_FromLong(ok);
+}
+
 static PyMethodDef methods[] = {
     {"read", flat_read, METH_VARARGS, "NDJSON of flat objects as Arrow buffers, or None."},
     {"infer", flat_infer, METH_VARARGS, "The fields and inferred types of flat NDJSON lines, or None."},
+    {"utf8", flat_utf8, METH_VARARGS, "Whether the bytes decode as UTF-8 (strictly, as bytes.decode)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -99,3 +99,17 @@ def infer_schema(data: bytes | bytearray | memoryview) -> pa.Schema | None:
         return pa.schema([(name.decode(), _TYPES[kind]) for name, kind in fields])
     except UnicodeDecodeError:  # the caller checks the bytes first; a key that is not UTF-8 is pyarrow's
         return None
+
+
+def is_utf8(data: bytes | bytearray | memoryview) -> bool:
+    """Whether ``data`` decodes as UTF-8 (strictly, as ``bytes.decode`` does), without making the
+    string: a 1.3 MB body's decode made a 1.3 MB str only to drop it (4-5 % of an ingesting
+    node's CPU with its page faults); ``_flatjson.utf8`` checks it in place, ASCII eight bytes at a
+    time."""
+    if _flatjson is not None:
+        return bool(_flatjson.utf8(data))
+    try:
+        bytes(data).decode("utf-8") if isinstance(data, memoryview) else data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True

@@ -45,7 +45,7 @@ import pyarrow.json as pajson
 
 from helios.errors import IngestError, InvalidInput, PayloadTooLarge
 from helios.ingest.budget import FREE, Meter
-from helios.ingest.flat import infer_schema, read_flat
+from helios.ingest.flat import infer_schema, is_utf8, read_flat
 from helios.ingest.limits import DEFAULT_LIMITS, IngestLimits, check_json_nesting
 from helios.ingest.normalise import (RESERVED, Fallback, check_exact_numbers, check_utf8, empty_table, fast_fields,
                                      from_columns, ingest_times, line_of_row, normalise_fast, parse_exact)
@@ -249,9 +249,7 @@ def _read_span(body: Body, start: int, end: int, builder: _Builder) -> pa.Table 
     number, null, list or struct field, at the top, or under an unknown key; a millisecond)."""
     # A body read in one span is not copied (bytes cannot change under the reader).
     data = body if start == 0 and end == len(body) and isinstance(body, bytes) else body[start:end]
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
+    if not is_utf8(data):  # checked in place (flat.is_utf8), not decoded into a string
         return None  # the pieces name the line
     # Flat objects in C (flat.py), numbers and bools already as the text they are stored as (no
     # double to check, nothing to cast); None: not sure, pyarrow reads.
