@@ -20,7 +20,6 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from support import Record, Server, metric, ndjson
 
 DIRECT = "helios_http_direct_requests_total"

@@ -36,7 +36,6 @@ runs and restarted after, the ``keep_alive_max_requests`` count includes these r
 from __future__ import annotations
 
 from math import inf
-from typing import Any
 from urllib.parse import unquote
 
 import h11
@@ -46,7 +45,7 @@ import trio
 
 from helios.api.guard import Message
 
-__all__ = ["DIRECT", "DirectTCPServer", "PATH"]
+__all__ = ["DIRECT", "PATH", "DirectTCPServer"]
 
 DIRECT = "helios.direct"  # the scope extension that marks a request read here (counted by the lane)
 PATH = b"/api/v1/ingest"
@@ -195,7 +194,9 @@ class _Exchange:
 
     async def receive(self) -> Message:
         """The whole body in one message; then, once answered, a disconnect (ASGI's order)."""
-        if self.body_read or self.gone:
+        if self.gone:
+            return {"type": "http.disconnect"}
+        if self.body_read:
             await self.finished.wait()
             return {"type": "http.disconnect"}
         stream = self.server.stream
