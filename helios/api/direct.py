@@ -22,8 +22,9 @@ in reads of up to 1 MiB joined once, and a ``send`` that writes the answer throu
 ``h11.Connection`` (hypercorn's framing, date and server headers). Memory follows the bytes that
 came, not the length declared: a body past HELIOS_MAX_BODY_BYTES is refused by the app (413)
 before it is read, and a client that declares 1 TB and sends nothing holds nothing. Anything else -- another path
-or method, a head split across reads, HTTP/1.0, ``Expect: 100-continue`` (curl sends it for bodies
-over 1 MiB), chunked bodies -- goes to hypercorn unchanged, with the bytes already read.
+or method, a head split across reads, a head h11 ends at a bare-LF blank line before the first
+CRLF one, HTTP/1.0, ``Expect: 100-continue`` (curl sends it for bodies over 1 MiB), chunked
+bodies -- goes to hypercorn unchanged, with the bytes already read.
 
 After the answer the connection is kept for the next request only if the body was read to its
 end, the answer was sent whole, it did not say ``Connection: close`` (``ConnectionGuard`` says so
@@ -93,25 +94,25 @@ class DirectTCPServer(hypercorn.trio.tcp_server.TCPServer):
 
     async def _direct(self, data: bytes) -> bytes | None:
         """Answer each direct request at the start of ``data``; the bytes left for hypercorn
-        (b"" when none), or None when the connection is to close."""
-        while data.startswith(_LINE):
-            end = data.find(b"\r\n\r\n", 0, self.config.h11_max_incomplete_size)
+        (b"" when none), or None when the connection is to close. Pipelined requests are walked
+        with an offset: what is left is copied once, at the end."""
+        at = 0
+        while data.startswith(_LINE, at):
+            end = data.find(b"\r\n\r\n", at, at + self.config.h11_max_incomplete_size)
             if end < 0:
-                return data
-            parser, request = _head(data[:end + 4])
+                break
+            parser, request = _head(data[at:end + 4])
             length = None if request is None else self._length(request)
             if length is None:
-                return data
+                break
             assert request is not None
             exchange = _Exchange(self, parser, request, memoryview(data)[end + 4:], length)
             await self.idle_task.stop()
             if not await exchange.run():
                 return None
-            data = exchange.rest
             await self.idle_task.restart(self._task_group, self._idle_timeout)
-            if not data:
-                return b""
-        return data
+            at = end + 4 + exchange.taken
+        return data[at:] if at else data
 
     def _length(self, request: h11.Request) -> int | None:
         """The body length of a request taken here, or None (then hypercorn's)."""
@@ -135,7 +136,11 @@ def _head(head: bytes) -> tuple[h11.Connection, h11.Request | None]:
         event = connection.next_event()
     except h11.RemoteProtocolError:
         return connection, None
-    return connection, event if isinstance(event, h11.Request) else None
+    if not isinstance(event, h11.Request) or connection.trailing_data[0]:
+        # Bytes left over: h11 ended the head sooner than the first blank CRLF line (its heads may
+        # end in a bare LF), so where the body starts is h11's to say: hypercorn's request.
+        return connection, None
+    return connection, event
 
 
 class _Exchange:
@@ -149,7 +154,7 @@ class _Exchange:
         body = start[:length]
         self.pieces: list[bytes | memoryview] = [body] if len(body) else []
         self.received = len(body)
-        self.rest = bytes(start[length:])  # the next request's, if the client pipelines
+        self.taken = len(body)  # bytes of the read that holds the head that were this body's
         self.body_read = False  # the app has been given the whole body
         self.gone = False  # the client went, or a read failed: the connection closes
         self.close = False
@@ -171,6 +176,10 @@ class _Exchange:
                              trio.from_thread.run)
         except trio.Cancelled:
             raise
+        except BaseExceptionGroup as group:  # as hypercorn's task_group._handle
+            if group.split(trio.Cancelled)[1] is None:
+                raise
+            await server.config.log.exception("Error in ASGI Framework")
         except Exception:  # noqa: BLE001 -- as hypercorn: logged, answered 500 if not started
             await server.config.log.exception("Error in ASGI Framework")
         if not self.started and not self.gone:
@@ -238,6 +247,8 @@ class _Exchange:
                 out += self.writer.send(h11.EndOfMessage())
                 self.done = True
             await self._write(out)
+            if self.done:
+                self.finished.set()  # the answer is whole: a receive now hears http.disconnect
 
     async def _error(self, status: int) -> None:
         """hypercorn's answer to an app that ended without one."""
