@@ -40,7 +40,7 @@ def _build_commit() -> str:
 def cmd_serve(args: argparse.Namespace) -> int:
     # Arrow's C++ code (Parquet's writer, IPC, kernels) allocates from its default pool, which is
     # chosen once, from this variable, before pyarrow is imported: mimalloc unless told. mimalloc
-    # hands freed pages back and faults them in again as zeroed huge pages (clear_page was 6 % of an
+    # hands freed pages back and faults them in again as zeroed huge pages (4 % of an
     # ingesting node's CPU even with pyarrow's own default set to jemalloc, node._use_jemalloc).
     # An explicit value wins.
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "jemalloc")
