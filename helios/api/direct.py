@@ -45,6 +45,7 @@ import hypercorn.trio.tcp_server
 import trio
 
 from helios.api.guard import Message
+from helios.api.lane import joined
 
 __all__ = ["DIRECT", "PATH", "DirectTCPServer"]
 
@@ -157,7 +158,6 @@ class _Exchange:
         self.taken = len(body)  # bytes of the read that holds the head that were this body's
         self.body_read = False  # the app has been given the whole body
         self.gone = False  # the client went, or a read failed: the connection closes
-        self.close = False
         self.writer = writer  # the parser of the head frames the answer, as hypercorn's would
         self.started = False
         self.status = 0
@@ -185,8 +185,11 @@ class _Exchange:
         if not self.started and not self.gone:
             await self._error(500)
         self.finished.set()
-        return (self.done and not self.gone and not self.close and self.received == self.length
-                and self.writer.our_state is h11.DONE and not server.context.terminated.is_set())
+        # The writer is DONE (not MUST_CLOSE) only after a whole answer that keeps the connection:
+        # neither the request nor the answer said Connection: close (the guard's, the one of
+        # keep_alive_max_requests, a 500's).
+        return (not self.gone and self.received == self.length and self.writer.our_state is h11.DONE
+                and not server.context.terminated.is_set())
 
     def _scope(self) -> Message:
         server, request = self.server, self.request
@@ -222,8 +225,7 @@ class _Exchange:
             self.received += len(piece)
         self.body_read = True
         pieces, self.pieces = self.pieces, []
-        body = pieces[0] if len(pieces) == 1 and type(pieces[0]) is bytes else b"".join(pieces)
-        return {"type": "http.request", "body": body, "more_body": False}
+        return {"type": "http.request", "body": joined(pieces), "more_body": False}
 
     async def send(self, message: Message) -> None:
         kind = message["type"]
@@ -233,7 +235,6 @@ class _Exchange:
             headers += self.server.config.response_headers("h11")
             if self.server.protocol.protocol.keep_alive_requests >= self.server.config.keep_alive_max_requests:
                 headers.append((b"connection", b"close"))
-            self.close = any(name == b"connection" and b"close" in value.lower() for name, value in headers)
             self.status, self.headers = int(message["status"]), headers
         elif kind == "http.response.body" and self.started and not self.done:
             out = b""
@@ -256,7 +257,6 @@ class _Exchange:
                    *self.server.config.response_headers("h11")]
         out = self.writer.send(h11.Response(status_code=status, headers=headers))
         await self._write(out + self.writer.send(h11.EndOfMessage()))
-        self.close = True
 
     async def _write(self, data: bytes) -> None:
         if not data or self.gone:

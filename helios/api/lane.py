@@ -34,7 +34,7 @@ from helios.api.guard import App, Message, Receive, Send
 from helios.api.query import answer_query, head, stream, tail
 from helios.query.runner import QueryPool
 
-__all__ = ["LANE_BODY_BYTES", "QueryLane"]
+__all__ = ["LANE_BODY_BYTES", "QueryLane", "joined"]
 
 LANE_BODY_BYTES = 1 << 20  # a query's JSON body is a few hundred bytes; larger go through Quart
 PATH = "/api/v1/query"
@@ -132,11 +132,17 @@ async def receive_body(receive: Receive, send: Send, timeout_s: float) -> bytes 
             if piece:
                 pieces.append(piece)
             if not message.get("more_body", False):
-                return pieces[0] if len(pieces) == 1 and type(pieces[0]) is bytes else b"".join(pieces)
+                return joined(pieces)
     assert timer.cancelled_caught
     late = f"the request body did not arrive within {timeout_s:g} s (HELIOS_BODY_TIMEOUT_SECS)"
     await _early(receive, send, 408, {"error": late}, {})
     return None
+
+
+def joined(pieces: list[Any]) -> bytes:
+    """A body's pieces as one bytes object, joined once; a body that came as one bytes piece is
+    not copied (``receive_body``, ``helios.api.direct``)."""
+    return pieces[0] if len(pieces) == 1 and type(pieces[0]) is bytes else b"".join(pieces)
 
 
 async def _answer(send: Send, status: int, body: bytes,
