@@ -324,6 +324,75 @@ def test_is_utf8_on_every_sequence_of_up_to_four_bytes_that_starts_above_ascii()
                         assert flat.is_utf8(data) == _decodes(data), data
 
 
+def test_strings_with_an_escape_a_quote_or_a_control_at_every_place() -> None:
+    """Strings are scanned and copied 16 bytes at a time: every length around a block or two, with
+    an escape (each kind), a non-ASCII letter, a raw control character or a cut at every place."""
+    schema = pa.schema([("c", pa.string()), ("a", pa.int64())])
+    lines = []
+    for length in range(0, 40):
+        for at in range(length + 1):
+            for special in ('\\"', "\\\\", "\\n", "\\/", "\\u00e9", "\\u20ac", "\\ud83d\\ude00", "é", "€"):
+                text = "x" * at + special + "y" * (length - at)
+                lines.append(b'{"c":"%s","a":%d}' % (text.encode(), length))
+    got = agrees(b"\n".join(lines), schema)  # one body of all of them
+    assert got is not None and got.num_rows == len(lines)
+    for length in range(0, 40, 3):
+        for at in range(length + 1):
+            text = b"x" * at + b"\x01" + b"y" * (length - at)
+            assert flat.read_flat(b'{"c":"%s","a":1}' % text, schema) is None  # a raw control: declined
+            cut = b'{"c":"' + (b"x" * length)[:at]
+            assert flat.read_flat(cut, schema) is None  # the body ends inside the string
+            assert agrees(b'{"c":"%s"}\n{"c":"%s"}' % (b"z" * at, b"w" * length), schema) is not None
+
+
+@given(st.lists(st.permutations(["_time", "_msg", "host", "size", "level"]), min_size=1, max_size=12),
+       st.lists(st.booleans(), min_size=12, max_size=12))
+@QUICK
+def test_keys_in_a_different_order_on_each_line(orders: list[list[str]], missing: list[bool]) -> None:
+    """The reader looks for each key where the one after the same key was on the line before; any
+    order, and keys left out, read the same."""
+    schema = pa.schema([("_time", pa.int64()), ("_msg", pa.string()), ("host", pa.string()), ("size", pa.int64()),
+                        ("level", pa.string())])
+    values = {"_time": 1_700_000_000_123_456_789, "_msg": "a message long enough to span blocks", "host": "web-1",
+              "size": 123, "level": "info"}
+    lines = []
+    for row, order in enumerate(orders):
+        keys = order[1:] if missing[row] else order
+        lines.append(orjson.dumps({key: values[key] for key in keys}))
+    agrees(b"\n".join(lines), schema)
+    agrees_as_text(b"\n".join(lines), schema)
+
+
+def test_integers_of_every_length_and_at_int64s_edges() -> None:
+    schema = pa.schema([("a", pa.int64())])
+    for digits in range(1, 22):
+        for value in (10 ** (digits - 1), 10**digits - 1, 10 ** (digits - 1) * 9 + 7):
+            for sign in (1, -1):
+                got = agrees(b'{"a":%d}' % (sign * value), schema)
+                assert (got is not None) == (-(2**63) <= sign * value < 2**63), (sign * value)
+    edges = [2**63 - 1, 2**63, -(2**63), -(2**63) - 1, 2**63 + 9, 10**19 - 1, -(10**19) + 1, 10**18, -(10**18)]
+    for value in edges:
+        got = agrees(b'{"a":%d}' % value, schema)
+        assert (got is not None) == (-(2**63) <= value < 2**63), value
+
+
+def test_the_readers_buffers_outlive_its_input_and_are_read_only() -> None:
+    """The arrays hold the reader's own memory (no copy into bytes): it lives as long as they do."""
+    schema = pa.schema([("_msg", pa.string()), ("n", pa.int64()), ("b", pa.bool_())])
+    body = bytearray(b"".join(b'{"_msg":"row %d \\u00e9","n":%d,"b":true}\n' % (i, i) for i in range(1000)))
+    table = flat.read_flat(bytes(body), schema)
+    assert table is not None
+    del body
+    import gc
+
+    gc.collect()
+    assert table.validate(full=True) is None
+    assert table.column("_msg")[999].as_py() == "row 999 é" and table.column("n")[500].as_py() == 500
+    chunk = table.column("_msg").chunk(0)
+    assert all(not buffer.is_mutable for buffer in chunk.buffers() if buffer is not None)
+    assert table.slice(10, 5).column("_msg").to_pylist() == [f"row {i} é" for i in range(10, 15)]
+
+
 def test_many_fields_and_many_rows() -> None:
     wide = pa.schema([(f"f{i}", pa.int64()) for i in range(flat.MAX_FIELDS + 1)])
     line = orjson.dumps({f"f{i}": i for i in range(flat.MAX_FIELDS + 1)})

@@ -29,6 +29,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #define MAX_FIELDS 64
 #define MAX_NUMBER 64
@@ -90,10 +93,27 @@ static inline int hex4(const char *p, const char *end, unsigned *out) {
     return 0;
 }
 
+#ifdef __SSE2__
+/* A bit for each of the 16 bytes of v that is a quote, a backslash or a control character (below
+ * 0x20, compared unsigned: a byte of 0x80 or more, as in UTF-8, is plain). */
+static inline unsigned special16(__m128i v) {
+    __m128i s = _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('"')), _mm_cmpeq_epi8(v, _mm_set1_epi8('\\')));
+    s = _mm_or_si128(s, _mm_cmpeq_epi8(_mm_min_epu8(v, _mm_set1_epi8(0x1F)), v));
+    return (unsigned)_mm_movemask_epi8(s);
+}
+#endif
+
 /* The end of the run of bytes from p that are neither a quote, a backslash nor a control
- * character: eight bytes at a time while none of them is one (SWAR; a byte of 0x80 or more, as
- * in UTF-8, is plain), then byte by byte. */
+ * character: 16 bytes at a time (SSE2, every x86-64) or eight (SWAR: a byte of 0x80 or more, as
+ * in UTF-8, is plain) while none of them is one, then byte by byte. */
 static inline const char *plain_run(const char *p, const char *end) {
+#ifdef __SSE2__
+    while (end - p >= 16) {
+        unsigned special = special16(_mm_loadu_si128((const __m128i *)p));
+        if (special) return p + __builtin_ctz(special);
+        p += 16;
+    }
+#endif
     const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
     while (end - p >= 8) {
         uint64_t v;
@@ -108,20 +128,45 @@ static inline const char *plain_run(const char *p, const char *end) {
 }
 
 /* A string's content after its opening quote, unescaped onto out; the position after its closing
- * quote, or NULL to decline. */
+ * quote, or NULL to decline.
+ *
+ * Room is made first for the rest of the input and 16 bytes: unescaping never makes more bytes
+ * than it reads (an escape of 2, 6 or 12 bytes gives 1 to 4), so o stays below out->p + out->cap,
+ * and a run is copied 16 bytes at a time as it is scanned (the bytes stored past the string are
+ * within that room and overwritten by what follows). Untouched room costs address space, not
+ * memory, and the caller cuts the buffer to its length. */
 static const char *string_into(const char *p, const char *end, Buf *out) {
+    if (grow(out, (size_t)(end - p) + 16) < 0) return NULL;
+    char *o = out->p + out->len;
     for (;;) {
+#ifdef __SSE2__
+        while (end - p >= 16) {
+            __m128i v = _mm_loadu_si128((const __m128i *)p);
+            _mm_storeu_si128((__m128i *)o, v);
+            unsigned special = special16(v);
+            if (special) {
+                unsigned k = (unsigned)__builtin_ctz(special);
+                p += k;
+                o += k;
+                break;
+            }
+            p += 16;
+            o += 16;
+        }
+#endif
         const char *run = p;
         p = plain_run(p, end);
         if (p > run) {
-            if (grow(out, (size_t)(p - run)) < 0) return NULL;
-            memcpy(out->p + out->len, run, (size_t)(p - run));
-            out->len += (size_t)(p - run);
+            memcpy(o, run, (size_t)(p - run));
+            o += p - run;
         }
         if (p >= end || (unsigned char)*p < 0x20) return NULL;
-        if (*p == '"') return p + 1;
+        if (*p == '"') {
+            out->len = (size_t)(o - out->p);
+            return p + 1;
+        }
         /* an escape */
-        if (end - p < 2 || grow(out, 4) < 0) return NULL;
+        if (end - p < 2) return NULL;
         char c = p[1];
         char one;
         p += 2;
@@ -146,31 +191,26 @@ static const char *string_into(const char *p, const char *end, Buf *out) {
                 p += 6;
                 cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00);
             }
-            char *o = out->p + out->len;
             if (cp < 0x80) {
-                o[0] = (char)cp;
-                out->len += 1;
+                *o++ = (char)cp;
             } else if (cp < 0x800) {
-                o[0] = (char)(0xC0 | (cp >> 6));
-                o[1] = (char)(0x80 | (cp & 0x3F));
-                out->len += 2;
+                *o++ = (char)(0xC0 | (cp >> 6));
+                *o++ = (char)(0x80 | (cp & 0x3F));
             } else if (cp < 0x10000) {
-                o[0] = (char)(0xE0 | (cp >> 12));
-                o[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
-                o[2] = (char)(0x80 | (cp & 0x3F));
-                out->len += 3;
+                *o++ = (char)(0xE0 | (cp >> 12));
+                *o++ = (char)(0x80 | ((cp >> 6) & 0x3F));
+                *o++ = (char)(0x80 | (cp & 0x3F));
             } else {
-                o[0] = (char)(0xF0 | (cp >> 18));
-                o[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
-                o[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
-                o[3] = (char)(0x80 | (cp & 0x3F));
-                out->len += 4;
+                *o++ = (char)(0xF0 | (cp >> 18));
+                *o++ = (char)(0x80 | ((cp >> 12) & 0x3F));
+                *o++ = (char)(0x80 | ((cp >> 6) & 0x3F));
+                *o++ = (char)(0x80 | (cp & 0x3F));
             }
             continue;
         }
         default: return NULL;
         }
-        out->p[out->len++] = one;
+        *o++ = one;
     }
 }
 
@@ -209,10 +249,14 @@ static int parse_int64(const char *p, const char *q, int64_t *out) {
     if (negative) p++;
     uint64_t v = 0;
     uint64_t bound = negative ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX;
-    for (; p < q; p++) {
-        uint64_t digit = (uint64_t)(*p - '0');
-        if (v > (bound - digit) / 10) return -1;
-        v = v * 10 + digit;
+    /* No leading zeros (number_end): more than 19 digits is past int64; 18 stay below 10^18, and
+     * a 19th below 10^19 < 2^64, checked against the bound once. */
+    if (q - p > 19) return -1;
+    const char *first = q - p > 18 ? p + 18 : q;
+    for (; p < first; p++) v = v * 10 + (uint64_t)(*p - '0');
+    if (p < q) {
+        v = v * 10 + (uint64_t)(*p - '0');
+        if (v > bound) return -1;
     }
     *out = negative ? (int64_t)(0 - v) : (int64_t)v;
     return 0;
@@ -478,17 +522,27 @@ static const char *object_line(const char *p, const char *end, Pair pair, void *
 typedef struct {
     Field *fields;
     int nfields;
-    int hint; /* where the next key is looked for first: keys usually come in the same order */
+    int last; /* the field of the line's last key; nfields at the start of a line */
+    /* Where the key after field i (after the start of a line: i = nfields) is looked for first:
+     * where it was last time. Lines of one shipper put their keys in one order, rarely the
+     * schema's (which is pyarrow's order of first appearance, or sorted). */
+    int next[MAX_FIELDS + 1];
     Py_ssize_t row;
     Py_ssize_t rows; /* what the arrays hold: the lines counted before the GIL was released */
 } Reading;
 
+static inline int same_key(const char *a, const char *b, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (a[i] != b[i]) return 0;
+    return 1;
+}
+
 static const char *read_pair(void *ctx, const char *key, Py_ssize_t key_len, const char *p, const char *end) {
     Reading *r = ctx;
-    int at = -1;
+    int at = -1, hint = r->next[r->last];
     for (int i = 0; i < r->nfields; i++) {
-        int j = r->hint + i < r->nfields ? r->hint + i : r->hint + i - r->nfields;
-        if (r->fields[j].name_len == key_len && memcmp(r->fields[j].name, key, (size_t)key_len) == 0) {
+        int j = hint + i < r->nfields ? hint + i : hint + i - r->nfields;
+        if (r->fields[j].name_len == key_len && same_key(r->fields[j].name, key, key_len)) {
             at = j;
             break;
         }
@@ -496,7 +550,8 @@ static const char *read_pair(void *ctx, const char *key, Py_ssize_t key_len, con
     if (at < 0 || r->fields[at].seen == r->row + 1) return NULL; /* unknown, or twice in the line */
     Field *f = &r->fields[at];
     f->seen = r->row + 1;
-    r->hint = at + 1 < r->nfields ? at + 1 : 0;
+    r->next[r->last] = at;
+    r->last = at;
     return value_into(p, end, f, r->row);
 }
 
@@ -504,9 +559,11 @@ static const char *read_pair(void *ctx, const char *key, Py_ssize_t key_len, con
  * input was counted before the GIL was released, and another thread may write into a bytearray
  * meanwhile (not resize it: it is exported), so more rows than counted are declined, never written. */
 static Py_ssize_t parse(const char *p, const char *end, Field *fields, int nfields, Py_ssize_t rows) {
-    Reading r = {fields, nfields, 0, 0, rows};
+    Reading r = {.fields = fields, .nfields = nfields, .row = 0, .rows = rows};
+    for (int i = 0; i <= nfields; i++) r.next[i] = i < nfields - 1 ? i + 1 : 0; /* the start: field 0 */
     while (p < end) {
         if (r.row >= r.rows) return -1;
+        r.last = nfields;
         p = object_line(p, end, read_pair, &r);
         if (p == NULL) return -1;
         Py_ssize_t row = r.row;
@@ -529,8 +586,51 @@ static void release(Field *fields, int nfields) {
     }
 }
 
-static PyObject *bytes_of(const void *p, size_t n) {
-    return PyBytes_FromStringAndSize(n ? (const char *)p : "", (Py_ssize_t)n);
+/* Memory: a buffer the reader malloc'd, handed to Python (and so to Arrow) as it is, without the
+ * copy into a bytes object, and freed when the last view of it goes. Read-only to Python. */
+typedef struct {
+    PyObject_HEAD
+    char *p;
+    Py_ssize_t len;
+} Memory;
+
+static void memory_dealloc(Memory *self) {
+    free(self->p);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int memory_getbuffer(Memory *self, Py_buffer *view, int flags) {
+    return PyBuffer_FillInfo(view, (PyObject *)self, self->p, self->len, 1, flags);
+}
+
+static PyBufferProcs memory_as_buffer = {(getbufferproc)memory_getbuffer, NULL};
+
+static PyTypeObject MemoryType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "_flatjson.Memory",
+    .tp_basicsize = sizeof(Memory),
+    .tp_dealloc = (destructor)memory_dealloc,
+    .tp_as_buffer = &memory_as_buffer,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Bytes the reader wrote, read-only, freed with the last view of them.",
+};
+
+/* The n bytes at *p as a Memory that owns them (*p is then NULL: release leaves it), cut to n
+ * bytes (realloc shrinks in place, or remaps); an empty bytes object for none. */
+static PyObject *owned(void *pp, size_t n) {
+    char **p = pp;
+    if (n == 0 || *p == NULL) return PyBytes_FromStringAndSize("", 0);
+    char *cut = realloc(*p, n);
+    if (cut == NULL) cut = *p; /* a shrink that fails keeps the larger block, still ours */
+    Memory *memory = PyObject_New(Memory, &MemoryType);
+    if (memory == NULL) {
+        *p = cut; /* still the reader's to free */
+        return NULL;
+    }
+    memory->p = cut;
+    memory->len = (Py_ssize_t)n;
+    *p = NULL;
+    return (PyObject *)memory;
 }
 
 /* read(data, names, kinds) -> (rows, [(nulls, validity, values, offsets, data), ...]) or None.
@@ -594,11 +694,10 @@ static PyObject *flat_read(PyObject *self, PyObject *args) {
             Field *f = &fields[i];
             size_t rbitmap = (size_t)(rows + 7) / 8;
             PyObject *item = Py_BuildValue(
-                "(nNNNN)", f->nulls, bytes_of(f->valid, rbitmap),
-                f->values == NULL ? bytes_of(NULL, 0)
-                    : bytes_of(f->values, f->kind == K_BOOL ? rbitmap : (size_t)rows * 8),
-                bytes_of(f->offsets, f->offsets ? ((size_t)rows + 1) * 4 : 0),
-                bytes_of(f->data.p, f->data.len));
+                "(nNNNN)", f->nulls, owned(&f->valid, rbitmap),
+                owned(&f->values, f->kind == K_BOOL ? rbitmap : (size_t)rows * 8),
+                owned(&f->offsets, f->offsets ? ((size_t)rows + 1) * 4 : 0),
+                owned(&f->data.p, f->data.len));
             if (item == NULL) {
                 Py_CLEAR(columns);
                 break;
@@ -805,5 +904,6 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_flatjson", NULL, -1
 PyMODINIT_FUNC PyInit__flatjson(void) {
     c_locale = newlocale(LC_ALL_MASK, "C", (locale_t)0);
     if (c_locale == (locale_t)0) return PyErr_NoMemory();
+    if (PyType_Ready(&MemoryType) < 0) return NULL;
     return PyModule_Create(&module);
 }
