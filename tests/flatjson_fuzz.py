@@ -21,7 +21,9 @@ import pyarrow as pa  # noqa: E402
 from helios.ingest import flat  # noqa: E402
 
 BASE = [b'{"a":1,"b":2.5,"c":"x\\u00e9\\ud83d\\ude00","d":true,"e":null}', b'{"c":"\\"\\\\\\n","b":-1e5}', b"{}",
-        b'{"a":-9223372036854775808, "d" : false}']
+        b'{"a":-9223372036854775808, "d" : false}',
+        # longer than the reader's first 4 KiB of room: its buffers grow inside a string
+        b'{"c":"' + b"x" * 5000 + b'"}', b'{"c":"' + b"ab\\ncd\\u00e9\\\\" * 500 + b'","a":7}']
 ATOMS = [b'"', b"\\", b"{", b"}", b"[", b",", b":", b"\n", b" ", b"\x00", b"-", b".", b"e", b"0", b"9", b"\\u",
          b"\\ud8", b"null", b"tru", b"\xc3\xa9", b"\xff", b'"a":', b'"f":1']
 SCHEMA = pa.schema([("a", pa.int64()), ("b", pa.float64()), ("c", pa.string()), ("d", pa.bool_()), ("e", pa.null())])

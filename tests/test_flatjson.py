@@ -377,7 +377,7 @@ def test_integers_of_every_length_and_at_int64s_edges() -> None:
 
 
 def test_the_readers_buffers_outlive_its_input_and_are_read_only() -> None:
-    """The arrays hold the reader's own memory (no copy into bytes): it lives as long as they do."""
+    """The arrays own their bytes (not views of the input): they live as long as the arrays do."""
     schema = pa.schema([("_msg", pa.string()), ("n", pa.int64()), ("b", pa.bool_())])
     body = bytearray(b"".join(b'{"_msg":"row %d \\u00e9","n":%d,"b":true}\n' % (i, i) for i in range(1000)))
     table = flat.read_flat(bytes(body), schema)

@@ -127,20 +127,26 @@ static inline const char *plain_run(const char *p, const char *end) {
     return p;
 }
 
+/* Room for n more bytes at o, the end of what out holds so far (o moves with the buffer). */
+#define ROOM(n)                                                \
+    do {                                                       \
+        if ((size_t)(out->p + out->cap - o) < (size_t)(n)) {   \
+            out->len = (size_t)(o - out->p);                   \
+            if (grow(out, (n)) < 0) return NULL;               \
+            o = out->p + out->len;                             \
+        }                                                      \
+    } while (0)
+
 /* A string's content after its opening quote, unescaped onto out; the position after its closing
- * quote, or NULL to decline.
- *
- * Room is made first for the rest of the input and 16 bytes: unescaping never makes more bytes
- * than it reads (an escape of 2, 6 or 12 bytes gives 1 to 4), so o stays below out->p + out->cap,
- * and a run is copied 16 bytes at a time as it is scanned (the bytes stored past the string are
- * within that room and overwritten by what follows). Untouched room costs address space, not
- * memory, and the caller cuts the buffer to its length. */
+ * quote, or NULL to decline. A run is copied 16 bytes at a time as it is scanned (the bytes
+ * stored past the string's end are within the room made and overwritten by what follows). */
 static const char *string_into(const char *p, const char *end, Buf *out) {
-    if (grow(out, (size_t)(end - p) + 16) < 0) return NULL;
+    if (grow(out, 16) < 0) return NULL; /* out->p is not NULL below */
     char *o = out->p + out->len;
     for (;;) {
 #ifdef __SSE2__
         while (end - p >= 16) {
+            ROOM(16);
             __m128i v = _mm_loadu_si128((const __m128i *)p);
             _mm_storeu_si128((__m128i *)o, v);
             unsigned special = special16(v);
@@ -157,6 +163,7 @@ static const char *string_into(const char *p, const char *end, Buf *out) {
         const char *run = p;
         p = plain_run(p, end);
         if (p > run) {
+            ROOM(p - run);
             memcpy(o, run, (size_t)(p - run));
             o += p - run;
         }
@@ -165,8 +172,9 @@ static const char *string_into(const char *p, const char *end, Buf *out) {
             out->len = (size_t)(o - out->p);
             return p + 1;
         }
-        /* an escape */
+        /* an escape: at most four bytes */
         if (end - p < 2) return NULL;
+        ROOM(4);
         char c = p[1];
         char one;
         p += 2;
@@ -586,51 +594,8 @@ static void release(Field *fields, int nfields) {
     }
 }
 
-/* Memory: a buffer the reader malloc'd, handed to Python (and so to Arrow) as it is, without the
- * copy into a bytes object, and freed when the last view of it goes. Read-only to Python. */
-typedef struct {
-    PyObject_HEAD
-    char *p;
-    Py_ssize_t len;
-} Memory;
-
-static void memory_dealloc(Memory *self) {
-    free(self->p);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-static int memory_getbuffer(Memory *self, Py_buffer *view, int flags) {
-    return PyBuffer_FillInfo(view, (PyObject *)self, self->p, self->len, 1, flags);
-}
-
-static PyBufferProcs memory_as_buffer = {(getbufferproc)memory_getbuffer, NULL};
-
-static PyTypeObject MemoryType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "_flatjson.Memory",
-    .tp_basicsize = sizeof(Memory),
-    .tp_dealloc = (destructor)memory_dealloc,
-    .tp_as_buffer = &memory_as_buffer,
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Bytes the reader wrote, read-only, freed with the last view of them.",
-};
-
-/* The n bytes at *p as a Memory that owns them (*p is then NULL: release leaves it), cut to n
- * bytes (realloc shrinks in place, or remaps); an empty bytes object for none. */
-static PyObject *owned(void *pp, size_t n) {
-    char **p = pp;
-    if (n == 0 || *p == NULL) return PyBytes_FromStringAndSize("", 0);
-    char *cut = realloc(*p, n);
-    if (cut == NULL) cut = *p; /* a shrink that fails keeps the larger block, still ours */
-    Memory *memory = PyObject_New(Memory, &MemoryType);
-    if (memory == NULL) {
-        *p = cut; /* still the reader's to free */
-        return NULL;
-    }
-    memory->p = cut;
-    memory->len = (Py_ssize_t)n;
-    *p = NULL;
-    return (PyObject *)memory;
+static PyObject *bytes_of(const void *p, size_t n) {
+    return PyBytes_FromStringAndSize(n ? (const char *)p : "", (Py_ssize_t)n);
 }
 
 /* read(data, names, kinds) -> (rows, [(nulls, validity, values, offsets, data), ...]) or None.
@@ -694,10 +659,11 @@ static PyObject *flat_read(PyObject *self, PyObject *args) {
             Field *f = &fields[i];
             size_t rbitmap = (size_t)(rows + 7) / 8;
             PyObject *item = Py_BuildValue(
-                "(nNNNN)", f->nulls, owned(&f->valid, rbitmap),
-                owned(&f->values, f->kind == K_BOOL ? rbitmap : (size_t)rows * 8),
-                owned(&f->offsets, f->offsets ? ((size_t)rows + 1) * 4 : 0),
-                owned(&f->data.p, f->data.len));
+                "(nNNNN)", f->nulls, bytes_of(f->valid, rbitmap),
+                f->values == NULL ? bytes_of(NULL, 0)
+                    : bytes_of(f->values, f->kind == K_BOOL ? rbitmap : (size_t)rows * 8),
+                bytes_of(f->offsets, f->offsets ? ((size_t)rows + 1) * 4 : 0),
+                bytes_of(f->data.p, f->data.len));
             if (item == NULL) {
                 Py_CLEAR(columns);
                 break;
@@ -904,6 +870,5 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_flatjson", NULL, -1
 PyMODINIT_FUNC PyInit__flatjson(void) {
     c_locale = newlocale(LC_ALL_MASK, "C", (locale_t)0);
     if (c_locale == (locale_t)0) return PyErr_NoMemory();
-    if (PyType_Ready(&MemoryType) < 0) return NULL;
     return PyModule_Create(&module);
 }
