@@ -532,8 +532,8 @@ typedef struct {
     int nfields;
     int last; /* the field of the line's last key; nfields at the start of a line */
     /* Where the key after field i (after the start of a line: i = nfields) is looked for first:
-     * where it was last time. Lines of one shipper put their keys in one order, rarely the
-     * schema's (which is pyarrow's order of first appearance, or sorted). */
+     * where it was last time. Lines of one shipper put their keys in one order; the schema's
+     * order (a sample's order of first appearance) misses where a line lacks a field. */
     int next[MAX_FIELDS + 1];
     Py_ssize_t row;
     Py_ssize_t rows; /* what the arrays hold: the lines counted before the GIL was released */
